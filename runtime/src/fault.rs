@@ -1,0 +1,311 @@
+//! The fault path's signal side: the `SIGSEGV` handler, the table of
+//! application views it consults, and the slots through which a faulting
+//! thread hands its fault to the runtime thread.
+//!
+//! Everything the handler touches is a fixed-size static of atomics: no
+//! allocation, no lock, no log. The handler
+//! 1. looks the address up in [`VIEWS`] (a linear scan of atomics);
+//! 2. if it is not in a distributed view, or is a write to a read-only
+//!    attach, passes the signal to the handler that was installed before
+//!    ours, or restores the default action so that the access faults again
+//!    and the program dies as it would have natively;
+//! 3. otherwise claims a [`SLOTS`] entry, writes the address and whether it
+//!    was a write (x86-64: bit 1 of the page-fault error code), wakes the
+//!    runtime thread through an `eventfd`, and sleeps on a futex until the
+//!    runtime marks the slot done. Returning retries the access.
+
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicUsize, Ordering};
+use std::sync::OnceLock;
+
+/// Most application views (attaches) per process.
+pub const MAX_VIEWS: usize = 1024;
+/// Most faults outstanding at once per process.
+pub const MAX_FAULTS: usize = 256;
+
+pub struct ViewSlot {
+    /// 0: free.
+    start: AtomicUsize,
+    len: AtomicUsize,
+    readonly: AtomicBool,
+}
+
+#[allow(clippy::declare_interior_mutable_const)]
+const VIEW_INIT: ViewSlot =
+    ViewSlot { start: AtomicUsize::new(0), len: AtomicUsize::new(0), readonly: AtomicBool::new(false) };
+static VIEWS: [ViewSlot; MAX_VIEWS] = [VIEW_INIT; MAX_VIEWS];
+
+const FREE: u32 = 0;
+const CLAIMED: u32 = 1;
+const POSTED: u32 = 2;
+const TAKEN: u32 = 3;
+const DONE: u32 = 4;
+const FAILED: u32 = 5;
+
+pub struct FaultSlot {
+    state: AtomicU32,
+    addr: AtomicUsize,
+    write: AtomicBool,
+}
+
+#[allow(clippy::declare_interior_mutable_const)]
+const SLOT_INIT: FaultSlot =
+    FaultSlot { state: AtomicU32::new(FREE), addr: AtomicUsize::new(0), write: AtomicBool::new(false) };
+static SLOTS: [FaultSlot; MAX_FAULTS] = [SLOT_INIT; MAX_FAULTS];
+
+/// The runtime thread's eventfd.
+static EVENT_FD: AtomicI32 = AtomicI32::new(-1);
+/// The `SIGSEGV` disposition before ours.
+static PREVIOUS: OnceLock<Previous> = OnceLock::new();
+
+struct Previous(libc::sigaction);
+// SAFETY: a `sigaction` is plain data (a function address, a mask, flags);
+// it is written once before our handler is installed and only read after.
+unsafe impl Sync for Previous {}
+unsafe impl Send for Previous {}
+
+/// Registers an application view `[start, start+len)`; returns its slot.
+/// Callers serialize registrations (the runtime thread does them all).
+pub fn register_view(start: usize, len: usize, readonly: bool) -> Option<usize> {
+    for (i, v) in VIEWS.iter().enumerate() {
+        if v.start.load(Ordering::Acquire) == 0 {
+            v.len.store(len, Ordering::Relaxed);
+            v.readonly.store(readonly, Ordering::Relaxed);
+            v.start.store(start, Ordering::Release);
+            return Some(i);
+        }
+    }
+    None
+}
+
+pub fn unregister_view(slot: usize) {
+    VIEWS[slot].start.store(0, Ordering::Release);
+}
+
+/// The view containing `addr`: (start, readonly).
+pub fn find_view(addr: usize) -> Option<(usize, bool)> {
+    for v in VIEWS.iter() {
+        let start = v.start.load(Ordering::Acquire);
+        if start != 0 && addr >= start && addr - start < v.len.load(Ordering::Relaxed) {
+            return Some((start, v.readonly.load(Ordering::Relaxed)));
+        }
+    }
+    None
+}
+
+/// Installs the handler (once per process) and sets the runtime's eventfd.
+pub fn install(eventfd: i32) -> std::io::Result<()> {
+    EVENT_FD.store(eventfd, Ordering::Release);
+    if PREVIOUS.get().is_some() {
+        return Ok(());
+    }
+    // SAFETY: an all-zero sigaction is a valid value to be filled in.
+    let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let mut new: libc::sigaction = unsafe { std::mem::zeroed() };
+    new.sa_sigaction = handler as *const () as usize;
+    // SA_SIGINFO: we need the fault address and the ucontext.
+    // SA_ONSTACK: run on the thread's alternate stack when it has one.
+    // SA_NODEFER: a fault inside a chained handler must still reach us.
+    // SA_RESTART: interrupted system calls resume, as without us.
+    new.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK | libc::SA_NODEFER | libc::SA_RESTART;
+    // SAFETY: `new.sa_mask` is a valid sigset to initialize.
+    unsafe { libc::sigemptyset(&mut new.sa_mask) };
+    // SAFETY: both pointers are to valid sigaction structs; reading the old
+    // disposition first so that PREVIOUS is set before our handler can run.
+    if unsafe { libc::sigaction(libc::SIGSEGV, std::ptr::null(), &mut old) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let _ = PREVIOUS.set(Previous(old));
+    // SAFETY: as above; `handler` is async-signal-safe (see module doc).
+    if unsafe { libc::sigaction(libc::SIGSEGV, &new, std::ptr::null_mut()) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Gives the calling thread an alternate signal stack if it has none, so
+/// that our handler runs even when the fault is a stack overflow.
+pub fn ensure_altstack() {
+    const SIZE: usize = 64 * 1024;
+    // SAFETY: querying the current alternate stack has no preconditions.
+    unsafe {
+        let mut cur: libc::stack_t = std::mem::zeroed();
+        if libc::sigaltstack(std::ptr::null(), &mut cur) != 0 || cur.ss_flags & libc::SS_DISABLE == 0 {
+            return;
+        }
+        // One guard page below the stack.
+        let base = libc::mmap(
+            std::ptr::null_mut(),
+            SIZE + 4096,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        );
+        if base == libc::MAP_FAILED {
+            return;
+        }
+        libc::mprotect(base, 4096, libc::PROT_NONE);
+        let st = libc::stack_t { ss_sp: base.add(4096), ss_flags: 0, ss_size: SIZE };
+        libc::sigaltstack(&st, std::ptr::null_mut());
+        // The stack lives as long as the thread; a thread's exit leaks 68 KiB
+        // of address space only for threads that faulted on our pages.
+    }
+}
+
+/// Runtime side: takes every posted fault (slot, address, write).
+pub fn take_posted(out: &mut Vec<(usize, usize, bool)>) {
+    for (i, s) in SLOTS.iter().enumerate() {
+        if s.state.load(Ordering::Acquire) == POSTED
+            && s.state.compare_exchange(POSTED, TAKEN, Ordering::AcqRel, Ordering::Relaxed).is_ok()
+        {
+            out.push((i, s.addr.load(Ordering::Relaxed), s.write.load(Ordering::Relaxed)));
+        }
+    }
+}
+
+/// Runtime side: the fault in `slot` is served (`ok`) or the page is lost.
+pub fn complete(slot: usize, ok: bool) {
+    let s = &SLOTS[slot];
+    s.state.store(if ok { DONE } else { FAILED }, Ordering::Release);
+    futex_wake(&s.state);
+}
+
+fn futex_wake(word: &AtomicU32) {
+    // SAFETY: FUTEX_WAKE on a valid, aligned u32 that lives forever (static).
+    unsafe {
+        libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG, i32::MAX);
+    }
+}
+
+fn futex_wait(word: &AtomicU32, val: u32) {
+    // SAFETY: FUTEX_WAIT on a valid, aligned u32 that lives forever; a
+    // spurious return is handled by the caller's loop.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
+            val,
+            std::ptr::null::<libc::timespec>(),
+        );
+    }
+}
+
+/// Asks the kernel to make every store of every thread visible before we
+/// read a page we just revoked (needed on weakly ordered CPUs; on x86 the
+/// `mprotect` TLB shoot-down already does it, and this costs one IPI).
+pub fn membarrier() {
+    #[cfg(not(target_arch = "x86_64"))]
+    // SAFETY: the command takes no pointers; failure only means the
+    // registration was refused and the fallback below applies.
+    unsafe {
+        const MEMBARRIER_CMD_PRIVATE_EXPEDITED: libc::c_int = 1 << 3;
+        if libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0) != 0 {
+            const MEMBARRIER_CMD_GLOBAL: libc::c_int = 1;
+            libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0);
+        }
+    }
+}
+
+/// Registers the process for expedited private membarriers.
+pub fn membarrier_register() {
+    #[cfg(not(target_arch = "x86_64"))]
+    // SAFETY: registration takes no pointers.
+    unsafe {
+        const MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED: libc::c_int = 1 << 4;
+        libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED, 0);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn is_write(ctx: *mut libc::c_void) -> bool {
+    // SAFETY: the kernel passes a valid ucontext_t to an SA_SIGINFO handler.
+    let uc = unsafe { &*(ctx as *const libc::ucontext_t) };
+    uc.uc_mcontext.gregs[libc::REG_ERR as usize] & 2 != 0
+}
+
+extern "C" fn handler(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
+    // SAFETY: errno is thread-local; we restore it so the interrupted code
+    // sees no change.
+    let errno = unsafe { *libc::__errno_location() };
+    // SAFETY: the kernel passes a valid siginfo_t to an SA_SIGINFO handler.
+    let (code, addr) = unsafe { ((*info).si_code, (*info).si_addr() as usize) };
+    let view = if code > 0 { find_view(addr) } else { None };
+    match view {
+        Some((_, readonly)) if !(readonly && is_write(ctx)) => {
+            if !wait_for_page(addr, is_write(ctx)) {
+                // The page is lost: no current copy exists anywhere.
+                // SAFETY: raise is async-signal-safe.
+                unsafe { libc::raise(libc::SIGBUS) };
+            }
+        }
+        _ => chain(sig, info, ctx),
+    }
+    // SAFETY: see above.
+    unsafe { *libc::__errno_location() = errno };
+}
+
+/// Posts the fault and sleeps until the runtime has served it.
+fn wait_for_page(addr: usize, write: bool) -> bool {
+    let slot = loop {
+        if let Some(s) = SLOTS
+            .iter()
+            .find(|s| s.state.compare_exchange(FREE, CLAIMED, Ordering::Acquire, Ordering::Relaxed).is_ok())
+        {
+            break s;
+        }
+        // SAFETY: sched_yield has no preconditions.
+        unsafe { libc::sched_yield() };
+    };
+    slot.addr.store(addr, Ordering::Relaxed);
+    slot.write.store(write, Ordering::Relaxed);
+    slot.state.store(POSTED, Ordering::Release);
+    let one: u64 = 1;
+    // SAFETY: write(2) is async-signal-safe; the buffer is 8 valid bytes.
+    unsafe { libc::write(EVENT_FD.load(Ordering::Acquire), &one as *const u64 as *const libc::c_void, 8) };
+    let result = loop {
+        let s = slot.state.load(Ordering::Acquire);
+        if s == DONE || s == FAILED {
+            break s;
+        }
+        futex_wait(&slot.state, s);
+    };
+    slot.state.store(FREE, Ordering::Release);
+    result == DONE
+}
+
+/// A fault that is not ours: to the previous handler, or the default.
+fn chain(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
+    let prev = PREVIOUS.get().map(|p| &p.0);
+    match prev {
+        Some(p) if p.sa_sigaction != libc::SIG_DFL && p.sa_sigaction != libc::SIG_IGN => {
+            if p.sa_flags & libc::SA_SIGINFO != 0 {
+                // SAFETY: the program installed this SA_SIGINFO handler for
+                // SIGSEGV; we call it as the kernel would have.
+                let f: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) =
+                    unsafe { std::mem::transmute(p.sa_sigaction) };
+                f(sig, info, ctx);
+            } else {
+                // SAFETY: as above, a plain handler.
+                let f: extern "C" fn(libc::c_int) = unsafe { std::mem::transmute(p.sa_sigaction) };
+                f(sig);
+            }
+        }
+        _ => {
+            // Restore the default action; returning re-executes the access,
+            // which faults again and kills the program as natively. A
+            // signal sent with kill(2) is raised again instead.
+            // SAFETY: a zeroed sigaction with SIG_DFL is valid; `info` is
+            // the kernel's; raise is async-signal-safe.
+            unsafe {
+                let mut dfl: libc::sigaction = std::mem::zeroed();
+                dfl.sa_sigaction = libc::SIG_DFL;
+                libc::sigaction(sig, &dfl, std::ptr::null_mut());
+                if (*info).si_code <= 0 {
+                    libc::raise(sig);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,12 @@
+//! KDIPC runtime: the coherence protocol, the fault path, the transport,
+//! and the nameserver's registry.
+
+pub mod certs;
+pub mod config;
+pub mod fault;
+pub mod nameserver;
+pub mod node;
+pub mod protocol;
+pub mod registry;
+pub mod transport;
+pub mod wire;

@@ -1,0 +1,120 @@
+//! The nameserver: node 0. Registry of keys and ids, membership, manager and
+//! home of every page.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use crate::protocol::{Action, Manager, NodeId, MANAGER};
+use crate::registry::{Call, Effect, Registry, Reply};
+use crate::transport::{bad, Inbound, Transport};
+use crate::wire::Msg;
+
+struct Server {
+    transport: Transport,
+    registry: Registry,
+    manager: Manager,
+    /// Registered nodes and where they listen.
+    nodes: HashMap<NodeId, SocketAddr>,
+    /// Nodes by connection (a node's own stream says `Hello { None }`).
+    by_conn: HashMap<usize, NodeId>,
+    next_node: NodeId,
+}
+
+/// Runs a nameserver on `listen` with the credentials in `cert_dir` until
+/// the process ends. `ready` is called once it listens.
+pub async fn serve(listen: SocketAddr, cert_dir: &Path, ready: impl FnOnce(SocketAddr)) -> Result<(), String> {
+    let tls = crate::certs::load(cert_dir).map_err(|e| e.to_string())?;
+    let (itx, mut irx) = mpsc::unbounded_channel();
+    let mut transport = Transport::bind(listen, tls, itx).map_err(|e| format!("binding {listen}: {e}"))?;
+    transport.set_me(MANAGER);
+    let local = transport.local_addr().map_err(|e| e.to_string())?;
+    info!(%local, "nameserver listening");
+    ready(local);
+    let mut s = Server {
+        transport,
+        registry: Registry::new(),
+        manager: Manager::new(),
+        nodes: HashMap::new(),
+        by_conn: HashMap::new(),
+        next_node: 1,
+    };
+    while let Some(m) = irx.recv().await {
+        match m {
+            Inbound::Msg { from, conn, msg } => s.handle(from, &conn, msg),
+            Inbound::Lost { node, conn } => {
+                let node = node.or_else(|| s.by_conn.get(&conn.stable_id()).copied());
+                if let Some(n) = node {
+                    s.node_gone(n);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+impl Server {
+    fn handle(&mut self, from: Option<NodeId>, conn: &quinn::Connection, msg: Msg) {
+        let from = from.or_else(|| self.by_conn.get(&conn.stable_id()).copied());
+        match (from, msg) {
+            (None, Msg::Call { id, call: Call::Register { pid } }) => {
+                let node = self.next_node;
+                self.next_node += 1;
+                let addr = conn.remote_address();
+                info!(node, pid, %addr, "node joined");
+                self.by_conn.insert(conn.stable_id(), node);
+                self.transport.bind_conn(node, conn.clone());
+                self.transport.set_addr(node, addr);
+                self.transport.send(node, Msg::Reply { id, reply: Reply::Registered { node } });
+                for (&other, &oaddr) in &self.nodes {
+                    self.transport.send(node, Msg::PeerAddr { node: other, addr: oaddr });
+                    self.transport.send(other, Msg::PeerAddr { node, addr });
+                }
+                self.nodes.insert(node, addr);
+            }
+            (Some(node), Msg::Call { id, call }) if !matches!(call, Call::Register { .. }) => {
+                let (reply, effect) = self.registry.call(node, call);
+                self.effect(effect);
+                self.transport.send(node, Msg::Reply { id, reply });
+            }
+            (Some(node), Msg::Coherence(m)) => {
+                let mut out = Vec::new();
+                if let Err(e) = self.manager.handle(node, m, &mut out) {
+                    bad(conn, &format!("protocol: {e}"));
+                }
+                for a in out {
+                    if let Action::Send { to, msg } = a {
+                        self.transport.send(to, Msg::Coherence(msg));
+                    }
+                }
+            }
+            (_, other) => bad(conn, &format!("unexpected message at the nameserver: {other:?}")),
+        }
+    }
+
+    fn effect(&mut self, e: Effect) {
+        match e {
+            Effect::None => {}
+            Effect::Created { id, npages } => self.manager.create(id, npages),
+            Effect::Destroyed { id } => {
+                info!(seg = id, "segment destroyed");
+                self.manager.destroy(id)
+            }
+        }
+    }
+
+    fn node_gone(&mut self, node: NodeId) {
+        if self.nodes.remove(&node).is_none() {
+            return;
+        }
+        warn!(node, "node left");
+        self.by_conn.retain(|_, n| *n != node);
+        self.transport.forget(node);
+        for e in self.registry.node_gone(node) {
+            self.effect(e);
+        }
+    }
+}

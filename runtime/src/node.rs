@@ -1,0 +1,797 @@
+//! An application node: the runtime thread beside the program's threads.
+//!
+//! The thread runs a current-thread tokio runtime (measured faster than the
+//! multi-threaded one for this work) that owns all state: the protocol
+//! instance, the transport, the segments' memory. The program's threads
+//! reach it in two ways: the shim's calls (`shmget`, `shmat`, …) through a
+//! command channel, and faults through `fault`'s slots and an eventfd.
+//!
+//! Each segment is one `memfd` mapped twice: a private read-write runtime
+//! view, through which bytes arrive and leave, and the program's views
+//! (one per `shmat`), whose protection follows this node's access.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use once_cell::sync::OnceCell;
+use tokio::io::unix::AsyncFd;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, error, info, warn};
+
+use crate::config::Config;
+use crate::fault;
+use crate::protocol::{Access, Action, CoherenceMsg, NodeId, NodeProtocol, PageIdx, Payload, SegId, MANAGER, PAGE_SIZE};
+use crate::registry::{Call, Cred, Errno, Reply, ShmStat};
+use crate::transport::{Inbound, Transport};
+use crate::wire::Msg;
+
+const EINVAL: Errno = Errno(libc::EINVAL);
+const ENOMEM: Errno = Errno(libc::ENOMEM);
+
+/// Commands from the program's threads.
+enum Command {
+    Call(Call, crossbeam::channel::Sender<Reply>),
+    Attach { id: i32, addr: usize, flags: i32, reply: crossbeam::channel::Sender<Result<usize, Errno>> },
+    Detach { addr: usize, reply: crossbeam::channel::Sender<Result<(), Errno>> },
+    Shutdown(crossbeam::channel::Sender<()>),
+}
+
+/// The program's side of the node.
+pub struct NodeHandle {
+    cmds: mpsc::UnboundedSender<Command>,
+    pub config: Config,
+}
+
+static NODE: OnceCell<Result<NodeHandle, String>> = OnceCell::new();
+
+/// The node of this process, started on first use.
+pub fn node() -> Result<&'static NodeHandle, Errno> {
+    let n = NODE.get_or_init(|| {
+        crate::config::init_logging();
+        let config = Config::from_env()?;
+        start(config)
+    });
+    n.as_ref().map_err(|e| {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| eprintln!("kdipc: cannot start: {e}"));
+        ENOMEM
+    })
+}
+
+/// The node, if it was started.
+pub fn started() -> Option<&'static NodeHandle> {
+    NODE.get().and_then(|r| r.as_ref().ok())
+}
+
+fn start(config: Config) -> Result<NodeHandle, String> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let (ready_tx, ready_rx) = crossbeam::channel::bounded(1);
+    let cfg = config.clone();
+    std::thread::Builder::new()
+        .name("kdipc-runtime".into())
+        .spawn(move || {
+            block_signals();
+            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e.to_string()));
+                    return;
+                }
+            };
+            let local = tokio::task::LocalSet::new();
+            local.block_on(&rt, run(cfg, rx, ready_tx));
+        })
+        .map_err(|e| e.to_string())?;
+    ready_rx.recv().map_err(|_| "runtime thread died".to_string())??;
+    Ok(NodeHandle { cmds: tx, config })
+}
+
+/// The runtime thread takes no asynchronous signal meant for the program.
+fn block_signals() {
+    // SAFETY: sigset operations on a local, valid sigset.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut set);
+        for s in [libc::SIGSEGV, libc::SIGBUS, libc::SIGILL, libc::SIGFPE] {
+            libc::sigdelset(&mut set, s);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+}
+
+impl NodeHandle {
+    fn call(&self, call: Call) -> Result<Reply, Errno> {
+        let (tx, rx) = crossbeam::channel::bounded(1);
+        self.cmds.send(Command::Call(call, tx)).map_err(|_| ENOMEM)?;
+        match rx.recv() {
+            Ok(Reply::Err(e)) => Err(e),
+            Ok(r) => Ok(r),
+            Err(_) => Err(ENOMEM),
+        }
+    }
+
+    pub fn shmget(&self, key: i32, size: u64, flags: i32) -> Result<i32, Errno> {
+        match self.call(Call::ShmGet { key, size, flags, cred: Cred::current() })? {
+            Reply::Id(id) => Ok(id),
+            _ => Err(EINVAL),
+        }
+    }
+
+    pub fn shmat(&self, id: i32, addr: usize, flags: i32) -> Result<usize, Errno> {
+        fault::ensure_altstack();
+        let (tx, rx) = crossbeam::channel::bounded(1);
+        self.cmds.send(Command::Attach { id, addr, flags, reply: tx }).map_err(|_| ENOMEM)?;
+        rx.recv().unwrap_or(Err(ENOMEM))
+    }
+
+    pub fn shmdt(&self, addr: usize) -> Result<(), Errno> {
+        let (tx, rx) = crossbeam::channel::bounded(1);
+        self.cmds.send(Command::Detach { addr, reply: tx }).map_err(|_| ENOMEM)?;
+        rx.recv().unwrap_or(Err(ENOMEM))
+    }
+
+    pub fn stat(&self, id: i32) -> Result<ShmStat, Errno> {
+        match self.call(Call::ShmStat { id, cred: Cred::current() })? {
+            Reply::Stat(s) => Ok(s),
+            _ => Err(EINVAL),
+        }
+    }
+
+    pub fn set(&self, id: i32, uid: u32, gid: u32, mode: u32) -> Result<(), Errno> {
+        self.call(Call::ShmSet { id, uid, gid, mode, cred: Cred::current() }).map(|_| ())
+    }
+
+    pub fn remove(&self, id: i32) -> Result<(), Errno> {
+        self.call(Call::ShmRemove { id, cred: Cred::current() }).map(|_| ())
+    }
+
+    /// (segments, pages) in the cluster.
+    pub fn totals(&self) -> Result<(u64, u64), Errno> {
+        match self.call(Call::ShmTotals)? {
+            Reply::Totals { segments, pages } => Ok((segments, pages)),
+            _ => Err(EINVAL),
+        }
+    }
+
+    pub fn list(&self) -> Result<Vec<(i32, ShmStat)>, Errno> {
+        match self.call(Call::ShmList)? {
+            Reply::List(v) => Ok(v),
+            _ => Err(EINVAL),
+        }
+    }
+
+    /// Detaches everything, handing this node's pages back (process exit).
+    pub fn shutdown(&self, timeout: Duration) {
+        let (tx, rx) = crossbeam::channel::bounded(1);
+        if self.cmds.send(Command::Shutdown(tx)).is_ok() {
+            let _ = rx.recv_timeout(timeout);
+        }
+    }
+}
+
+/// One `shmat` of a segment.
+struct View {
+    addr: usize,
+    readonly: bool,
+    slot: usize,
+}
+
+/// A segment attached at this node.
+struct Segment {
+    npages: u32,
+    maplen: usize,
+    _fd: OwnedFd,
+    /// The runtime view.
+    rt: *mut u8,
+    views: Vec<View>,
+}
+
+impl Segment {
+    fn page_ptr(&self, page: PageIdx) -> *mut u8 {
+        // SAFETY: callers pass a page the protocol checked to be < npages,
+        // so the offset stays inside the runtime view.
+        unsafe { self.rt.add(page as usize * PAGE_SIZE) }
+    }
+
+    /// Sets the program's access to a page in every view.
+    fn protect(&self, page: PageIdx, access: Access) {
+        for v in &self.views {
+            protect_view(v, page, access);
+        }
+    }
+
+    fn read_page(&self, page: PageIdx) -> Payload {
+        // SAFETY: the runtime view is mapped read-write for `maplen` bytes
+        // and the page lies inside it; no one else writes through it while
+        // the runtime thread (the only user) reads.
+        let bytes = unsafe { std::slice::from_raw_parts(self.page_ptr(page), PAGE_SIZE) };
+        if bytes.iter().all(|&b| b == 0) {
+            Payload::Zero
+        } else {
+            Payload::Bytes(bytes.to_vec())
+        }
+    }
+
+    fn write_page(&self, page: PageIdx, payload: &Payload) {
+        let dst = self.page_ptr(page);
+        // SAFETY: as in `read_page`; the program cannot access the page
+        // (its views are PROT_NONE while a request is outstanding).
+        unsafe {
+            match payload {
+                Payload::Zero => std::ptr::write_bytes(dst, 0, PAGE_SIZE),
+                Payload::Bytes(b) => std::ptr::copy_nonoverlapping(b.as_ptr(), dst, PAGE_SIZE),
+            }
+        }
+    }
+}
+
+fn protect_view(v: &View, page: PageIdx, access: Access) {
+    let prot = match access {
+        Access::Invalid => libc::PROT_NONE,
+        Access::Read => libc::PROT_READ,
+        Access::Write if v.readonly => libc::PROT_READ,
+        Access::Write => libc::PROT_READ | libc::PROT_WRITE,
+    };
+    // SAFETY: the view is mapped (it is in the table) and the page is
+    // inside it; changing its protection affects only our mapping.
+    let r = unsafe { libc::mprotect((v.addr + page as usize * PAGE_SIZE) as *mut libc::c_void, PAGE_SIZE, prot) };
+    if r != 0 {
+        error!("mprotect failed: {}", std::io::Error::last_os_error());
+    }
+}
+
+impl Drop for Segment {
+    fn drop(&mut self) {
+        // SAFETY: `rt` was returned by mmap for `maplen` bytes and nothing
+        // refers to it any more.
+        unsafe { libc::munmap(self.rt as *mut libc::c_void, self.maplen) };
+    }
+}
+
+struct State {
+    me: NodeId,
+    started: Instant,
+    protocol: NodeProtocol,
+    transport: Transport,
+    segs: HashMap<SegId, Segment>,
+    calls: HashMap<u64, oneshot::Sender<Reply>>,
+    next_call: u64,
+    /// Faulting threads per page: (slot, wants write).
+    waiters: HashMap<(SegId, PageIdx), Vec<(usize, bool)>>,
+    /// Releases outstanding per segment, and who waits for them.
+    releasing: HashMap<SegId, (usize, Vec<oneshot::Sender<()>>)>,
+    wake_at: Option<u64>,
+}
+
+type Shared = Rc<RefCell<State>>;
+
+impl State {
+    fn now(&self) -> u64 {
+        self.started.elapsed().as_micros() as u64
+    }
+
+    fn call(&mut self, call: Call) -> oneshot::Receiver<Reply> {
+        let (tx, rx) = oneshot::channel();
+        let id = self.next_call;
+        self.next_call += 1;
+        self.calls.insert(id, tx);
+        self.transport.send(MANAGER, Msg::Call { id, call });
+        rx
+    }
+
+    fn apply(&mut self, actions: &mut Vec<Action>) {
+        for a in actions.drain(..) {
+            match a {
+                Action::Send { to, msg } => self.transport.send(to, Msg::Coherence(msg)),
+                Action::SetAccess { seg, page, access } => {
+                    let Some(s) = self.segs.get(&seg) else { continue };
+                    s.protect(page, access);
+                    if access == Access::Invalid {
+                        fault::membarrier();
+                    } else {
+                        self.wake(seg, page, access);
+                    }
+                }
+                Action::Install { seg, page, payload } => {
+                    if let Some(s) = self.segs.get(&seg) {
+                        s.write_page(page, &payload);
+                    }
+                }
+                Action::SendPage { seg, page, to, acks, keep } => {
+                    let Some(s) = self.segs.get(&seg) else { continue };
+                    s.protect(page, keep);
+                    fault::membarrier();
+                    let payload = s.read_page(page);
+                    self.transport
+                        .send(to, Msg::Coherence(CoherenceMsg::Data { seg, page, acks, payload }));
+                }
+                Action::ReleasePage { seg, page } => {
+                    let Some(s) = self.segs.get(&seg) else { continue };
+                    let payload = s.read_page(page);
+                    self.transport
+                        .send(MANAGER, Msg::Coherence(CoherenceMsg::Release { seg, page, payload }));
+                }
+                Action::Released { seg, .. } => {
+                    if let Some(r) = self.releasing.get_mut(&seg) {
+                        r.0 -= 1;
+                        if r.0 == 0 {
+                            let (_, waiters) = self.releasing.remove(&seg).unwrap_or_default();
+                            for w in waiters {
+                                let _ = w.send(());
+                            }
+                        }
+                    }
+                }
+                Action::Lost { seg, page } => {
+                    error!(seg, page, "page lost: its only current copy died; faulting threads get SIGBUS");
+                    for (slot, _) in self.waiters.remove(&(seg, page)).unwrap_or_default() {
+                        fault::complete(slot, false);
+                    }
+                }
+                Action::WakeAt(t) => {
+                    self.wake_at = Some(self.wake_at.map_or(t, |w| w.min(t)));
+                }
+            }
+        }
+    }
+
+    /// Wakes the threads the new access satisfies; asks again for the
+    /// others (they want write and got read).
+    fn wake(&mut self, seg: SegId, page: PageIdx, access: Access) {
+        let Some(list) = self.waiters.remove(&(seg, page)) else { return };
+        let mut rest = Vec::new();
+        for (slot, write) in list {
+            if !write || access == Access::Write {
+                fault::complete(slot, true);
+            } else {
+                rest.push((slot, write));
+            }
+        }
+        if !rest.is_empty() {
+            let mut out = Vec::new();
+            match self.protocol.fault(seg, page, true, &mut out) {
+                Ok(true) => rest.iter().for_each(|&(slot, _)| fault::complete(slot, true)),
+                Ok(false) => {
+                    self.waiters.insert((seg, page), rest);
+                }
+                Err(e) => {
+                    error!("fault: {e}");
+                    rest.iter().for_each(|&(slot, _)| fault::complete(slot, true));
+                }
+            }
+            self.apply(&mut out);
+        }
+    }
+
+    /// Faults posted by the program's threads.
+    fn faults(&mut self) {
+        let mut posted = Vec::new();
+        fault::take_posted(&mut posted);
+        let mut out = Vec::new();
+        for (slot, addr, write) in posted {
+            let found = self.segs.iter().find_map(|(&id, s)| {
+                s.views
+                    .iter()
+                    .find(|v| addr >= v.addr && addr < v.addr + s.npages as usize * PAGE_SIZE)
+                    .map(|v| (id, ((addr - v.addr) / PAGE_SIZE) as PageIdx))
+            });
+            let Some((seg, page)) = found else {
+                // Detached meanwhile: the retried access is not ours.
+                fault::complete(slot, true);
+                continue;
+            };
+            match self.protocol.fault(seg, page, write, &mut out) {
+                Ok(true) => fault::complete(slot, true),
+                Ok(false) => self.waiters.entry((seg, page)).or_default().push((slot, write)),
+                Err(e) => {
+                    error!("fault: {e}");
+                    fault::complete(slot, true);
+                }
+            }
+            self.apply(&mut out);
+        }
+    }
+
+    fn inbound(&mut self, from: Option<NodeId>, msg: Msg, conn: &quinn::Connection) {
+        match msg {
+            Msg::Coherence(m) => {
+                let Some(from) = from else {
+                    return crate::transport::bad(conn, "coherence message before Hello with an id");
+                };
+                let now = self.now();
+                let mut out = Vec::new();
+                if let Err(e) = self.protocol.handle(from, m, now, &mut out) {
+                    crate::transport::bad(conn, &format!("protocol: {e}"));
+                }
+                self.apply(&mut out);
+            }
+            Msg::Reply { id, reply } => {
+                if let Some(tx) = self.calls.remove(&id) {
+                    let _ = tx.send(reply);
+                }
+            }
+            Msg::PeerAddr { node, addr } => {
+                if node != self.me {
+                    self.transport.set_addr(node, addr);
+                }
+            }
+            Msg::Call { .. } | Msg::Hello { .. } => crate::transport::bad(conn, "unexpected message at a node"),
+        }
+    }
+
+    fn timeout(&mut self) {
+        let now = self.now();
+        self.wake_at = None;
+        let mut out = Vec::new();
+        if let Err(e) = self.protocol.handle_timeout(now, &mut out) {
+            error!("timeout: {e}");
+        }
+        self.apply(&mut out);
+    }
+}
+
+/// Starts the nameserver on this machine if none answers (auto mode).
+fn ensure_nameserver(config: &Config) -> Result<(), String> {
+    if crate::certs::exists(&config.cert_dir) && udp_port_in_use(config.nameserver) {
+        return Ok(());
+    }
+    let bin = kdipc_binary();
+    debug!(?bin, "starting a nameserver");
+    let status = std::process::Command::new(&bin)
+        .args(["nameserver", "--daemon", "--listen", &config.nameserver.to_string()])
+        .arg("--cert-dir")
+        .arg(&config.cert_dir)
+        .stdin(std::process::Stdio::null())
+        .status()
+        .map_err(|e| format!("cannot start the nameserver {}: {e} (set KDIPC_BIN)", bin.display()))?;
+    if !status.success() {
+        return Err(format!("the nameserver {} failed to start ({status})", bin.display()));
+    }
+    Ok(())
+}
+
+/// Whether something is bound to this UDP address on this machine.
+pub fn udp_port_in_use(addr: std::net::SocketAddr) -> bool {
+    matches!(std::net::UdpSocket::bind(addr), Err(e) if e.kind() == std::io::ErrorKind::AddrInUse)
+}
+
+/// `kdipc` beside the library that contains this code, or `KDIPC_BIN`.
+fn kdipc_binary() -> std::path::PathBuf {
+    if let Some(b) = std::env::var_os("KDIPC_BIN") {
+        return b.into();
+    }
+    // SAFETY: dladdr only reads; the address is a function of this library.
+    unsafe {
+        let mut info: libc::Dl_info = std::mem::zeroed();
+        if libc::dladdr(kdipc_binary as *const libc::c_void, &mut info) != 0 && !info.dli_fname.is_null() {
+            let lib = std::ffi::CStr::from_ptr(info.dli_fname).to_string_lossy().into_owned();
+            if let Some(dir) = std::path::Path::new(&lib).parent() {
+                let cand = dir.join("kdipc");
+                if cand.is_file() {
+                    return cand;
+                }
+            }
+        }
+    }
+    "kdipc".into()
+}
+
+async fn run(config: Config, mut cmds: mpsc::UnboundedReceiver<Command>, ready: crossbeam::channel::Sender<Result<(), String>>) {
+    let state = match connect(&config).await {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    let (state, mut inbound) = state;
+    // SAFETY: eventfd with valid flags; the result is checked.
+    let efd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+    if efd < 0 {
+        let _ = ready.send(Err(format!("eventfd: {}", std::io::Error::last_os_error())));
+        return;
+    }
+    // SAFETY: `efd` is a fresh descriptor we own.
+    let efd = unsafe { OwnedFd::from_raw_fd(efd) };
+    if let Err(e) = fault::install(efd.as_raw_fd()) {
+        let _ = ready.send(Err(format!("installing the SIGSEGV handler: {e}")));
+        return;
+    }
+    fault::membarrier_register();
+    // SAFETY: the AsyncFd owns the descriptor until it is dropped, and
+    // nothing else closes it.
+    let efd = match unsafe { AsyncFd::register(efd) } {
+        Ok(f) => f,
+        Err(e) => {
+            let _ = ready.send(Err(format!("eventfd: {e:?}")));
+            return;
+        }
+    };
+    let _ = ready.send(Ok(()));
+    let state: Shared = Rc::new(RefCell::new(state));
+    let attach_lock = Rc::new(tokio::sync::Mutex::new(()));
+    loop {
+        let wake = state.borrow().wake_at;
+        let sleep = async {
+            match wake {
+                Some(t) => {
+                    let now = state.borrow().now();
+                    tokio::time::sleep(Duration::from_micros(t.saturating_sub(now))).await
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            r = efd.readable() => {
+                let Ok(mut guard) = r else { break };
+                let mut buf = [0u8; 8];
+                // SAFETY: reading 8 bytes into an 8-byte buffer.
+                let n = unsafe { libc::read(efd.as_raw_fd(), buf.as_mut_ptr() as *mut libc::c_void, 8) };
+                if n < 0 {
+                    guard.clear_ready();
+                }
+                state.borrow_mut().faults();
+            }
+            Some(m) = inbound.recv() => {
+                match m {
+                    Inbound::Msg { from, conn, msg } => state.borrow_mut().inbound(from, msg, &conn),
+                    Inbound::Lost { node, .. } => {
+                        if node == Some(MANAGER) {
+                            error!("lost the connection to the nameserver");
+                        }
+                    }
+                }
+            }
+            c = cmds.recv() => {
+                let Some(c) = c else { break };
+                tokio::task::spawn_local(command(state.clone(), attach_lock.clone(), c));
+            }
+            _ = sleep => state.borrow_mut().timeout(),
+        }
+    }
+}
+
+async fn connect(config: &Config) -> Result<(State, mpsc::UnboundedReceiver<Inbound>), String> {
+    if config.auto {
+        // Blocking here is fine: nothing else runs on this thread yet.
+        ensure_nameserver(config)?;
+    }
+    let tls = crate::certs::load(&config.cert_dir).map_err(|e| e.to_string())?;
+    let (itx, mut irx) = mpsc::unbounded_channel();
+    let mut transport = Transport::bind(config.bind, tls, itx).map_err(|e| format!("binding {}: {e}", config.bind))?;
+    transport.set_addr(MANAGER, config.nameserver);
+    // SAFETY: getpid has no preconditions.
+    let pid = unsafe { libc::getpid() };
+    transport.send(MANAGER, Msg::Call { id: 0, call: Call::Register { pid } });
+    let deadline = tokio::time::sleep(Duration::from_secs(10));
+    tokio::pin!(deadline);
+    let mut early = Vec::new();
+    let me = loop {
+        tokio::select! {
+            m = irx.recv() => match m {
+                Some(Inbound::Msg { msg: Msg::Reply { id: 0, reply: Reply::Registered { node } }, .. }) => break node,
+                Some(Inbound::Msg { from, conn, msg }) => early.push((from, conn, msg)),
+                Some(Inbound::Lost { .. }) | None => {
+                    return Err(format!("cannot reach the nameserver at {}", config.nameserver))
+                }
+            },
+            _ = &mut deadline => return Err(format!("no answer from the nameserver at {}", config.nameserver)),
+        }
+    };
+    info!(node = me, "registered");
+    transport.set_me(me);
+    let mut state = State {
+        me,
+        started: Instant::now(),
+        protocol: NodeProtocol::new(me, config.hold_us),
+        transport,
+        segs: HashMap::new(),
+        calls: HashMap::new(),
+        next_call: 1,
+        waiters: HashMap::new(),
+        releasing: HashMap::new(),
+        wake_at: None,
+    };
+    for (from, conn, msg) in early {
+        state.inbound(from, msg, &conn);
+    }
+    Ok((state, irx))
+}
+
+async fn command(state: Shared, lock: Rc<tokio::sync::Mutex<()>>, c: Command) {
+    match c {
+        Command::Call(call, reply) => {
+            let rx = state.borrow_mut().call(call);
+            let _ = reply.send(rx.await.unwrap_or(Reply::Err(ENOMEM)));
+        }
+        Command::Attach { id, addr, flags, reply } => {
+            let _g = lock.lock().await;
+            let _ = reply.send(attach(&state, id, addr, flags).await);
+        }
+        Command::Detach { addr, reply } => {
+            let _g = lock.lock().await;
+            let _ = reply.send(detach(&state, addr).await);
+        }
+        Command::Shutdown(reply) => {
+            let _g = lock.lock().await;
+            let addrs: Vec<usize> =
+                state.borrow().segs.values().flat_map(|s| s.views.iter().map(|v| v.addr)).collect();
+            for a in addrs {
+                if let Err(e) = detach(&state, a).await {
+                    warn!("detaching at exit: {e:?}");
+                }
+            }
+            let _ = reply.send(());
+        }
+    }
+}
+
+/// `shmat` of a distributed segment; `addr` and `flags` as the program gave
+/// them.
+async fn attach(state: &Shared, id: i32, addr: usize, flags: i32) -> Result<usize, Errno> {
+    const SHMLBA: usize = PAGE_SIZE;
+    let mut addr = addr;
+    if addr != 0 {
+        if addr % SHMLBA != 0 {
+            if flags & libc::SHM_RND == 0 {
+                return Err(EINVAL);
+            }
+            addr &= !(SHMLBA - 1);
+            if addr == 0 && flags & libc::SHM_REMAP != 0 {
+                return Err(EINVAL);
+            }
+        }
+    } else if flags & libc::SHM_REMAP != 0 {
+        return Err(EINVAL);
+    }
+    let readonly = flags & libc::SHM_RDONLY != 0;
+    let rx = state.borrow_mut().call(Call::ShmAttach { id, readonly, cred: Cred::current() });
+    let size = match rx.await {
+        Ok(Reply::Attached { size }) => size,
+        Ok(Reply::Err(e)) => return Err(e),
+        _ => return Err(ENOMEM),
+    };
+    let res = map_view(state, id, size, addr, flags, readonly);
+    if res.is_err() {
+        let rx = state.borrow_mut().call(Call::ShmDetach { id, cred: Cred::current() });
+        let _ = rx.await;
+    }
+    res
+}
+
+fn map_view(state: &Shared, id: i32, size: u64, addr: usize, flags: i32, readonly: bool) -> Result<usize, Errno> {
+    let mut st = state.borrow_mut();
+    let npages = size.div_ceil(PAGE_SIZE as u64) as u32;
+    let maplen = npages as usize * PAGE_SIZE;
+    if !st.segs.contains_key(&id) {
+        let seg = new_segment(npages, maplen)?;
+        st.segs.insert(id, seg);
+        st.protocol.attach(id, npages);
+    }
+    let fd = st.segs[&id]._fd.as_raw_fd();
+    let mut mflags = libc::MAP_SHARED;
+    if addr != 0 {
+        mflags |= if flags & libc::SHM_REMAP != 0 { libc::MAP_FIXED } else { libc::MAP_FIXED_NOREPLACE };
+    }
+    // SAFETY: mapping our own memfd; MAP_FIXED only when the program asked
+    // to replace what is there (SHM_REMAP), as the kernel's shmat does.
+    let p = unsafe { libc::mmap(addr as *mut libc::c_void, maplen, libc::PROT_NONE, mflags, fd, 0) };
+    if p == libc::MAP_FAILED {
+        let e = std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::ENOMEM);
+        drop_if_unused(&mut st, id);
+        return Err(if e == libc::EEXIST || e == libc::EINVAL { EINVAL } else { ENOMEM });
+    }
+    let at = p as usize;
+    if addr != 0 && at != addr {
+        // An old kernel ignoring MAP_FIXED_NOREPLACE: the range was taken.
+        // SAFETY: unmapping what we just mapped.
+        unsafe { libc::munmap(p, maplen) };
+        drop_if_unused(&mut st, id);
+        return Err(EINVAL);
+    }
+    let Some(slot) = fault::register_view(at, maplen, readonly) else {
+        // SAFETY: as above.
+        unsafe { libc::munmap(p, maplen) };
+        drop_if_unused(&mut st, id);
+        return Err(Errno(libc::EMFILE));
+    };
+    let view = View { addr: at, readonly, slot };
+    for page in 0..npages {
+        let a = st.protocol.access(id, page);
+        if a != Access::Invalid {
+            protect_view(&view, page, a);
+        }
+    }
+    st.segs.get_mut(&id).map(|s| s.views.push(view));
+    Ok(at)
+}
+
+fn drop_if_unused(st: &mut State, id: SegId) {
+    if st.segs.get(&id).is_some_and(|s| s.views.is_empty()) {
+        st.segs.remove(&id);
+        st.protocol.forget(id);
+    }
+}
+
+fn new_segment(npages: u32, maplen: usize) -> Result<Segment, Errno> {
+    // SAFETY: memfd_create with a valid C string; result checked.
+    let fd = unsafe { libc::memfd_create(c"kdipc-segment".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(ENOMEM);
+    }
+    // SAFETY: a fresh descriptor we own.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: resizing our own memfd.
+    if unsafe { libc::ftruncate(fd.as_raw_fd(), maplen as libc::off_t) } != 0 {
+        return Err(ENOMEM);
+    }
+    // SAFETY: mapping our own memfd read-write at an address of the kernel's
+    // choice.
+    let rt = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            maplen,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            fd.as_raw_fd(),
+            0,
+        )
+    };
+    if rt == libc::MAP_FAILED {
+        return Err(ENOMEM);
+    }
+    Ok(Segment { npages, maplen, _fd: fd, rt: rt as *mut u8, views: Vec::new() })
+}
+
+/// `shmdt` of a distributed view starting at `addr`.
+async fn detach(state: &Shared, addr: usize) -> Result<(), Errno> {
+    let (id, last) = {
+        let mut st = state.borrow_mut();
+        let Some((&id, seg)) = st.segs.iter_mut().find(|(_, s)| s.views.iter().any(|v| v.addr == addr)) else {
+            return Err(EINVAL);
+        };
+        let i = seg.views.iter().position(|v| v.addr == addr).ok_or(EINVAL)?;
+        let v = seg.views.remove(i);
+        fault::unregister_view(v.slot);
+        // SAFETY: unmapping the program's view we mapped in `map_view`.
+        unsafe { libc::munmap(v.addr as *mut libc::c_void, seg.maplen) };
+        (id, seg.views.is_empty())
+    };
+    if last {
+        // Hand the pages back before the nameserver counts the detach, so
+        // that a segment destroyed by it has nothing in flight.
+        let done = {
+            let mut st = state.borrow_mut();
+            let mut out = Vec::new();
+            match st.protocol.release(id, &mut out) {
+                Ok(0) => None,
+                Ok(n) => {
+                    let (tx, rx) = oneshot::channel();
+                    st.releasing.insert(id, (n, vec![tx]));
+                    st.apply(&mut out);
+                    Some(rx)
+                }
+                Err(e) => {
+                    warn!(seg = id, "release: {e}");
+                    st.apply(&mut out);
+                    None
+                }
+            }
+        };
+        if let Some(rx) = done {
+            let _ = rx.await;
+        }
+        let mut st = state.borrow_mut();
+        st.protocol.forget(id);
+        st.segs.remove(&id);
+    }
+    let rx = state.borrow_mut().call(Call::ShmDetach { id, cred: Cred::current() });
+    match rx.await {
+        Ok(Reply::Err(e)) => Err(e),
+        _ => Ok(()),
+    }
+}

@@ -1,0 +1,410 @@
+//! The nameserver's registry of distributed segments: System V `shmget`,
+//! `shmat`, `shmdt` and `shmctl` semantics, decided once for the cluster.
+//!
+//! Ids: a distributed id has bit 30 set (`0x4000_0000 | n`, `n` counting
+//! from 1, never reused by one nameserver), so the shim tells it from a
+//! kernel id without asking anyone. The kernel's ids reach that range only
+//! after 32 768 create/remove cycles of one kind (its sequence counter is
+//! shifted left by 15); such a kernel id is still passed to the kernel when
+//! the nameserver does not know it.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::{Deserialize, Serialize};
+
+use crate::protocol::{NodeId, PAGE_SIZE};
+
+/// Marks a distributed id.
+pub const ID_BIT: i32 = 0x4000_0000;
+/// `SHM_DEST` in `shm_perm.mode`.
+pub const SHM_DEST: u32 = 0o1000;
+
+pub fn is_distributed_id(id: i32) -> bool {
+    id > 0 && id & ID_BIT != 0
+}
+
+/// An errno value to hand back to the program.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Errno(pub i32);
+
+/// Who makes a call: the credentials System V checks.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Cred {
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+    pub pid: i32,
+}
+
+impl Cred {
+    /// The calling process's effective credentials.
+    pub fn current() -> Cred {
+        // SAFETY: these calls have no preconditions and cannot fail.
+        let (uid, gid, pid) = unsafe { (libc::geteuid(), libc::getegid(), libc::getpid()) };
+        let mut groups = vec![0 as libc::gid_t; 64];
+        // SAFETY: the buffer holds 64 entries and we pass that size.
+        let n = unsafe { libc::getgroups(64, groups.as_mut_ptr()) };
+        groups.truncate(n.max(0) as usize);
+        Cred { uid, gid, groups, pid }
+    }
+
+    fn in_group(&self, gid: u32) -> bool {
+        self.gid == gid || self.groups.contains(&gid)
+    }
+}
+
+/// `struct shmid_ds`, as the registry knows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShmStat {
+    pub key: i32,
+    pub uid: u32,
+    pub gid: u32,
+    pub cuid: u32,
+    pub cgid: u32,
+    /// Permission bits plus `SHM_DEST`.
+    pub mode: u32,
+    pub size: u64,
+    pub atime: i64,
+    pub dtime: i64,
+    pub ctime: i64,
+    pub cpid: i32,
+    pub lpid: i32,
+    pub nattch: u64,
+}
+
+/// Registry calls (node → nameserver).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Call {
+    /// The node joins the cluster.
+    Register { pid: i32 },
+    ShmGet { key: i32, size: u64, flags: i32, cred: Cred },
+    ShmAttach { id: i32, readonly: bool, cred: Cred },
+    ShmDetach { id: i32, cred: Cred },
+    ShmStat { id: i32, cred: Cred },
+    ShmSet { id: i32, uid: u32, gid: u32, mode: u32, cred: Cred },
+    ShmRemove { id: i32, cred: Cred },
+    /// Number of segments and of their pages (for `SHM_INFO`).
+    ShmTotals,
+    /// Every segment (for `kdipc ipcs`).
+    ShmList,
+}
+
+/// Registry answers.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Reply {
+    Registered { node: NodeId },
+    Id(i32),
+    /// Attached: the segment's size.
+    Attached { size: u64 },
+    Stat(ShmStat),
+    Totals { segments: u64, pages: u64 },
+    List(Vec<(i32, ShmStat)>),
+    Ok,
+    Err(Errno),
+}
+
+struct Segment {
+    stat: ShmStat,
+    /// Attaches per node.
+    attaches: BTreeMap<NodeId, u64>,
+}
+
+/// What a registry call did to the set of segments, for the manager.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Effect {
+    None,
+    Created { id: i32, npages: u32 },
+    Destroyed { id: i32 },
+}
+
+/// The registry of distributed segments.
+pub struct Registry {
+    next: i32,
+    by_id: HashMap<i32, Segment>,
+    by_key: HashMap<i32, i32>,
+    shmmax: u64,
+    clock: fn() -> i64,
+}
+
+fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+fn shmmax() -> u64 {
+    std::fs::read_to_string("/proc/sys/kernel/shmmax")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(u64::MAX >> 8)
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// `ipcperms()`: may `cred` access an object with `want` (rwx bits in any
+/// of the three positions)?
+fn allowed(cred: &Cred, stat: &ShmStat, want: u32) -> bool {
+    if cred.uid == 0 {
+        return true; // CAP_IPC_OWNER
+    }
+    let requested = (want >> 6 | want >> 3 | want) & 0o7;
+    let mut granted = stat.mode;
+    if cred.uid == stat.cuid || cred.uid == stat.uid {
+        granted >>= 6;
+    } else if cred.in_group(stat.cgid) || cred.in_group(stat.gid) {
+        granted >>= 3;
+    }
+    requested & !granted & 0o7 == 0
+}
+
+/// May `cred` change or remove the object (`IPC_SET`, `IPC_RMID`)?
+fn is_owner(cred: &Cred, stat: &ShmStat) -> bool {
+    cred.uid == 0 || cred.uid == stat.uid || cred.uid == stat.cuid
+}
+
+const EINVAL: Errno = Errno(libc::EINVAL);
+
+impl Registry {
+    pub fn new() -> Self {
+        Registry { next: 1, by_id: HashMap::new(), by_key: HashMap::new(), shmmax: shmmax(), clock: now_secs }
+    }
+
+    /// Answers a call from `node`.
+    pub fn call(&mut self, node: NodeId, call: Call) -> (Reply, Effect) {
+        let res = match call {
+            Call::Register { .. } => return (Reply::Err(EINVAL), Effect::None),
+            Call::ShmGet { key, size, flags, cred } => self.get(key, size, flags, &cred),
+            Call::ShmAttach { id, readonly, cred } => self.attach(node, id, readonly, &cred),
+            Call::ShmDetach { id, cred } => self.detach(node, id, &cred),
+            Call::ShmStat { id, cred } => self.seg(id).and_then(|s| {
+                if allowed(&cred, &s.stat, 0o444) {
+                    Ok((Reply::Stat(s.stat.clone()), Effect::None))
+                } else {
+                    Err(Errno(libc::EACCES))
+                }
+            }),
+            Call::ShmSet { id, uid, gid, mode, cred } => {
+                let now = (self.clock)();
+                self.seg_mut(id).and_then(|s| {
+                    if !is_owner(&cred, &s.stat) {
+                        return Err(Errno(libc::EPERM));
+                    }
+                    s.stat.uid = uid;
+                    s.stat.gid = gid;
+                    s.stat.mode = (s.stat.mode & !0o777) | (mode & 0o777);
+                    s.stat.ctime = now;
+                    Ok((Reply::Ok, Effect::None))
+                })
+            }
+            Call::ShmRemove { id, cred } => self.remove(id, &cred),
+            Call::ShmTotals => {
+                let pages = self.by_id.values().map(|s| s.stat.size.div_ceil(PAGE_SIZE as u64)).sum();
+                Ok((Reply::Totals { segments: self.by_id.len() as u64, pages }, Effect::None))
+            }
+            Call::ShmList => {
+                let mut v: Vec<_> = self.by_id.iter().map(|(&id, s)| (id, s.stat.clone())).collect();
+                v.sort_by_key(|e| e.0);
+                Ok((Reply::List(v), Effect::None))
+            }
+        };
+        res.unwrap_or_else(|e| (Reply::Err(e), Effect::None))
+    }
+
+    /// The node is gone: its attaches go with it.
+    pub fn node_gone(&mut self, node: NodeId) -> Vec<Effect> {
+        let ids: Vec<i32> = self.by_id.keys().copied().collect();
+        let mut effects = Vec::new();
+        for id in ids {
+            if let Some(s) = self.by_id.get_mut(&id) {
+                if let Some(n) = s.attaches.remove(&node) {
+                    s.stat.nattch -= n;
+                    if let Some(e) = self.maybe_destroy(id) {
+                        effects.push(e);
+                    }
+                }
+            }
+        }
+        effects
+    }
+
+    fn seg(&self, id: i32) -> Result<&Segment, Errno> {
+        self.by_id.get(&id).ok_or(EINVAL)
+    }
+
+    fn seg_mut(&mut self, id: i32) -> Result<&mut Segment, Errno> {
+        self.by_id.get_mut(&id).ok_or(EINVAL)
+    }
+
+    fn get(&mut self, key: i32, size: u64, flags: i32, cred: &Cred) -> Result<(Reply, Effect), Errno> {
+        if key != libc::IPC_PRIVATE {
+            if let Some(&id) = self.by_key.get(&key) {
+                if flags & libc::IPC_CREAT != 0 && flags & libc::IPC_EXCL != 0 {
+                    return Err(Errno(libc::EEXIST));
+                }
+                let s = &self.by_id[&id];
+                if s.stat.size < size {
+                    return Err(EINVAL);
+                }
+                if !allowed(cred, &s.stat, (flags & 0o777) as u32) {
+                    return Err(Errno(libc::EACCES));
+                }
+                return Ok((Reply::Id(id), Effect::None));
+            }
+            if flags & libc::IPC_CREAT == 0 {
+                return Err(Errno(libc::ENOENT));
+            }
+        }
+        if size < 1 || size > self.shmmax {
+            return Err(EINVAL);
+        }
+        let npages = size.div_ceil(PAGE_SIZE as u64);
+        let npages = u32::try_from(npages).map_err(|_| Errno(libc::ENOSPC))?;
+        if self.next >= ID_BIT {
+            return Err(Errno(libc::ENOSPC));
+        }
+        let id = ID_BIT | self.next;
+        self.next += 1;
+        let stat = ShmStat {
+            key,
+            uid: cred.uid,
+            gid: cred.gid,
+            cuid: cred.uid,
+            cgid: cred.gid,
+            mode: (flags & 0o777) as u32,
+            size,
+            atime: 0,
+            dtime: 0,
+            ctime: (self.clock)(),
+            cpid: cred.pid,
+            lpid: 0,
+            nattch: 0,
+        };
+        self.by_id.insert(id, Segment { stat, attaches: BTreeMap::new() });
+        if key != libc::IPC_PRIVATE {
+            self.by_key.insert(key, id);
+        }
+        Ok((Reply::Id(id), Effect::Created { id, npages }))
+    }
+
+    fn attach(&mut self, node: NodeId, id: i32, readonly: bool, cred: &Cred) -> Result<(Reply, Effect), Errno> {
+        let now = (self.clock)();
+        let s = self.seg_mut(id)?;
+        let want = if readonly { 0o444 } else { 0o666 };
+        if !allowed(cred, &s.stat, want) {
+            return Err(Errno(libc::EACCES));
+        }
+        *s.attaches.entry(node).or_default() += 1;
+        s.stat.nattch += 1;
+        s.stat.atime = now;
+        s.stat.lpid = cred.pid;
+        Ok((Reply::Attached { size: s.stat.size }, Effect::None))
+    }
+
+    fn detach(&mut self, node: NodeId, id: i32, cred: &Cred) -> Result<(Reply, Effect), Errno> {
+        let now = (self.clock)();
+        let s = self.seg_mut(id)?;
+        let n = s.attaches.get_mut(&node).ok_or(EINVAL)?;
+        *n -= 1;
+        if *n == 0 {
+            s.attaches.remove(&node);
+        }
+        s.stat.nattch -= 1;
+        s.stat.dtime = now;
+        s.stat.lpid = cred.pid;
+        Ok((Reply::Ok, self.maybe_destroy(id).unwrap_or(Effect::None)))
+    }
+
+    fn remove(&mut self, id: i32, cred: &Cred) -> Result<(Reply, Effect), Errno> {
+        let s = self.seg_mut(id)?;
+        if !is_owner(cred, &s.stat) {
+            return Err(Errno(libc::EPERM));
+        }
+        s.stat.mode |= SHM_DEST;
+        let key = std::mem::replace(&mut s.stat.key, libc::IPC_PRIVATE);
+        if key != libc::IPC_PRIVATE {
+            self.by_key.remove(&key);
+        }
+        Ok((Reply::Ok, self.maybe_destroy(id).unwrap_or(Effect::None)))
+    }
+
+    fn maybe_destroy(&mut self, id: i32) -> Option<Effect> {
+        let s = self.by_id.get(&id)?;
+        if s.stat.nattch == 0 && s.stat.mode & SHM_DEST != 0 {
+            self.by_id.remove(&id);
+            return Some(Effect::Destroyed { id });
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(uid: u32) -> Cred {
+        Cred { uid, gid: uid, groups: vec![], pid: 42 }
+    }
+
+    fn id_of(r: (Reply, Effect)) -> i32 {
+        match r.0 {
+            Reply::Id(id) => id,
+            other => panic!("expected an id, got {other:?}"),
+        }
+    }
+
+    fn err_of(r: (Reply, Effect)) -> i32 {
+        match r.0 {
+            Reply::Err(Errno(e)) => e,
+            other => panic!("expected an error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn get_semantics_match_linux() {
+        let mut r = Registry::new();
+        let u = user(1000);
+        let get = |r: &mut Registry, key, size, flags, c: &Cred| {
+            r.call(1, Call::ShmGet { key, size, flags, cred: c.clone() })
+        };
+        assert_eq!(err_of(get(&mut r, 5, 4096, 0o600, &u)), libc::ENOENT);
+        assert_eq!(err_of(get(&mut r, 5, 0, libc::IPC_CREAT | 0o600, &u)), libc::EINVAL);
+        let id = id_of(get(&mut r, 5, 8192, libc::IPC_CREAT | 0o600, &u));
+        assert!(is_distributed_id(id));
+        assert_eq!(id_of(get(&mut r, 5, 100, 0, &u)), id);
+        assert_eq!(err_of(get(&mut r, 5, 8193, 0, &u)), libc::EINVAL);
+        assert_eq!(err_of(get(&mut r, 5, 10, libc::IPC_CREAT | libc::IPC_EXCL | 0o600, &u)), libc::EEXIST);
+        assert_eq!(err_of(get(&mut r, 5, 10, 0o600, &user(1001))), libc::EACCES);
+        assert_eq!(id_of(get(&mut r, 5, 10, 0o600, &user(0))), id);
+        let p1 = id_of(get(&mut r, libc::IPC_PRIVATE, 10, 0o600, &u));
+        let p2 = id_of(get(&mut r, libc::IPC_PRIVATE, 10, 0o600, &u));
+        assert_ne!(p1, p2);
+    }
+
+    #[test]
+    fn rmid_waits_for_the_last_detach() {
+        let mut r = Registry::new();
+        let u = user(1000);
+        let id = id_of(r.call(1, Call::ShmGet { key: 9, size: 4096, flags: libc::IPC_CREAT | 0o600, cred: u.clone() }));
+        assert!(matches!(r.call(1, Call::ShmAttach { id, readonly: false, cred: u.clone() }).0, Reply::Attached { size: 4096 }));
+        assert!(matches!(r.call(2, Call::ShmAttach { id, readonly: true, cred: u.clone() }).0, Reply::Attached { .. }));
+        assert_eq!(err_of(r.call(2, Call::ShmRemove { id, cred: user(1001) })), libc::EPERM);
+        assert_eq!(r.call(2, Call::ShmRemove { id, cred: u.clone() }).1, Effect::None);
+        // The key is free again; the id still works.
+        assert_eq!(err_of(r.call(1, Call::ShmGet { key: 9, size: 1, flags: 0, cred: u.clone() })), libc::ENOENT);
+        match r.call(1, Call::ShmStat { id, cred: u.clone() }).0 {
+            Reply::Stat(s) => {
+                assert_eq!(s.nattch, 2);
+                assert_eq!(s.mode & SHM_DEST, SHM_DEST);
+                assert_eq!(s.key, libc::IPC_PRIVATE);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(r.call(1, Call::ShmDetach { id, cred: u.clone() }).1, Effect::None);
+        assert_eq!(r.call(2, Call::ShmDetach { id, cred: u.clone() }).1, Effect::Destroyed { id });
+        assert_eq!(err_of(r.call(1, Call::ShmStat { id, cred: u })), libc::EINVAL);
+    }
+}

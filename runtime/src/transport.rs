@@ -1,0 +1,289 @@
+//! QUIC transport: one connection per pair of nodes, reused; the messages
+//! from one node to another travel on one unidirectional stream, so they
+//! arrive in the order they were sent (the protocol relies on it).
+//!
+//! Whoever first needs to talk dials; the other side reuses the accepted
+//! connection for its own stream (if both dial at once, each direction still
+//! keeps to one stream). The first frame of every stream is
+//! `Hello { node }`. A frame that does not decode closes the connection,
+//! with a log line.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use crate::protocol::NodeId;
+use crate::wire::{self, Msg, MAX_FRAME};
+
+/// Something that arrived.
+#[derive(Debug)]
+pub enum Inbound {
+    /// A message, from the node named in its stream's `Hello` (`None`:
+    /// an unregistered node, on `conn`).
+    Msg { from: Option<NodeId>, conn: quinn::Connection, msg: Msg },
+    /// A connection to a node was lost.
+    Lost { node: Option<NodeId>, conn: quinn::Connection },
+}
+
+#[derive(Default)]
+struct Shared {
+    /// Connections by peer, for sending.
+    conns: HashMap<NodeId, quinn::Connection>,
+}
+
+/// The QUIC side of a node.
+pub struct Transport {
+    endpoint: quinn::Endpoint,
+    me: Option<NodeId>,
+    shared: Arc<Mutex<Shared>>,
+    addrs: HashMap<NodeId, SocketAddr>,
+    out: HashMap<NodeId, mpsc::UnboundedSender<Msg>>,
+    inbound: mpsc::UnboundedSender<Inbound>,
+}
+
+impl Transport {
+    /// Binds a QUIC endpoint at `bind` and starts accepting connections.
+    /// Must be called inside a tokio runtime.
+    pub fn bind(
+        bind: SocketAddr,
+        tls: crate::certs::TlsConfigs,
+        inbound: mpsc::UnboundedSender<Inbound>,
+    ) -> std::io::Result<Transport> {
+        let mut endpoint = quinn::Endpoint::server(tls.server, bind)?;
+        endpoint.set_default_client_config(tls.client);
+        let shared = Arc::new(Mutex::new(Shared::default()));
+        tokio::spawn(accept_loop(endpoint.clone(), shared.clone(), inbound.clone()));
+        Ok(Transport { endpoint, me: None, shared, addrs: HashMap::new(), out: HashMap::new(), inbound })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.endpoint.local_addr()
+    }
+
+    pub fn set_me(&mut self, me: NodeId) {
+        self.me = Some(me);
+    }
+
+    /// Where `node` listens.
+    pub fn set_addr(&mut self, node: NodeId, addr: SocketAddr) {
+        self.addrs.insert(node, addr);
+    }
+
+    /// Sends to `node` on this connection (a node that dialed us before it
+    /// had an id).
+    pub fn bind_conn(&mut self, node: NodeId, conn: quinn::Connection) {
+        self.shared.lock().unwrap_or_else(|e| e.into_inner()).conns.entry(node).or_insert(conn);
+    }
+
+    /// Forgets a peer: the next message to it opens a new stream.
+    pub fn forget(&mut self, node: NodeId) {
+        self.out.remove(&node);
+        self.addrs.remove(&node);
+        self.shared.lock().unwrap_or_else(|e| e.into_inner()).conns.remove(&node);
+    }
+
+    /// Queues a message for `to`.
+    pub fn send(&mut self, to: NodeId, msg: Msg) {
+        if let Some(tx) = self.out.get(&to) {
+            if tx.send(msg).is_ok() {
+                return;
+            }
+            self.out.remove(&to);
+            warn!(node = to, "message to a peer whose stream closed is dropped");
+            return;
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let _ = tx.send(msg);
+        self.out.insert(to, tx);
+        let conn = self.shared.lock().unwrap_or_else(|e| e.into_inner()).conns.get(&to).cloned();
+        let dial = match conn {
+            Some(c) => Dial::Have(c),
+            None => match self.addrs.get(&to) {
+                Some(&a) => Dial::To(a),
+                None => {
+                    warn!(node = to, "no address for node; message dropped");
+                    self.out.remove(&to);
+                    return;
+                }
+            },
+        };
+        tokio::spawn(writer(
+            self.endpoint.clone(),
+            self.me,
+            to,
+            dial,
+            rx,
+            self.shared.clone(),
+            self.inbound.clone(),
+        ));
+    }
+
+    /// Dials `addr` (the nameserver) before any id is known and sends on it
+    /// as node `to`.
+    pub fn connect_as(&mut self, to: NodeId, addr: SocketAddr) {
+        self.addrs.insert(to, addr);
+    }
+
+    pub fn close(&self) {
+        self.endpoint.close(0u32.into(), b"bye");
+    }
+}
+
+enum Dial {
+    Have(quinn::Connection),
+    To(SocketAddr),
+}
+
+async fn accept_loop(
+    endpoint: quinn::Endpoint,
+    shared: Arc<Mutex<Shared>>,
+    inbound: mpsc::UnboundedSender<Inbound>,
+) {
+    while let Some(incoming) = endpoint.accept().await {
+        let shared = shared.clone();
+        let inbound = inbound.clone();
+        tokio::spawn(async move {
+            let remote = incoming.remote_address();
+            match incoming.await {
+                Ok(conn) => read_streams(conn, shared, inbound).await,
+                Err(e) => warn!(%remote, "refused connection: {e}"),
+            }
+        });
+    }
+}
+
+/// Reads every stream the peer opens on `conn`.
+async fn read_streams(conn: quinn::Connection, shared: Arc<Mutex<Shared>>, inbound: mpsc::UnboundedSender<Inbound>) {
+    loop {
+        match conn.accept_uni().await {
+            Ok(recv) => {
+                tokio::spawn(read_stream(conn.clone(), recv, shared.clone(), inbound.clone()));
+            }
+            Err(e) => {
+                debug!(remote = %conn.remote_address(), "connection ended: {e}");
+                return;
+            }
+        }
+    }
+}
+
+async fn read_frame(recv: &mut quinn::RecvStream, buf: &mut Vec<u8>) -> Result<Option<Msg>, String> {
+    let mut len = [0u8; 4];
+    match recv.read_exact(&mut len).await {
+        Ok(()) => {}
+        Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
+        Err(e) => return Err(e.to_string()),
+    }
+    let len = u32::from_le_bytes(len) as usize;
+    if len > MAX_FRAME {
+        return Err(format!("frame of {len} bytes exceeds the limit"));
+    }
+    buf.resize(len, 0);
+    recv.read_exact(buf).await.map_err(|e| e.to_string())?;
+    wire::decode(buf).map(Some).map_err(|e| e.to_string())
+}
+
+async fn read_stream(
+    conn: quinn::Connection,
+    mut recv: quinn::RecvStream,
+    shared: Arc<Mutex<Shared>>,
+    inbound: mpsc::UnboundedSender<Inbound>,
+) {
+    let mut buf = Vec::new();
+    let from = match read_frame(&mut recv, &mut buf).await {
+        Ok(Some(Msg::Hello { node })) => node,
+        Ok(_) => return bad(&conn, "stream does not start with Hello"),
+        Err(e) => return bad(&conn, &e),
+    };
+    if let Some(n) = from {
+        shared.lock().unwrap_or_else(|e| e.into_inner()).conns.entry(n).or_insert_with(|| conn.clone());
+    }
+    loop {
+        match read_frame(&mut recv, &mut buf).await {
+            Ok(Some(Msg::Hello { .. })) => return bad(&conn, "second Hello"),
+            Ok(Some(msg)) => {
+                if inbound.send(Inbound::Msg { from, conn: conn.clone(), msg }).is_err() {
+                    return;
+                }
+            }
+            Ok(None) => return,
+            Err(e) => {
+                if conn.close_reason().is_none() {
+                    bad(&conn, &e);
+                }
+                let _ = inbound.send(Inbound::Lost { node: from, conn });
+                return;
+            }
+        }
+    }
+}
+
+/// Closes a connection whose peer sent something malformed.
+pub fn bad(conn: &quinn::Connection, why: &str) {
+    warn!(remote = %conn.remote_address(), "closing connection: malformed input: {why}");
+    conn.close(1u32.into(), b"malformed message");
+}
+
+async fn writer(
+    endpoint: quinn::Endpoint,
+    me: Option<NodeId>,
+    to: NodeId,
+    dial: Dial,
+    mut rx: mpsc::UnboundedReceiver<Msg>,
+    shared: Arc<Mutex<Shared>>,
+    inbound: mpsc::UnboundedSender<Inbound>,
+) {
+    let conn = match dial {
+        Dial::Have(c) => c,
+        Dial::To(addr) => {
+            let conn = match endpoint.connect(addr, crate::certs::SERVER_NAME) {
+                Ok(connecting) => connecting.await,
+                Err(e) => {
+                    warn!(node = to, %addr, "cannot connect: {e}");
+                    return;
+                }
+            };
+            match conn {
+                Ok(c) => {
+                    info!(node = to, %addr, "connected");
+                    tokio::spawn(read_streams(c.clone(), shared.clone(), inbound.clone()));
+                    shared.lock().unwrap_or_else(|e| e.into_inner()).conns.entry(to).or_insert_with(|| c.clone());
+                    c
+                }
+                Err(e) => {
+                    warn!(node = to, %addr, "cannot connect: {e}");
+                    return;
+                }
+            }
+        }
+    };
+    let mut send = match conn.open_uni().await {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(node = to, "cannot open stream: {e}");
+            let _ = inbound.send(Inbound::Lost { node: Some(to), conn });
+            return;
+        }
+    };
+    let mut buf = Vec::with_capacity(64 * 1024);
+    wire::encode_into(&Msg::Hello { node: me }, &mut buf);
+    while let Some(msg) = rx.recv().await {
+        wire::encode_into(&msg, &mut buf);
+        while buf.len() < 256 * 1024 {
+            match rx.try_recv() {
+                Ok(m) => wire::encode_into(&m, &mut buf),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = send.write_all(&buf).await {
+            warn!(node = to, "send failed: {e}");
+            let _ = inbound.send(Inbound::Lost { node: Some(to), conn });
+            return;
+        }
+        buf.clear();
+    }
+    let _ = send.finish();
+}

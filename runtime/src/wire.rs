@@ -1,0 +1,102 @@
+//! Messages between nodes, as they travel: `postcard`-encoded [`Frame`]s,
+//! each preceded by its length (u32, little endian), on one QUIC stream per
+//! direction and peer.
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::protocol::{CoherenceMsg, NodeId};
+use crate::registry::{Call, Reply};
+
+/// Bumped on every incompatible change of [`Msg`].
+pub const PROTOCOL_VERSION: u16 = 1;
+/// Largest frame accepted (a page plus headroom, or a registry answer).
+pub const MAX_FRAME: usize = 1 << 20;
+
+/// One message on the wire.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Frame {
+    pub version: u16,
+    pub msg: Msg,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Msg {
+    /// First frame on every stream: who is sending (`None` before the
+    /// nameserver has given the node an id).
+    Hello { node: Option<NodeId> },
+    /// Page coherence.
+    Coherence(CoherenceMsg),
+    /// node → nameserver: a registry call.
+    Call { id: u64, call: Call },
+    /// nameserver → node: its answer.
+    Reply { id: u64, reply: Reply },
+    /// nameserver → node: where a node listens.
+    PeerAddr { node: NodeId, addr: SocketAddr },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    #[error("frame of {0} bytes exceeds the limit")]
+    TooLarge(usize),
+    #[error("undecodable frame: {0}")]
+    Decode(#[from] postcard::Error),
+    #[error("protocol version {0}, expected {PROTOCOL_VERSION}")]
+    Version(u16),
+}
+
+/// [`Frame`] by reference, for encoding without a copy (same encoding).
+#[derive(Serialize)]
+struct FrameRef<'a> {
+    version: u16,
+    msg: &'a Msg,
+}
+
+/// Appends one length-prefixed frame to `buf`.
+pub fn encode_into(msg: &Msg, buf: &mut Vec<u8>) {
+    let start = buf.len();
+    buf.extend_from_slice(&[0; 4]);
+    let frame = FrameRef { version: PROTOCOL_VERSION, msg };
+    // Serializing into a Vec cannot fail for these types.
+    let taken = std::mem::take(buf);
+    *buf = postcard::to_extend(&frame, taken).expect("encoding into a Vec");
+    let len = (buf.len() - start - 4) as u32;
+    buf[start..start + 4].copy_from_slice(&len.to_le_bytes());
+}
+
+/// Decodes one frame body (without its length prefix).
+pub fn decode(body: &[u8]) -> Result<Msg, WireError> {
+    if body.len() > MAX_FRAME {
+        return Err(WireError::TooLarge(body.len()));
+    }
+    let frame: Frame = postcard::from_bytes(body)?;
+    if frame.version != PROTOCOL_VERSION {
+        return Err(WireError::Version(frame.version));
+    }
+    Ok(frame.msg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::Payload;
+
+    #[test]
+    fn round_trip_and_rejects() {
+        let msg = Msg::Coherence(CoherenceMsg::Data { seg: 7, page: 3, acks: 1, payload: Payload::Zero });
+        let mut buf = Vec::new();
+        encode_into(&msg, &mut buf);
+        let len = u32::from_le_bytes(buf[..4].try_into().unwrap()) as usize;
+        assert_eq!(len, buf.len() - 4);
+        match decode(&buf[4..]).unwrap() {
+            Msg::Coherence(c) => assert_eq!(c.target(), (7, 3)),
+            other => panic!("decoded {other:?}"),
+        }
+        // Truncated, garbage and wrong version are errors, not panics.
+        assert!(decode(&buf[4..buf.len() - 1]).is_err());
+        assert!(decode(&[0xff; 9]).is_err());
+        let bad = postcard::to_allocvec(&Frame { version: 99, msg }).unwrap();
+        assert!(matches!(decode(&bad), Err(WireError::Version(99))));
+    }
+}

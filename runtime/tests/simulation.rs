@@ -1,0 +1,1054 @@
+//! Deterministic simulation of the page coherence protocol
+//! (`kdipc_runtime::protocol`, DESIGN.md §3 and §9), plus small scenario
+//! tests of single protocol steps (`mod scenarios` at the end).
+//!
+//! # The simulation
+//!
+//! One [`Manager`] (node 0) and [`NODES`] [`NodeProtocol`]s share a few small
+//! segments, so that every page is contended. They talk over a simulated
+//! network with one FIFO queue per ordered pair of nodes (the protocol
+//! requires per-pair order): each message gets a seeded random delay, but
+//! never overtakes an earlier message of the same pair, so messages of
+//! different pairs overtake each other all the time. A virtual clock jumps to
+//! the next event — a delivery, a node's timer (`WakeAt`), an application
+//! step — like quinn-proto's `tests/util.rs`.
+//!
+//! Each simulated node has a driver that performs the [`Action`]s the way the
+//! runtime does, a page memory (a page's content is one `u64`: it travels as
+//! the first 8 bytes of a 4 KiB `Payload::Bytes`, or as `Payload::Zero` when
+//! 0) and [`THREADS`] application threads. A thread reads or writes a random
+//! page; when `fault` says the access is missing, it blocks until a
+//! `SetAccess` opens the page enough (a writer woken by a read grant faults
+//! again). A write stores a new, globally unique value and the model records
+//! it as the page's latest value; a read must return exactly that value
+//! (sequential consistency: with invalidate-before-write, any node that can
+//! read holds the latest bytes). Now and then a node detaches a segment
+//! (`release`, every `Released`, `forget`) and later attaches it again.
+//!
+//! After every step, for every page: at most one node has `Write`; if one
+//! has, nobody else has `Read`; every node that can read or write holds the
+//! latest value; the driver's access equals the protocol's; a home copy the
+//! manager calls current holds the latest value. A page that is sent
+//! (`SendPage`, `ReleasePage`) holds the latest value.
+//!
+//! At the end, no new accesses are started and everything drains; then every
+//! blocked access has completed, no request is pending, the manager is idle
+//! and its directory (`holders`) matches the nodes' access.
+//!
+//! `KDIPC_SIM_SEEDS=N` runs seeds `0..N` (default 16), `KDIPC_SIM_SEED=S`
+//! replays seed S alone, `KDIPC_SIM_TRACE=1` prints every event (use with
+//! one seed). A failure names its seed (the panicking thread is
+//! `sim-seed-S`, and the final message lists the failing seeds).
+
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, BinaryHeap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use kdipc_runtime::protocol::{
+    Access, Action, CoherenceMsg, Manager, NodeId, NodeProtocol, PageIdx, Payload, SegId, MANAGER, PAGE_SIZE,
+};
+
+/// Application nodes, ids `1..=NODES` (node 0 is the manager).
+const NODES: usize = 8;
+/// Application threads per node.
+const THREADS: usize = 2;
+/// The shared segments: id and number of pages.
+const SEGMENTS: [(SegId, u32); 3] = [(11, 2), (22, 3), (33, 1)];
+/// Message deliveries per seed before the simulation starts draining.
+const DELIVERIES: u64 = 100_000;
+/// Seeds run by default.
+const DEFAULT_SEEDS: u64 = 16;
+/// Steps allowed to drain; more means a livelock.
+const DRAIN_LIMIT: u64 = 1_000_000;
+/// Content of a page this node has no copy of (never read: a read of it
+/// fails the test).
+const POISON: u64 = u64::MAX;
+
+/// splitmix64: small, seeded, good enough to pick delays and pages.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (the modulo bias is irrelevant here).
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    /// Uniform in `lo..=hi`.
+    fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.below(hi - lo + 1)
+    }
+
+    /// True with probability `per_mille / 1000`.
+    fn chance(&mut self, per_mille: u64) -> bool {
+        self.below(1000) < per_mille
+    }
+}
+
+/// A page's content as a payload.
+fn encode(value: u64) -> Payload {
+    if value == 0 {
+        return Payload::Zero;
+    }
+    let mut bytes = vec![0u8; PAGE_SIZE];
+    bytes[..8].copy_from_slice(&value.to_le_bytes());
+    Payload::Bytes(bytes)
+}
+
+/// A payload's content; panics on anything [`encode`] cannot produce.
+fn decode(payload: &Payload) -> u64 {
+    static ZEROS: [u8; PAGE_SIZE] = [0; PAGE_SIZE];
+    match payload {
+        Payload::Zero => 0,
+        Payload::Bytes(b) => {
+            assert_eq!(b.len(), PAGE_SIZE, "payload of {} bytes", b.len());
+            assert!(b[8..] == ZEROS[8..], "payload bytes beyond the value are not ours");
+            let value = u64::from_le_bytes(b[..8].try_into().unwrap());
+            assert_ne!(value, 0, "a zero page travelled as 4 KiB of bytes");
+            value
+        }
+    }
+}
+
+/// A payload's content, without [`decode`]'s checks of every byte.
+fn peek(payload: &Payload) -> u64 {
+    match payload {
+        Payload::Zero => 0,
+        Payload::Bytes(b) => u64::from_le_bytes(b[..8].try_into().unwrap()),
+    }
+}
+
+/// A message, short (payloads as their value), for traces and failures.
+fn show(msg: &CoherenceMsg) -> String {
+    match msg {
+        CoherenceMsg::Data { seg, page, acks, payload } => {
+            format!("Data {{ seg: {seg}, page: {page}, acks: {acks}, value: {} }}", decode(payload))
+        }
+        CoherenceMsg::Release { seg, page, payload } => {
+            format!("Release {{ seg: {seg}, page: {page}, value: {} }}", decode(payload))
+        }
+        other => format!("{other:?}"),
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Event {
+    /// The head of the queue `from → to` arrives.
+    Deliver { from: NodeId, to: NodeId },
+    /// A node's `WakeAt(at)`.
+    Timer { node: usize, at: u64 },
+    /// An application thread does its next access.
+    App { node: usize, thread: usize },
+    /// A node attaches a segment it had detached.
+    Reattach { node: usize, seg: usize },
+}
+
+/// One ordered pair of nodes: messages in sending order, each with the
+/// sequence number of its `Deliver` event.
+#[derive(Default)]
+struct Link {
+    queue: VecDeque<(u64, CoherenceMsg)>,
+    /// Delivery time of the last message sent: no later message arrives
+    /// before it.
+    last: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SegState {
+    Attached,
+    /// `release` sent this many `Release`s still unanswered.
+    Detaching(usize),
+    Detached,
+}
+
+/// An application thread waiting for access to a page.
+#[derive(Clone, Copy, Debug)]
+struct Blocked {
+    page: usize,
+    write: bool,
+    since: u64,
+}
+
+struct SimNode {
+    proto: NodeProtocol,
+    /// The application's access, per global page, as set by the actions.
+    access: Vec<Access>,
+    /// The page contents, per global page.
+    memory: Vec<u64>,
+    segs: Vec<SegState>,
+    threads: Vec<Option<Blocked>>,
+    /// Pending `WakeAt` times.
+    timers: BTreeSet<u64>,
+}
+
+#[derive(Debug, Default)]
+struct Stats {
+    deliveries: u64,
+    /// Deliveries of a message sent before another already delivered one.
+    overtaken: u64,
+    timers: u64,
+    deferrals: u64,
+    reads: u64,
+    writes: u64,
+    blocked: u64,
+    refaults: u64,
+    max_blocked: u64,
+    detaches: u64,
+    reattaches: u64,
+    steps: u64,
+}
+
+struct Sim {
+    seed: u64,
+    trace: bool,
+    rng: Rng,
+    now: u64,
+    seq: u64,
+    events: BinaryHeap<Reverse<(u64, u64, Event)>>,
+    /// Indexed by `from * (NODES + 1) + to`.
+    links: Vec<Link>,
+    manager: Manager,
+    nodes: Vec<SimNode>,
+    /// Global page index → (segment index, page).
+    pages: Vec<(usize, PageIdx)>,
+    /// Segment index → its first global page.
+    seg_base: Vec<usize>,
+    /// The model: the last value written to each page.
+    latest: Vec<u64>,
+    next_value: u64,
+    /// Highest sequence number of a delivered message.
+    max_delivered: u64,
+    /// Whether threads still start new accesses (false while draining).
+    generating: bool,
+    stats: Stats,
+}
+
+impl Sim {
+    fn new(seed: u64, trace: bool) -> Sim {
+        let mut rng = Rng(seed);
+        let mut manager = Manager::new();
+        let mut pages = Vec::new();
+        let mut seg_base = Vec::new();
+        for (si, &(seg, npages)) in SEGMENTS.iter().enumerate() {
+            manager.create(seg, npages);
+            seg_base.push(pages.len());
+            pages.extend((0..npages).map(|p| (si, p)));
+        }
+        let nodes = (0..NODES)
+            .map(|i| {
+                let mut proto = NodeProtocol::new(i as NodeId + 1, rng.range(1, 60));
+                for &(seg, npages) in &SEGMENTS {
+                    proto.attach(seg, npages);
+                }
+                SimNode {
+                    proto,
+                    access: vec![Access::Invalid; pages.len()],
+                    memory: vec![POISON; pages.len()],
+                    segs: vec![SegState::Attached; SEGMENTS.len()],
+                    threads: vec![None; THREADS],
+                    timers: BTreeSet::new(),
+                }
+            })
+            .collect();
+        let mut sim = Sim {
+            seed,
+            trace,
+            rng,
+            now: 0,
+            seq: 0,
+            events: BinaryHeap::new(),
+            links: (0..(NODES + 1) * (NODES + 1)).map(|_| Link::default()).collect(),
+            manager,
+            nodes,
+            latest: vec![0; pages.len()],
+            pages,
+            seg_base,
+            next_value: 0,
+            max_delivered: 0,
+            generating: true,
+            stats: Stats::default(),
+        };
+        for node in 0..NODES {
+            for thread in 0..THREADS {
+                sim.schedule_app(node, thread);
+            }
+        }
+        sim
+    }
+
+    fn push(&mut self, at: u64, event: Event) -> u64 {
+        self.seq += 1;
+        self.events.push(Reverse((at, self.seq, event)));
+        self.seq
+    }
+
+    fn schedule_app(&mut self, node: usize, thread: usize) {
+        if self.generating {
+            let at = self.now + self.rng.range(0, 40);
+            self.push(at, Event::App { node, thread });
+        }
+    }
+
+    /// A random network delay: mostly short, sometimes long.
+    fn delay(&mut self) -> u64 {
+        if self.rng.chance(100) {
+            self.rng.range(20, 300)
+        } else {
+            self.rng.range(1, 20)
+        }
+    }
+
+    fn send(&mut self, from: NodeId, to: NodeId, msg: CoherenceMsg) {
+        assert_ne!(from, to, "node {from} sends {} to itself", show(&msg));
+        assert!(to as usize <= NODES, "message to unknown node {to}");
+        if self.trace {
+            eprintln!("{:>8} {from} -> {to}: {}", self.now, show(&msg));
+        }
+        let idx = from as usize * (NODES + 1) + to as usize;
+        let at = (self.now + self.delay()).max(self.links[idx].last);
+        self.links[idx].last = at;
+        let seq = self.push(at, Event::Deliver { from, to });
+        self.links[idx].queue.push_back((seq, msg));
+    }
+
+    fn global_page(&self, seg: SegId, page: PageIdx) -> usize {
+        let si = SEGMENTS.iter().position(|&(s, _)| s == seg).unwrap_or_else(|| panic!("unknown segment {seg}"));
+        assert!(page < SEGMENTS[si].1, "page {page} outside segment {seg}");
+        self.seg_base[si] + page as usize
+    }
+
+    /// One event; false when there is none left.
+    fn step(&mut self) -> bool {
+        let Some(Reverse((at, seq, event))) = self.events.pop() else { return false };
+        assert!(at >= self.now, "the clock went back");
+        self.now = at;
+        self.stats.steps += 1;
+        let stepped = match event {
+            Event::Deliver { to: MANAGER, .. } => None,
+            Event::Deliver { to, .. } => Some(to as usize - 1),
+            Event::Timer { node, .. } | Event::App { node, .. } | Event::Reattach { node, .. } => Some(node),
+        };
+        match event {
+            Event::Deliver { from, to } => self.deliver(from, to, seq),
+            Event::Timer { node, at } => {
+                self.nodes[node].timers.remove(&at);
+                self.stats.timers += 1;
+                if self.trace {
+                    eprintln!("{:>8} node {} timeout", self.now, node + 1);
+                }
+                let mut out = Vec::new();
+                let now = self.now;
+                if let Err(e) = self.nodes[node].proto.handle_timeout(now, &mut out) {
+                    panic!("node {}: handle_timeout at {now}: {e}", node + 1);
+                }
+                self.apply(node, out);
+            }
+            Event::App { node, thread } => self.app(node, thread),
+            Event::Reattach { node, seg: si } => {
+                let (seg, npages) = SEGMENTS[si];
+                assert_eq!(self.nodes[node].segs[si], SegState::Detached);
+                if self.trace {
+                    eprintln!("{:>8} node {} attaches {seg}", self.now, node + 1);
+                }
+                self.nodes[node].proto.attach(seg, npages);
+                self.nodes[node].segs[si] = SegState::Attached;
+                self.stats.reattaches += 1;
+            }
+        }
+        self.check(stepped);
+        true
+    }
+
+    fn deliver(&mut self, from: NodeId, to: NodeId, seq: u64) {
+        let idx = from as usize * (NODES + 1) + to as usize;
+        let (sent, msg) = self.links[idx].queue.pop_front().expect("delivery from an empty link");
+        assert_eq!(sent, seq, "link {from} -> {to} out of order");
+        self.stats.deliveries += 1;
+        if seq < self.max_delivered {
+            self.stats.overtaken += 1;
+        }
+        self.max_delivered = self.max_delivered.max(seq);
+        if self.trace {
+            eprintln!("{:>8} {from} => {to}: {}", self.now, show(&msg));
+        }
+        let what = msg.target();
+        let mut out = Vec::new();
+        if to == MANAGER {
+            if let Err(e) = self.manager.handle(from, msg, &mut out) {
+                panic!("manager rejected a message from {from} about {what:?} at {}: {e}", self.now);
+            }
+            for action in out {
+                match action {
+                    Action::Send { to, msg } => self.send(MANAGER, to, msg),
+                    other => panic!("manager asked for {other:?}"),
+                }
+            }
+        } else {
+            let node = to as usize - 1;
+            if let Err(e) = self.nodes[node].proto.handle(from, msg, self.now, &mut out) {
+                panic!("node {to} rejected a message from {from} about {what:?} at {}: {e}", self.now);
+            }
+            self.apply(node, out);
+        }
+    }
+
+    /// The driver of node `node`: performs its actions in order.
+    fn apply(&mut self, node: usize, actions: Vec<Action>) {
+        let me = node as NodeId + 1;
+        let mut work: VecDeque<Action> = actions.into();
+        while let Some(action) = work.pop_front() {
+            if self.trace {
+                eprintln!("{:>8} node {me}: {action:?}", self.now);
+            }
+            match action {
+                Action::Send { to, msg } => self.send(me, to, msg),
+                Action::SetAccess { seg, page, access } => {
+                    let gp = self.global_page(seg, page);
+                    self.nodes[node].access[gp] = access;
+                    if access != Access::Invalid {
+                        self.wake(node, gp, &mut work);
+                    }
+                }
+                Action::Install { seg, page, payload } => {
+                    let gp = self.global_page(seg, page);
+                    let value = decode(&payload);
+                    let n = &mut self.nodes[node];
+                    assert!(
+                        n.access[gp] == Access::Invalid || n.memory[gp] == value,
+                        "node {me}: Install of {value} under open access {:?} to {seg}/{page} holding {}",
+                        n.access[gp],
+                        n.memory[gp]
+                    );
+                    n.memory[gp] = value;
+                }
+                Action::SendPage { seg, page, to, acks, keep } => {
+                    let gp = self.global_page(seg, page);
+                    let n = &mut self.nodes[node];
+                    n.access[gp] = n.access[gp].min(keep);
+                    let value = n.memory[gp];
+                    assert_eq!(value, self.latest[gp], "node {me} sends a stale copy of {seg}/{page} to {to}");
+                    self.send(me, to, CoherenceMsg::Data { seg, page, acks, payload: encode(value) });
+                }
+                Action::ReleasePage { seg, page } => {
+                    let gp = self.global_page(seg, page);
+                    let value = self.nodes[node].memory[gp];
+                    assert_eq!(value, self.latest[gp], "node {me} releases a stale copy of {seg}/{page}");
+                    self.send(me, MANAGER, CoherenceMsg::Release { seg, page, payload: encode(value) });
+                }
+                Action::Released { seg, page } => {
+                    let si = self.pages[self.global_page(seg, page)].0;
+                    let SegState::Detaching(left) = self.nodes[node].segs[si] else {
+                        panic!("node {me}: Released for {seg}/{page} while not detaching");
+                    };
+                    if left == 1 {
+                        self.finish_detach(node, si);
+                    } else {
+                        self.nodes[node].segs[si] = SegState::Detaching(left - 1);
+                    }
+                }
+                Action::Lost { seg, page } => panic!("node {me}: page {seg}/{page} lost at {}", self.now),
+                Action::WakeAt(at) => {
+                    self.stats.deferrals += 1;
+                    if self.nodes[node].timers.insert(at) {
+                        let when = at.max(self.now);
+                        self.push(when, Event::Timer { node, at });
+                    }
+                }
+            }
+        }
+    }
+
+    /// The page was opened: its blocked threads retry.
+    fn wake(&mut self, node: usize, gp: usize, work: &mut VecDeque<Action>) {
+        let access = self.nodes[node].access[gp];
+        for thread in 0..THREADS {
+            let Some(b) = self.nodes[node].threads[thread] else { continue };
+            if b.page != gp {
+                continue;
+            }
+            if !b.write || access == Access::Write {
+                self.nodes[node].threads[thread] = None;
+                self.stats.max_blocked = self.stats.max_blocked.max(self.now - b.since);
+                self.perform(node, gp, b.write);
+                self.schedule_app(node, thread);
+                continue;
+            }
+            // A writer woken by a read grant faults again.
+            self.stats.refaults += 1;
+            let (si, page) = self.pages[gp];
+            let mut out = Vec::new();
+            match self.nodes[node].proto.fault(SEGMENTS[si].0, page, true, &mut out) {
+                Ok(false) => work.extend(out),
+                Ok(true) => panic!("node {}: write fault granted under read access", node + 1),
+                Err(e) => panic!("node {}: fault: {e}", node + 1),
+            }
+        }
+    }
+
+    /// An application access, with the access present.
+    fn perform(&mut self, node: usize, gp: usize, write: bool) {
+        let n = &mut self.nodes[node];
+        let (si, page) = self.pages[gp];
+        let seg = SEGMENTS[si].0;
+        if write {
+            assert_eq!(n.access[gp], Access::Write, "node {}: write to {seg}/{page} without access", node + 1);
+            self.next_value += 1;
+            n.memory[gp] = self.next_value;
+            self.latest[gp] = self.next_value;
+            self.stats.writes += 1;
+            if self.trace {
+                eprintln!("{:>8} node {} writes {seg}/{page} = {}", self.now, node + 1, self.next_value);
+            }
+        } else {
+            assert_ne!(n.access[gp], Access::Invalid, "node {}: read of {seg}/{page} without access", node + 1);
+            assert_eq!(
+                n.memory[gp],
+                self.latest[gp],
+                "node {}: read of {seg}/{page} at {} returns a stale value",
+                node + 1,
+                self.now
+            );
+            self.stats.reads += 1;
+        }
+    }
+
+    /// A thread's next step: an access, sometimes a detach first.
+    fn app(&mut self, node: usize, thread: usize) {
+        if !self.generating {
+            return;
+        }
+        assert!(self.nodes[node].threads[thread].is_none(), "a blocked thread ran");
+        if self.rng.chance(3) {
+            self.detach(node);
+        }
+        let attached: Vec<usize> =
+            (0..SEGMENTS.len()).filter(|&si| self.nodes[node].segs[si] == SegState::Attached).collect();
+        if attached.is_empty() {
+            self.schedule_app(node, thread);
+            return;
+        }
+        let si = attached[self.rng.below(attached.len() as u64) as usize];
+        let (seg, npages) = SEGMENTS[si];
+        let page = self.rng.below(npages as u64) as PageIdx;
+        let write = self.rng.chance(400);
+        let gp = self.seg_base[si] + page as usize;
+        let mut out = Vec::new();
+        let now = self.now;
+        let present = match self.nodes[node].proto.fault(seg, page, write, &mut out) {
+            Ok(present) => present,
+            Err(e) => panic!("node {}: fault on {seg}/{page} at {now}: {e}", node + 1),
+        };
+        if present {
+            assert!(out.is_empty(), "fault with access present asked for {out:?}");
+            self.perform(node, gp, write);
+            self.schedule_app(node, thread);
+        } else {
+            if self.trace {
+                eprintln!("{now:>8} node {} blocks on {seg}/{page} write={write}", node + 1);
+            }
+            self.stats.blocked += 1;
+            self.nodes[node].threads[thread] = Some(Blocked { page: gp, write, since: now });
+            self.apply(node, out);
+        }
+    }
+
+    /// Detaches a random attached segment no thread of the node waits on.
+    fn detach(&mut self, node: usize) {
+        let si = self.rng.below(SEGMENTS.len() as u64) as usize;
+        let n = &self.nodes[node];
+        let base = self.seg_base[si];
+        let busy = n.threads.iter().flatten().any(|b| (base..base + SEGMENTS[si].1 as usize).contains(&b.page));
+        if n.segs[si] != SegState::Attached || busy {
+            return;
+        }
+        let seg = SEGMENTS[si].0;
+        if self.trace {
+            eprintln!("{:>8} node {} detaches {seg}", self.now, node + 1);
+        }
+        self.stats.detaches += 1;
+        let mut out = Vec::new();
+        let released = match self.nodes[node].proto.release(seg, &mut out) {
+            Ok(n) => n,
+            Err(e) => panic!("node {}: release of {seg}: {e}", node + 1),
+        };
+        self.nodes[node].segs[si] = SegState::Detaching(released);
+        self.apply(node, out);
+        if released == 0 {
+            self.finish_detach(node, si);
+        }
+    }
+
+    /// Every page of the segment was released: forget it.
+    fn finish_detach(&mut self, node: usize, si: usize) {
+        let (seg, npages) = SEGMENTS[si];
+        let base = self.seg_base[si];
+        let n = &mut self.nodes[node];
+        n.proto.forget(seg);
+        n.segs[si] = SegState::Detached;
+        for gp in base..base + npages as usize {
+            assert_eq!(n.access[gp], Access::Invalid, "node {}: detached {seg} still open", node + 1);
+            n.memory[gp] = POISON;
+        }
+        if self.generating {
+            let at = self.now + self.rng.range(1, 500);
+            self.push(at, Event::Reattach { node, seg: si });
+        }
+    }
+
+    /// The invariants of DESIGN.md §3, for every page; `stepped` is the
+    /// node whose protocol instance ran in this step, if any (the others'
+    /// access did not change).
+    fn check(&self, stepped: Option<usize>) {
+        if let Some(i) = stepped {
+            let n = &self.nodes[i];
+            for (gp, &(si, page)) in self.pages.iter().enumerate() {
+                let seg = SEGMENTS[si].0;
+                assert_eq!(
+                    n.access[gp],
+                    n.proto.access(seg, page),
+                    "node {}: driver and protocol disagree on {seg}/{page} at {}",
+                    i + 1,
+                    self.now
+                );
+            }
+        }
+        for (gp, &(si, page)) in self.pages.iter().enumerate() {
+            let seg = SEGMENTS[si].0;
+            let latest = self.latest[gp];
+            let mut writer = None;
+            let mut readers = 0;
+            for (i, n) in self.nodes.iter().enumerate() {
+                let access = n.access[gp];
+                match access {
+                    Access::Invalid => continue,
+                    Access::Read => readers += 1,
+                    Access::Write => {
+                        assert!(writer.is_none(), "two writers of {seg}/{page} at {}", self.now);
+                        writer = Some(i);
+                    }
+                }
+                assert_eq!(
+                    n.memory[gp],
+                    latest,
+                    "node {} has {access:?} access to {seg}/{page} but a stale copy at {}",
+                    i + 1,
+                    self.now
+                );
+            }
+            assert!(
+                writer.is_none() || readers == 0,
+                "{seg}/{page} has a writer and {readers} readers at {}",
+                self.now
+            );
+            if let Some(home) = self.manager.home_copy(seg, page) {
+                assert!(writer.is_none(), "{seg}/{page}: home copy current while written at {}", self.now);
+                assert_eq!(peek(home), latest, "{seg}/{page}: stale home copy at {}", self.now);
+            }
+        }
+    }
+
+    /// After draining: everything completed and the directory matches.
+    fn check_quiescent(&self) {
+        assert!(self.links.iter().all(|l| l.queue.is_empty()), "undelivered messages");
+        assert!(self.manager.is_idle(), "manager not idle after draining");
+        for (i, n) in self.nodes.iter().enumerate() {
+            if let Some(b) = n.threads.iter().flatten().next() {
+                panic!("node {}: access {b:?} never completed (deadlock)", i + 1);
+            }
+            assert!(n.timers.is_empty(), "node {}: timers left", i + 1);
+            for (si, state) in n.segs.iter().enumerate() {
+                assert!(
+                    !matches!(state, SegState::Detaching(_)),
+                    "node {}: detach of {} never completed",
+                    i + 1,
+                    SEGMENTS[si].0
+                );
+            }
+        }
+        for (gp, &(si, page)) in self.pages.iter().enumerate() {
+            let seg = SEGMENTS[si].0;
+            let holders = self.manager.holders(seg, page).expect("page unknown to the manager");
+            let mut writer = None;
+            let mut readers = Vec::new();
+            for (i, n) in self.nodes.iter().enumerate() {
+                let id = i as NodeId + 1;
+                assert!(!n.proto.is_pending(seg, page), "node {id}: request for {seg}/{page} still pending");
+                match n.access[gp] {
+                    Access::Invalid => {}
+                    Access::Read => readers.push(id),
+                    Access::Write => writer = Some(id),
+                }
+            }
+            assert_eq!(holders.writer, writer, "{seg}/{page}: manager's writer differs from the nodes'");
+            assert_eq!(holders.readers, readers, "{seg}/{page}: manager's readers differ from the nodes'");
+            if writer.is_none() && readers.is_empty() {
+                let home = self.manager.home_copy(seg, page).expect("nobody holds a page and home is stale");
+                assert_eq!(decode(home), self.latest[gp], "{seg}/{page}: data lost");
+            }
+        }
+    }
+}
+
+/// One seed: run until [`DELIVERIES`], drain, check.
+fn run_seed(seed: u64, trace: bool) -> Stats {
+    let mut sim = Sim::new(seed, trace);
+    while sim.stats.deliveries < DELIVERIES {
+        assert!(sim.step(), "no events left while generating");
+    }
+    sim.generating = false;
+    let mut drained = 0;
+    while sim.step() {
+        drained += 1;
+        assert!(drained < DRAIN_LIMIT, "draining does not end (livelock)");
+    }
+    sim.check_quiescent();
+    let s = &sim.stats;
+    // The run must have exercised what it claims to test.
+    assert!(s.overtaken * 5 > s.deliveries, "too little reordering: {s:?}");
+    assert!(s.deferrals > 0 && s.timers > 0, "no Fetch/Invalidate was deferred: {s:?}");
+    assert!(s.refaults > 0, "no writer woken by a read grant: {s:?}");
+    assert!(s.detaches > 0 && s.reattaches > 0, "no detach/re-attach: {s:?}");
+    assert!(s.blocked * 10 > s.reads + s.writes, "too little contention: {s:?}");
+    sim.stats
+}
+
+fn env_u64(name: &str) -> Option<u64> {
+    let value = std::env::var(name).ok()?;
+    Some(value.parse().unwrap_or_else(|_| panic!("{name}={value}: not a number")))
+}
+
+#[test]
+fn simulated_cluster_is_coherent() {
+    let trace = std::env::var_os("KDIPC_SIM_TRACE").is_some_and(|v| v != "0");
+    let seeds: Vec<u64> = match env_u64("KDIPC_SIM_SEED") {
+        Some(seed) => vec![seed],
+        None => (0..env_u64("KDIPC_SIM_SEEDS").unwrap_or(DEFAULT_SEEDS)).collect(),
+    };
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(seeds.len());
+    let next = AtomicU64::new(0);
+    let failed = Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                let Some(&seed) = seeds.get(i) else { break };
+                let run = std::thread::Builder::new()
+                    .name(format!("sim-seed-{seed}"))
+                    .spawn(move || run_seed(seed, trace))
+                    .expect("spawn a simulation thread")
+                    .join();
+                match run {
+                    Ok(s) => eprintln!(
+                        "seed {seed}: {} deliveries ({} overtaking), {} steps, {} reads, {} writes, \
+                         {} blocked ({} refaults, longest {}), {} deferrals, {} detaches",
+                        s.deliveries,
+                        s.overtaken,
+                        s.steps,
+                        s.reads,
+                        s.writes,
+                        s.blocked,
+                        s.refaults,
+                        s.max_blocked,
+                        s.deferrals,
+                        s.detaches
+                    ),
+                    Err(e) => {
+                        let msg = e
+                            .downcast_ref::<String>()
+                            .cloned()
+                            .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+                            .unwrap_or_default();
+                        failed.lock().unwrap().push((seed, msg));
+                    }
+                }
+            });
+        }
+    });
+    let mut failed = failed.into_inner().unwrap();
+    failed.sort();
+    if let Some((seed, msg)) = failed.first() {
+        let seeds: Vec<u64> = failed.iter().map(|f| f.0).collect();
+        panic!("simulation failed for seeds {seeds:?}; first: seed {seed}: {msg} (replay: KDIPC_SIM_SEED={seed})");
+    }
+}
+
+/// Single protocol steps, checked message by message.
+mod scenarios {
+    use kdipc_runtime::protocol::{
+        Access, Action, CoherenceMsg, Manager, NodeId, NodeProtocol, Payload, ProtocolError, MANAGER, PAGE_SIZE,
+    };
+
+    const SEG: i32 = 7;
+
+    fn send(to: NodeId, msg: CoherenceMsg) -> Action {
+        Action::Send { to, msg }
+    }
+
+    fn request(page: u32, write: bool) -> CoherenceMsg {
+        CoherenceMsg::Request { seg: SEG, page, write }
+    }
+
+    fn done(page: u32) -> CoherenceMsg {
+        CoherenceMsg::Done { seg: SEG, page }
+    }
+
+    fn node(id: NodeId, hold: u64) -> NodeProtocol {
+        let mut n = NodeProtocol::new(id, hold);
+        n.attach(SEG, 2);
+        n
+    }
+
+    fn manager() -> Manager {
+        let mut m = Manager::new();
+        m.create(SEG, 2);
+        m
+    }
+
+    /// Runs one manager step and returns its actions.
+    fn at_manager(m: &mut Manager, from: NodeId, msg: CoherenceMsg) -> Vec<Action> {
+        let mut out = Vec::new();
+        m.handle(from, msg, &mut out).expect("manager rejected a valid message");
+        out
+    }
+
+    /// Runs one node step and returns its actions.
+    fn at_node(n: &mut NodeProtocol, from: NodeId, msg: CoherenceMsg, now: u64) -> Vec<Action> {
+        let mut out = Vec::new();
+        n.handle(from, msg, now, &mut out).expect("node rejected a valid message");
+        out
+    }
+
+    /// `n` reads page 0 from the home copy (zero page) and completes.
+    fn read_from_home(m: &mut Manager, n: &mut NodeProtocol, now: u64) {
+        let id = n.id();
+        let mut out = Vec::new();
+        assert!(!n.fault(SEG, 0, false, &mut out).unwrap());
+        assert_eq!(out, vec![send(MANAGER, request(0, false))]);
+        let data = CoherenceMsg::Data { seg: SEG, page: 0, acks: 0, payload: Payload::Zero };
+        assert_eq!(at_manager(m, id, request(0, false)), vec![send(id, data.clone())]);
+        let out = at_node(n, MANAGER, data, now);
+        assert_eq!(
+            out,
+            vec![
+                Action::Install { seg: SEG, page: 0, payload: Payload::Zero },
+                Action::SetAccess { seg: SEG, page: 0, access: Access::Read },
+                send(MANAGER, done(0)),
+            ]
+        );
+        assert!(at_manager(m, id, done(0)).is_empty());
+        assert!(m.is_idle());
+    }
+
+    #[test]
+    fn zero_page_travels_without_payload() {
+        let mut m = manager();
+        let mut n1 = node(1, 10);
+        read_from_home(&mut m, &mut n1, 0);
+        assert_eq!(n1.access(SEG, 0), Access::Read);
+        // A write of a never-written page gets the zero page too.
+        let out = at_manager(&mut m, 2, request(1, true));
+        assert_eq!(out, vec![send(2, CoherenceMsg::Data { seg: SEG, page: 1, acks: 0, payload: Payload::Zero })]);
+    }
+
+    #[test]
+    fn write_invalidates_every_reader() {
+        let mut m = manager();
+        let (mut n1, mut n2, mut n3) = (node(1, 10), node(2, 10), node(3, 10));
+        read_from_home(&mut m, &mut n1, 0);
+        read_from_home(&mut m, &mut n2, 0);
+        let holders = m.holders(SEG, 0).unwrap();
+        assert_eq!((holders.writer, holders.readers), (None, vec![1, 2]));
+
+        let mut out = Vec::new();
+        assert!(!n3.fault(SEG, 0, true, &mut out).unwrap());
+        let out = at_manager(&mut m, 3, request(0, true));
+        assert_eq!(
+            out,
+            vec![
+                send(1, CoherenceMsg::Invalidate { seg: SEG, page: 0, ack_to: 3 }),
+                send(2, CoherenceMsg::Invalidate { seg: SEG, page: 0, ack_to: 3 }),
+                send(3, CoherenceMsg::Data { seg: SEG, page: 0, acks: 2, payload: Payload::Zero }),
+            ]
+        );
+        // The data alone does not open the page: two acknowledgements are due.
+        let data = CoherenceMsg::Data { seg: SEG, page: 0, acks: 2, payload: Payload::Zero };
+        assert_eq!(
+            at_node(&mut n3, MANAGER, data, 100),
+            vec![Action::Install { seg: SEG, page: 0, payload: Payload::Zero }]
+        );
+        for reader in [&mut n1, &mut n2] {
+            let out = at_node(reader, MANAGER, CoherenceMsg::Invalidate { seg: SEG, page: 0, ack_to: 3 }, 100);
+            assert_eq!(
+                out,
+                vec![
+                    Action::SetAccess { seg: SEG, page: 0, access: Access::Invalid },
+                    send(3, CoherenceMsg::InvAck { seg: SEG, page: 0 }),
+                ]
+            );
+        }
+        let ack = CoherenceMsg::InvAck { seg: SEG, page: 0 };
+        assert!(at_node(&mut n3, 1, ack.clone(), 101).is_empty());
+        assert_eq!(n3.access(SEG, 0), Access::Invalid);
+        assert_eq!(
+            at_node(&mut n3, 2, ack, 102),
+            vec![Action::SetAccess { seg: SEG, page: 0, access: Access::Write }, send(MANAGER, done(0))]
+        );
+        assert!(at_manager(&mut m, 3, done(0)).is_empty());
+        let holders = m.holders(SEG, 0).unwrap();
+        assert_eq!((holders.writer, holders.readers, holders.home_current), (Some(3), vec![], false));
+    }
+
+    #[test]
+    fn reader_upgrading_gets_grant_with_acks() {
+        let mut m = manager();
+        let (mut n1, mut n2) = (node(1, 10), node(2, 10));
+        read_from_home(&mut m, &mut n1, 0);
+        read_from_home(&mut m, &mut n2, 0);
+        let out = at_manager(&mut m, 1, request(0, true));
+        assert_eq!(
+            out,
+            vec![
+                send(2, CoherenceMsg::Invalidate { seg: SEG, page: 0, ack_to: 1 }),
+                send(1, CoherenceMsg::Grant { seg: SEG, page: 0, acks: 1 }),
+            ]
+        );
+    }
+
+    #[test]
+    fn requests_for_one_page_are_served_in_order() {
+        let mut m = manager();
+        let page1 = CoherenceMsg::Data { seg: SEG, page: 0, acks: 0, payload: Payload::Zero };
+        assert_eq!(at_manager(&mut m, 1, request(0, true)), vec![send(1, page1)]);
+        // Nodes 2 and 3 wait behind node 1, in arrival order.
+        assert!(at_manager(&mut m, 2, request(0, true)).is_empty());
+        assert!(at_manager(&mut m, 3, request(0, false)).is_empty());
+        // Another page is not held up.
+        assert_eq!(at_manager(&mut m, 4, request(1, false)).len(), 1);
+        assert!(!m.is_idle());
+        // Node 2's turn comes with node 1's Done, not before.
+        let mut out = Vec::new();
+        assert!(m.handle(2, done(0), &mut out).is_err());
+        assert_eq!(
+            at_manager(&mut m, 1, done(0)),
+            vec![send(1, CoherenceMsg::Fetch { seg: SEG, page: 0, to: 2, write: true, acks: 0 })]
+        );
+        assert_eq!(
+            at_manager(&mut m, 2, done(0)),
+            vec![send(2, CoherenceMsg::Fetch { seg: SEG, page: 0, to: 3, write: false, acks: 0 })]
+        );
+        assert!(at_manager(&mut m, 3, done(0)).is_empty());
+        assert!(at_manager(&mut m, 4, done(1)).is_empty());
+        assert!(m.is_idle());
+        let holders = m.holders(SEG, 0).unwrap();
+        assert_eq!((holders.writer, holders.readers), (None, vec![2, 3]));
+    }
+
+    #[test]
+    fn fetch_during_hold_waits_for_the_hold() {
+        let mut n1 = node(1, 100);
+        let mut out = Vec::new();
+        assert!(!n1.fault(SEG, 0, true, &mut out).unwrap());
+        let data = CoherenceMsg::Data { seg: SEG, page: 0, acks: 0, payload: Payload::Zero };
+        let out = at_node(&mut n1, MANAGER, data, 10);
+        assert!(out.contains(&Action::SetAccess { seg: SEG, page: 0, access: Access::Write }));
+        // Granted at 10: kept until 110.
+        let fetch = CoherenceMsg::Fetch { seg: SEG, page: 0, to: 2, write: true, acks: 0 };
+        assert_eq!(at_node(&mut n1, MANAGER, fetch, 50), vec![Action::WakeAt(110)]);
+        assert_eq!(n1.access(SEG, 0), Access::Write);
+        // Too early: still held.
+        let mut out = Vec::new();
+        n1.handle_timeout(60, &mut out).unwrap();
+        assert_eq!(out, vec![Action::WakeAt(110)]);
+        assert_eq!(n1.access(SEG, 0), Access::Write);
+        let mut out = Vec::new();
+        n1.handle_timeout(110, &mut out).unwrap();
+        assert_eq!(
+            out,
+            vec![Action::SendPage { seg: SEG, page: 0, to: 2, acks: 0, keep: Access::Invalid }]
+        );
+        assert_eq!(n1.access(SEG, 0), Access::Invalid);
+        // Nothing is left to serve.
+        let mut out = Vec::new();
+        n1.handle_timeout(200, &mut out).unwrap();
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn invalidate_during_hold_waits_for_the_hold() {
+        let mut m = manager();
+        let mut n1 = node(1, 100);
+        read_from_home(&mut m, &mut n1, 10);
+        let inv = CoherenceMsg::Invalidate { seg: SEG, page: 0, ack_to: 2 };
+        assert_eq!(at_node(&mut n1, MANAGER, inv, 20), vec![Action::WakeAt(110)]);
+        assert_eq!(n1.access(SEG, 0), Access::Read);
+        let mut out = Vec::new();
+        n1.handle_timeout(110, &mut out).unwrap();
+        assert_eq!(
+            out,
+            vec![
+                Action::SetAccess { seg: SEG, page: 0, access: Access::Invalid },
+                send(2, CoherenceMsg::InvAck { seg: SEG, page: 0 }),
+            ]
+        );
+    }
+
+    #[test]
+    fn malformed_input_is_an_error() {
+        let mut m = manager();
+        let mut n1 = node(1, 10);
+        let mut out = Vec::new();
+
+        // Node side.
+        assert_eq!(n1.fault(SEG, 2, false, &mut out), Err(ProtocolError::PageOutOfRange { seg: SEG, page: 2 }));
+        assert_eq!(n1.fault(99, 0, true, &mut out), Err(ProtocolError::UnknownSegment(99)));
+        let grant = CoherenceMsg::Grant { seg: SEG, page: 0, acks: 0 };
+        assert!(n1.handle(MANAGER, grant, 0, &mut out).is_err(), "Grant with nothing pending");
+        let far = CoherenceMsg::Invalidate { seg: SEG, page: 1000, ack_to: 2 };
+        assert!(n1.handle(MANAGER, far, 0, &mut out).is_err());
+        let stranger = CoherenceMsg::Fetch { seg: 99, page: 0, to: 2, write: false, acks: 0 };
+        assert_eq!(n1.handle(MANAGER, stranger, 0, &mut out), Err(ProtocolError::UnknownSegment(99)));
+        assert!(n1.handle(MANAGER, CoherenceMsg::InvAck { seg: SEG, page: 0 }, 0, &mut out).is_err());
+        assert!(n1.handle(MANAGER, CoherenceMsg::Released { seg: SEG, page: 0 }, 0, &mut out).is_err());
+        assert!(n1.handle(MANAGER, CoherenceMsg::Lost { seg: SEG, page: 0 }, 0, &mut out).is_err());
+        assert!(n1.handle(2, request(0, false), 0, &mut out).is_err(), "a manager message at a node");
+        let fetch = CoherenceMsg::Fetch { seg: SEG, page: 0, to: 2, write: false, acks: 0 };
+        assert!(n1.handle(MANAGER, fetch.clone(), 0, &mut out).is_err(), "Fetch of a page not held");
+        assert!(n1.handle(3, fetch, 0, &mut out).is_err(), "Fetch not from the manager");
+        // A Data with a wrong-length payload, even for a pending request.
+        assert!(!n1.fault(SEG, 0, false, &mut out).unwrap());
+        for len in [0, 8, PAGE_SIZE - 1, PAGE_SIZE + 1] {
+            let bad = CoherenceMsg::Data { seg: SEG, page: 0, acks: 0, payload: Payload::Bytes(vec![1; len]) };
+            assert_eq!(n1.handle(MANAGER, bad, 0, &mut out), Err(ProtocolError::BadPayload(len)));
+        }
+        assert!(n1.is_pending(SEG, 0));
+        let unasked = CoherenceMsg::Data { seg: SEG, page: 1, acks: 0, payload: Payload::Zero };
+        assert!(n1.handle(MANAGER, unasked, 0, &mut out).is_err(), "Data never asked for");
+
+        // Manager side.
+        let mut out = Vec::new();
+        assert_eq!(
+            m.handle(1, CoherenceMsg::Request { seg: 99, page: 0, write: false }, &mut out),
+            Err(ProtocolError::UnknownSegment(99))
+        );
+        assert_eq!(m.handle(1, request(2, true), &mut out), Err(ProtocolError::PageOutOfRange { seg: SEG, page: 2 }));
+        assert!(m.handle(1, done(0), &mut out).is_err(), "Done from a node not being served");
+        let bad = CoherenceMsg::Release { seg: SEG, page: 0, payload: Payload::Bytes(vec![0; 17]) };
+        assert_eq!(m.handle(1, bad, &mut out), Err(ProtocolError::BadPayload(17)));
+        assert!(m.handle(MANAGER, request(0, false), &mut out).is_err(), "a message from the manager itself");
+        let data = CoherenceMsg::Data { seg: SEG, page: 0, acks: 0, payload: Payload::Zero };
+        assert!(m.handle(1, data, &mut out).is_err(), "a node message at the manager");
+        assert!(out.is_empty(), "a rejected message had effects: {out:?}");
+        assert!(m.is_idle());
+
+        // Both still work.
+        read_from_home(&mut m, &mut node(2, 10), 0);
+    }
+}
