@@ -189,12 +189,15 @@ static inline void spin_pause(unsigned *spins)
  * there is no sense to get confused and no reset race.  `joined` counts the
  * processes that ever used the barrier; a value >= nprocs at join time
  * means the segment is left over from an earlier run with the same key.
+ * The process that notices sets `poisoned`, so that the other ranks of the
+ * run, which may be waiting in a barrier, give up too instead of hanging.
  */
 struct barrier_shared {
     uint64_t arrived;
     uint64_t pad1[7];
     uint64_t joined;
-    uint64_t pad2[7];
+    uint64_t poisoned;
+    uint64_t pad2[6];
 };
 
 struct barrier {
@@ -207,9 +210,11 @@ static inline struct barrier barrier_join(struct barrier_shared *shared, int npr
 {
     struct barrier b = { shared, 0, (uint64_t)nprocs };
     uint64_t before = __atomic_fetch_add(&shared->joined, 1, __ATOMIC_SEQ_CST);
-    if (before >= b.nprocs)
+    if (before >= b.nprocs) {
+        __atomic_store_n(&shared->poisoned, 1, __ATOMIC_SEQ_CST);
         die("stale segment: %llu processes already joined its barrier "
             "(key reused? remove it with ipcrm)", (unsigned long long)before);
+    }
     return b;
 }
 
@@ -219,8 +224,12 @@ static inline void barrier_wait(struct barrier *b)
     uint64_t target = b->epoch * b->nprocs;
     __atomic_fetch_add(&b->shared->arrived, 1, __ATOMIC_SEQ_CST);
     unsigned spins = 0;
-    while (__atomic_load_n(&b->shared->arrived, __ATOMIC_SEQ_CST) < target)
+    while (__atomic_load_n(&b->shared->arrived, __ATOMIC_SEQ_CST) < target) {
+        if (__atomic_load_n(&b->shared->poisoned, __ATOMIC_RELAXED))
+            die("stale segment: another rank found this segment in use by an "
+                "earlier run (key reused? remove it with ipcrm)");
         spin_pause(&spins);
+    }
 }
 
 static inline double now_seconds(void)

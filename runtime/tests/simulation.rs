@@ -147,6 +147,8 @@ enum Event {
     Timer { node: usize, at: u64 },
     /// An application thread does its next access.
     App { node: usize, thread: usize },
+    /// A blocked thread, woken by a `SetAccess`, runs again.
+    Wake { node: usize, thread: usize },
     /// A node attaches a segment it had detached.
     Reattach { node: usize, seg: usize },
 }
@@ -175,10 +177,14 @@ struct Blocked {
     page: usize,
     write: bool,
     since: u64,
+    /// The access the page was opened to when the thread was woken; it
+    /// retries at a `Wake` event.
+    woken: Option<Access>,
 }
 
 struct SimNode {
     proto: NodeProtocol,
+    hold: u64,
     /// The application's access, per global page, as set by the actions.
     access: Vec<Access>,
     /// The page contents, per global page.
@@ -203,12 +209,50 @@ struct Stats {
     max_blocked: u64,
     detaches: u64,
     reattaches: u64,
+    /// `SendPage` of a page already released (detach racing a `Fetch`).
+    sent_while_releasing: u64,
+    /// Deliveries per message kind (see [`kind`]).
+    kinds: [u64; KINDS.len()],
     steps: u64,
 }
 
+const KINDS: [&str; 10] =
+    ["Request", "Fetch", "Grant", "Data", "Invalidate", "InvAck", "Done", "Release", "Lost", "Released"];
+
+/// Index of a message's kind in [`KINDS`].
+fn kind(msg: &CoherenceMsg) -> usize {
+    match msg {
+        CoherenceMsg::Request { .. } => 0,
+        CoherenceMsg::Fetch { .. } => 1,
+        CoherenceMsg::Grant { .. } => 2,
+        CoherenceMsg::Data { .. } => 3,
+        CoherenceMsg::Invalidate { .. } => 4,
+        CoherenceMsg::InvAck { .. } => 5,
+        CoherenceMsg::Done { .. } => 6,
+        CoherenceMsg::Release { .. } => 7,
+        CoherenceMsg::Lost { .. } => 8,
+        CoherenceMsg::Released { .. } => 9,
+    }
+}
+
+/// Knobs drawn per seed, so that seeds differ in more than the order.
+#[derive(Debug)]
+struct Params {
+    /// Each node's `hold` is drawn from `1..=max_hold`.
+    max_hold: u64,
+    /// Share of messages that are slow (the others take 1..=20).
+    slow_per_mille: u64,
+    /// A slow message takes `20..=max_slow`.
+    max_slow: u64,
+    /// Chance that an application step first detaches a segment.
+    detach_per_mille: u64,
+    /// Share of accesses that are writes.
+    write_per_mille: u64,
+}
+
 struct Sim {
-    seed: u64,
     trace: bool,
+    params: Params,
     rng: Rng,
     now: u64,
     seq: u64,
@@ -234,6 +278,13 @@ struct Sim {
 impl Sim {
     fn new(seed: u64, trace: bool) -> Sim {
         let mut rng = Rng(seed);
+        let params = Params {
+            max_hold: [8, 20, 60, 200][rng.below(4) as usize],
+            slow_per_mille: [0, 50, 200, 500][rng.below(4) as usize],
+            max_slow: [50, 300, 2000][rng.below(3) as usize],
+            detach_per_mille: [1, 3, 20][rng.below(3) as usize],
+            write_per_mille: [200, 400, 700][rng.below(3) as usize],
+        };
         let mut manager = Manager::new();
         let mut pages = Vec::new();
         let mut seg_base = Vec::new();
@@ -244,12 +295,14 @@ impl Sim {
         }
         let nodes = (0..NODES)
             .map(|i| {
-                let mut proto = NodeProtocol::new(i as NodeId + 1, rng.range(1, 60));
+                let hold = rng.range(1, params.max_hold);
+                let mut proto = NodeProtocol::new(i as NodeId + 1, hold);
                 for &(seg, npages) in &SEGMENTS {
                     proto.attach(seg, npages);
                 }
                 SimNode {
                     proto,
+                    hold,
                     access: vec![Access::Invalid; pages.len()],
                     memory: vec![POISON; pages.len()],
                     segs: vec![SegState::Attached; SEGMENTS.len()],
@@ -259,8 +312,8 @@ impl Sim {
             })
             .collect();
         let mut sim = Sim {
-            seed,
             trace,
+            params,
             rng,
             now: 0,
             seq: 0,
@@ -299,8 +352,8 @@ impl Sim {
 
     /// A random network delay: mostly short, sometimes long.
     fn delay(&mut self) -> u64 {
-        if self.rng.chance(100) {
-            self.rng.range(20, 300)
+        if self.rng.chance(self.params.slow_per_mille) {
+            self.rng.range(20, self.params.max_slow)
         } else {
             self.rng.range(1, 20)
         }
@@ -334,7 +387,10 @@ impl Sim {
         let stepped = match event {
             Event::Deliver { to: MANAGER, .. } => None,
             Event::Deliver { to, .. } => Some(to as usize - 1),
-            Event::Timer { node, .. } | Event::App { node, .. } | Event::Reattach { node, .. } => Some(node),
+            Event::Timer { node, .. }
+            | Event::App { node, .. }
+            | Event::Wake { node, .. }
+            | Event::Reattach { node, .. } => Some(node),
         };
         match event {
             Event::Deliver { from, to } => self.deliver(from, to, seq),
@@ -352,6 +408,7 @@ impl Sim {
                 self.apply(node, out);
             }
             Event::App { node, thread } => self.app(node, thread),
+            Event::Wake { node, thread } => self.retry(node, thread),
             Event::Reattach { node, seg: si } => {
                 let (seg, npages) = SEGMENTS[si];
                 assert_eq!(self.nodes[node].segs[si], SegState::Detached);
@@ -372,6 +429,7 @@ impl Sim {
         let (sent, msg) = self.links[idx].queue.pop_front().expect("delivery from an empty link");
         assert_eq!(sent, seq, "link {from} -> {to} out of order");
         self.stats.deliveries += 1;
+        self.stats.kinds[kind(&msg)] += 1;
         if seq < self.max_delivered {
             self.stats.overtaken += 1;
         }
@@ -414,7 +472,7 @@ impl Sim {
                     let gp = self.global_page(seg, page);
                     self.nodes[node].access[gp] = access;
                     if access != Access::Invalid {
-                        self.wake(node, gp, &mut work);
+                        self.wake(node, gp);
                     }
                 }
                 Action::Install { seg, page, payload } => {
@@ -432,6 +490,9 @@ impl Sim {
                 Action::SendPage { seg, page, to, acks, keep } => {
                     let gp = self.global_page(seg, page);
                     let n = &mut self.nodes[node];
+                    if n.access[gp] == Access::Invalid {
+                        self.stats.sent_while_releasing += 1;
+                    }
                     n.access[gp] = n.access[gp].min(keep);
                     let value = n.memory[gp];
                     assert_eq!(value, self.latest[gp], "node {me} sends a stale copy of {seg}/{page} to {to}");
@@ -466,31 +527,55 @@ impl Sim {
         }
     }
 
-    /// The page was opened: its blocked threads retry.
-    fn wake(&mut self, node: usize, gp: usize, work: &mut VecDeque<Action>) {
+    /// The page was opened: the threads blocked on it wake up and run again
+    /// a little later — sooner than the node's `hold`, so the access must
+    /// still be there then.
+    fn wake(&mut self, node: usize, gp: usize) {
         let access = self.nodes[node].access[gp];
+        let hold = self.nodes[node].hold;
         for thread in 0..THREADS {
-            let Some(b) = self.nodes[node].threads[thread] else { continue };
-            if b.page != gp {
+            let Some(b) = &mut self.nodes[node].threads[thread] else { continue };
+            if b.page != gp || b.woken.is_some() {
                 continue;
             }
-            if !b.write || access == Access::Write {
-                self.nodes[node].threads[thread] = None;
-                self.stats.max_blocked = self.stats.max_blocked.max(self.now - b.since);
-                self.perform(node, gp, b.write);
-                self.schedule_app(node, thread);
-                continue;
-            }
-            // A writer woken by a read grant faults again.
-            self.stats.refaults += 1;
-            let (si, page) = self.pages[gp];
-            let mut out = Vec::new();
-            match self.nodes[node].proto.fault(SEGMENTS[si].0, page, true, &mut out) {
-                Ok(false) => work.extend(out),
-                Ok(true) => panic!("node {}: write fault granted under read access", node + 1),
-                Err(e) => panic!("node {}: fault: {e}", node + 1),
-            }
+            b.woken = Some(access);
+            let at = self.now + self.rng.below(hold);
+            self.push(at, Event::Wake { node, thread });
         }
+    }
+
+    /// A woken thread runs its access again: it faults again if the access
+    /// is (still) missing.
+    fn retry(&mut self, node: usize, thread: usize) {
+        let mut b = self.nodes[node].threads[thread].expect("woke a thread that is not blocked");
+        let woken = b.woken.take().expect("woke a thread nobody woke");
+        let (si, page) = self.pages[b.page];
+        let seg = SEGMENTS[si].0;
+        let mut out = Vec::new();
+        let present = match self.nodes[node].proto.fault(seg, page, b.write, &mut out) {
+            Ok(present) => present,
+            Err(e) => panic!("node {}: fault on {seg}/{page}: {e}", node + 1),
+        };
+        if present {
+            assert!(out.is_empty(), "fault with access present asked for {out:?}");
+            self.nodes[node].threads[thread] = None;
+            self.stats.max_blocked = self.stats.max_blocked.max(self.now - b.since);
+            self.perform(node, b.page, b.write);
+            self.schedule_app(node, thread);
+            return;
+        }
+        // Only a writer woken by a read grant may find its access missing:
+        // anything else was taken away within the hold.
+        assert!(
+            b.write && woken == Access::Read,
+            "node {}: access to {seg}/{page} opened to {woken:?} at most {} ago is gone at {}",
+            node + 1,
+            self.nodes[node].hold,
+            self.now
+        );
+        self.stats.refaults += 1;
+        self.nodes[node].threads[thread] = Some(b);
+        self.apply(node, out);
     }
 
     /// An application access, with the access present.
@@ -526,7 +611,7 @@ impl Sim {
             return;
         }
         assert!(self.nodes[node].threads[thread].is_none(), "a blocked thread ran");
-        if self.rng.chance(3) {
+        if self.rng.chance(self.params.detach_per_mille) {
             self.detach(node);
         }
         let attached: Vec<usize> =
@@ -538,7 +623,7 @@ impl Sim {
         let si = attached[self.rng.below(attached.len() as u64) as usize];
         let (seg, npages) = SEGMENTS[si];
         let page = self.rng.below(npages as u64) as PageIdx;
-        let write = self.rng.chance(400);
+        let write = self.rng.chance(self.params.write_per_mille);
         let gp = self.seg_base[si] + page as usize;
         let mut out = Vec::new();
         let now = self.now;
@@ -555,7 +640,7 @@ impl Sim {
                 eprintln!("{now:>8} node {} blocks on {seg}/{page} write={write}", node + 1);
             }
             self.stats.blocked += 1;
-            self.nodes[node].threads[thread] = Some(Blocked { page: gp, write, since: now });
+            self.nodes[node].threads[thread] = Some(Blocked { page: gp, write, since: now, woken: None });
             self.apply(node, out);
         }
     }
@@ -698,7 +783,7 @@ impl Sim {
 }
 
 /// One seed: run until [`DELIVERIES`], drain, check.
-fn run_seed(seed: u64, trace: bool) -> Stats {
+fn run_seed(seed: u64, trace: bool) -> (Params, Stats) {
     let mut sim = Sim::new(seed, trace);
     while sim.stats.deliveries < DELIVERIES {
         assert!(sim.step(), "no events left while generating");
@@ -710,14 +795,17 @@ fn run_seed(seed: u64, trace: bool) -> Stats {
         assert!(drained < DRAIN_LIMIT, "draining does not end (livelock)");
     }
     sim.check_quiescent();
-    let s = &sim.stats;
+    let Sim { params, stats: s, .. } = sim;
     // The run must have exercised what it claims to test.
     assert!(s.overtaken * 5 > s.deliveries, "too little reordering: {s:?}");
     assert!(s.deferrals > 0 && s.timers > 0, "no Fetch/Invalidate was deferred: {s:?}");
     assert!(s.refaults > 0, "no writer woken by a read grant: {s:?}");
     assert!(s.detaches > 0 && s.reattaches > 0, "no detach/re-attach: {s:?}");
     assert!(s.blocked * 10 > s.reads + s.writes, "too little contention: {s:?}");
-    sim.stats
+    for (k, name) in KINDS.iter().enumerate() {
+        assert!(*name == "Lost" || s.kinds[k] > 0, "no {name} was ever sent: {s:?}");
+    }
+    (params, s)
 }
 
 fn env_u64(name: &str) -> Option<u64> {
@@ -746,9 +834,10 @@ fn simulated_cluster_is_coherent() {
                     .expect("spawn a simulation thread")
                     .join();
                 match run {
-                    Ok(s) => eprintln!(
+                    Ok((p, s)) => eprintln!(
                         "seed {seed}: {} deliveries ({} overtaking), {} steps, {} reads, {} writes, \
-                         {} blocked ({} refaults, longest {}), {} deferrals, {} detaches",
+                         {} blocked ({} refaults, longest {}), {} deferrals, {} detaches \
+                         ({} pages sent while releasing); {p:?}",
                         s.deliveries,
                         s.overtaken,
                         s.steps,
@@ -758,7 +847,8 @@ fn simulated_cluster_is_coherent() {
                         s.refaults,
                         s.max_blocked,
                         s.deferrals,
-                        s.detaches
+                        s.detaches,
+                        s.sent_while_releasing,
                     ),
                     Err(e) => {
                         let msg = e
