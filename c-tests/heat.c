@@ -182,7 +182,8 @@ static void write_chunk(FILE *f, const char *type, const uint8_t *data, size_t l
     uint8_t tail[4];
     put_be32(tail, crc);
     fwrite(head, 1, 8, f);
-    fwrite(data, 1, len, f);
+    if (len != 0)
+        fwrite(data, 1, len, f);
     fwrite(tail, 1, 4, f);
 }
 

@@ -72,6 +72,7 @@ int main(int argc, char **argv)
     if (a.rank == 0)
         remove_segment(id);
     if (a.rank != 2) {
+        free(seen);
         printf("iriw rank %d: iters=%ld time=%.3fs\n", a.rank, a.iters, elapsed);
         return 0;
     }
@@ -84,6 +85,7 @@ int main(int argc, char **argv)
         if (r12 == SAW_FIRST_ONLY && r34 == SAW_FIRST_ONLY && forbidden++ == 0)
             first_forbidden = i;
     }
+    free(seen);
     printf("iriw rank 2: iters=%ld forbidden=%ld outcomes r1r2/r3r4:", a.iters, forbidden);
     for (int c = 0; c < 16; c++)
         if (count[c] != 0)

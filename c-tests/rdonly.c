@@ -27,8 +27,6 @@
  */
 #include "common.h"
 
-#include <stdint.h>
-
 #define SEG_PAGES 4
 
 static void progress(const char *msg)

@@ -61,6 +61,7 @@ int main(int argc, char **argv)
         long saw = 0;
         for (long i = 0; i < a.iters; i++)
             saw += seen[i];
+        free(seen);
         printf("sb rank 1: iters=%ld saw_x=%ld time=%.3fs\n", a.iters, saw, elapsed);
         return 0;
     }
@@ -74,6 +75,7 @@ int main(int argc, char **argv)
         if (outcome == 0 && first_forbidden < 0)
             first_forbidden = i;
     }
+    free(seen);
     printf("sb rank 0: iters=%ld forbidden=%ld outcomes 01=%ld 10=%ld 11=%ld time=%.3fs\n",
            a.iters, count[0], count[1], count[2], count[3], elapsed);
     if (count[0] != 0)

@@ -77,7 +77,11 @@ fn cmd_certs(args: &[String]) -> Result<ExitCode, String> {
 /// against concurrent callers.
 fn ensure_certs(dir: &Path) -> Result<(), String> {
     use std::os::unix::fs::{DirBuilderExt, MetadataExt};
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))?;
     let meta = std::fs::metadata(dir).map_err(|e| e.to_string())?;
     // SAFETY: geteuid has no preconditions.
     if meta.uid() != unsafe { libc::geteuid() } {
@@ -175,12 +179,21 @@ fn cmd_ipcs(args: &[String]) -> Result<ExitCode, String> {
     let n = node::node().map_err(|e| format!("cannot reach the nameserver (errno {})", e.0))?;
     let list = n.list().map_err(|e| format!("errno {}", e.0))?;
     println!("\n------ Shared Memory Segments (KDIPC) --------");
-    println!("{:<10} {:<10} {:<10} {:<10} {:<10} {:<6} {:<12}", "key", "shmid", "owner", "perms", "bytes", "nattch", "status");
+    println!(
+        "{:<10} {:<10} {:<10} {:<10} {:<10} {:<6} {:<12}",
+        "key", "shmid", "owner", "perms", "bytes", "nattch", "status"
+    );
     for (id, s) in list {
         let dest = if s.mode & kdipc_runtime::registry::SHM_DEST != 0 { "dest" } else { "" };
         println!(
             "0x{:08x} {:<10} {:<10} {:<10o} {:<10} {:<6} {:<12}",
-            s.key as u32, id, s.uid, s.mode & 0o777, s.size, s.nattch, dest
+            s.key as u32,
+            id,
+            s.uid,
+            s.mode & 0o777,
+            s.size,
+            s.nattch,
+            dest
         );
     }
     println!();
@@ -255,13 +268,16 @@ fn run_with(n: usize, tag: bool, prog: &[String], lib: &Path, dir: &Path) -> Res
             Err(e) => return tx.send(Err(e.to_string())).unwrap_or(()),
         };
         let tx2 = tx.clone();
-        if let Err(e) = rt.block_on(nameserver::serve("127.0.0.1:0".parse().expect("literal"), &cdir, move |a| {
-            let _ = tx2.send(Ok(a));
-        })) {
+        if let Err(e) =
+            rt.block_on(nameserver::serve("127.0.0.1:0".parse().expect("literal"), &cdir, move |a| {
+                let _ = tx2.send(Ok(a));
+            }))
+        {
             let _ = tx.send(Err(e));
         }
     });
-    let addr = rx.recv_timeout(Duration::from_secs(10)).map_err(|_| "embedded nameserver did not start")??;
+    let addr =
+        rx.recv_timeout(Duration::from_secs(10)).map_err(|_| "embedded nameserver did not start")??;
     // SAFETY: installing a handler that only stores to an atomic.
     unsafe {
         libc::signal(libc::SIGINT, on_stop as *const () as libc::sighandler_t);

@@ -26,7 +26,11 @@ struct Server {
 
 /// Runs a nameserver on `listen` with the credentials in `cert_dir` until
 /// the process ends. `ready` is called once it listens.
-pub async fn serve(listen: SocketAddr, cert_dir: &Path, ready: impl FnOnce(SocketAddr)) -> Result<(), String> {
+pub async fn serve(
+    listen: SocketAddr,
+    cert_dir: &Path,
+    ready: impl FnOnce(SocketAddr),
+) -> Result<(), String> {
     let tls = crate::certs::load(cert_dir).map_err(|e| e.to_string())?;
     let (itx, mut irx) = mpsc::unbounded_channel();
     let mut transport = Transport::bind(listen, tls, itx).map_err(|e| format!("binding {listen}: {e}"))?;

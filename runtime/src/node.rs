@@ -23,7 +23,9 @@ use tracing::{debug, error, info, warn};
 
 use crate::config::Config;
 use crate::fault;
-use crate::protocol::{Access, Action, CoherenceMsg, NodeId, NodeProtocol, PageIdx, Payload, SegId, MANAGER, PAGE_SIZE};
+use crate::protocol::{
+    Access, Action, CoherenceMsg, NodeId, NodeProtocol, PageIdx, Payload, SegId, MANAGER, PAGE_SIZE,
+};
 use crate::registry::{Call, Cred, Errno, Reply, ShmStat};
 use crate::transport::{Inbound, Transport};
 use crate::wire::Msg;
@@ -237,7 +239,8 @@ fn protect_view(v: &View, page: PageIdx, access: Access) {
     };
     // SAFETY: the view is mapped (it is in the table) and the page is
     // inside it; changing its protection affects only our mapping.
-    let r = unsafe { libc::mprotect((v.addr + page as usize * PAGE_SIZE) as *mut libc::c_void, PAGE_SIZE, prot) };
+    let r =
+        unsafe { libc::mprotect((v.addr + page as usize * PAGE_SIZE) as *mut libc::c_void, PAGE_SIZE, prot) };
     if r != 0 {
         error!("mprotect failed: {}", std::io::Error::last_os_error());
     }
@@ -305,8 +308,7 @@ impl State {
                     s.protect(page, keep);
                     fault::membarrier();
                     let payload = s.read_page(page);
-                    self.transport
-                        .send(to, Msg::Coherence(CoherenceMsg::Data { seg, page, acks, payload }));
+                    self.transport.send(to, Msg::Coherence(CoherenceMsg::Data { seg, page, acks, payload }));
                 }
                 Action::ReleasePage { seg, page } => {
                     let Some(s) = self.segs.get(&seg) else { continue };
@@ -418,7 +420,9 @@ impl State {
                     self.transport.set_addr(node, addr);
                 }
             }
-            Msg::Call { .. } | Msg::Hello { .. } => crate::transport::bad(conn, "unexpected message at a node"),
+            Msg::Call { .. } | Msg::Hello { .. } => {
+                crate::transport::bad(conn, "unexpected message at a node")
+            }
         }
     }
 
@@ -479,7 +483,11 @@ fn kdipc_binary() -> std::path::PathBuf {
     "kdipc".into()
 }
 
-async fn run(config: Config, mut cmds: mpsc::UnboundedReceiver<Command>, ready: crossbeam::channel::Sender<Result<(), String>>) {
+async fn run(
+    config: Config,
+    mut cmds: mpsc::UnboundedReceiver<Command>,
+    ready: crossbeam::channel::Sender<Result<(), String>>,
+) {
     let state = match connect(&config).await {
         Ok(s) => s,
         Err(e) => {
@@ -562,7 +570,8 @@ async fn connect(config: &Config) -> Result<(State, mpsc::UnboundedReceiver<Inbo
     }
     let tls = crate::certs::load(&config.cert_dir).map_err(|e| e.to_string())?;
     let (itx, mut irx) = mpsc::unbounded_channel();
-    let mut transport = Transport::bind(config.bind, tls, itx).map_err(|e| format!("binding {}: {e}", config.bind))?;
+    let mut transport =
+        Transport::bind(config.bind, tls, itx).map_err(|e| format!("binding {}: {e}", config.bind))?;
     transport.set_addr(MANAGER, config.nameserver);
     // SAFETY: getpid has no preconditions.
     let pid = unsafe { libc::getpid() };
@@ -663,7 +672,14 @@ async fn attach(state: &Shared, id: i32, addr: usize, flags: i32) -> Result<usiz
     res
 }
 
-fn map_view(state: &Shared, id: i32, size: u64, addr: usize, flags: i32, readonly: bool) -> Result<usize, Errno> {
+fn map_view(
+    state: &Shared,
+    id: i32,
+    size: u64,
+    addr: usize,
+    flags: i32,
+    readonly: bool,
+) -> Result<usize, Errno> {
     let mut st = state.borrow_mut();
     let npages = size.div_ceil(PAGE_SIZE as u64) as u32;
     let maplen = npages as usize * PAGE_SIZE;
@@ -751,7 +767,8 @@ fn new_segment(npages: u32, maplen: usize) -> Result<Segment, Errno> {
 async fn detach(state: &Shared, addr: usize) -> Result<(), Errno> {
     let (id, last) = {
         let mut st = state.borrow_mut();
-        let Some((&id, seg)) = st.segs.iter_mut().find(|(_, s)| s.views.iter().any(|v| v.addr == addr)) else {
+        let Some((&id, seg)) = st.segs.iter_mut().find(|(_, s)| s.views.iter().any(|v| v.addr == addr))
+        else {
             return Err(EINVAL);
         };
         let i = seg.views.iter().position(|v| v.addr == addr).ok_or(EINVAL)?;

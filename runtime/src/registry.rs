@@ -76,13 +76,39 @@ pub struct ShmStat {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum Call {
     /// The node joins the cluster.
-    Register { pid: i32 },
-    ShmGet { key: i32, size: u64, flags: i32, cred: Cred },
-    ShmAttach { id: i32, readonly: bool, cred: Cred },
-    ShmDetach { id: i32, cred: Cred },
-    ShmStat { id: i32, cred: Cred },
-    ShmSet { id: i32, uid: u32, gid: u32, mode: u32, cred: Cred },
-    ShmRemove { id: i32, cred: Cred },
+    Register {
+        pid: i32,
+    },
+    ShmGet {
+        key: i32,
+        size: u64,
+        flags: i32,
+        cred: Cred,
+    },
+    ShmAttach {
+        id: i32,
+        readonly: bool,
+        cred: Cred,
+    },
+    ShmDetach {
+        id: i32,
+        cred: Cred,
+    },
+    ShmStat {
+        id: i32,
+        cred: Cred,
+    },
+    ShmSet {
+        id: i32,
+        uid: u32,
+        gid: u32,
+        mode: u32,
+        cred: Cred,
+    },
+    ShmRemove {
+        id: i32,
+        cred: Cred,
+    },
     /// Number of segments and of their pages (for `SHM_INFO`).
     ShmTotals,
     /// Every segment (for `kdipc ipcs`).
@@ -92,12 +118,19 @@ pub enum Call {
 /// Registry answers.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum Reply {
-    Registered { node: NodeId },
+    Registered {
+        node: NodeId,
+    },
     Id(i32),
     /// Attached: the segment's size.
-    Attached { size: u64 },
+    Attached {
+        size: u64,
+    },
     Stat(ShmStat),
-    Totals { segments: u64, pages: u64 },
+    Totals {
+        segments: u64,
+        pages: u64,
+    },
     List(Vec<(i32, ShmStat)>),
     Ok,
     Err(Errno),
@@ -127,9 +160,7 @@ pub struct Registry {
 }
 
 fn now_secs() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
 }
 
 fn shmmax() -> u64 {
@@ -290,7 +321,13 @@ impl Registry {
         Ok((Reply::Id(id), Effect::Created { id, npages }))
     }
 
-    fn attach(&mut self, node: NodeId, id: i32, readonly: bool, cred: &Cred) -> Result<(Reply, Effect), Errno> {
+    fn attach(
+        &mut self,
+        node: NodeId,
+        id: i32,
+        readonly: bool,
+        cred: &Cred,
+    ) -> Result<(Reply, Effect), Errno> {
         let now = (self.clock)();
         let s = self.seg_mut(id)?;
         let want = if readonly { 0o444 } else { 0o666 };
@@ -388,13 +425,24 @@ mod tests {
     fn rmid_waits_for_the_last_detach() {
         let mut r = Registry::new();
         let u = user(1000);
-        let id = id_of(r.call(1, Call::ShmGet { key: 9, size: 4096, flags: libc::IPC_CREAT | 0o600, cred: u.clone() }));
-        assert!(matches!(r.call(1, Call::ShmAttach { id, readonly: false, cred: u.clone() }).0, Reply::Attached { size: 4096 }));
-        assert!(matches!(r.call(2, Call::ShmAttach { id, readonly: true, cred: u.clone() }).0, Reply::Attached { .. }));
+        let id = id_of(
+            r.call(1, Call::ShmGet { key: 9, size: 4096, flags: libc::IPC_CREAT | 0o600, cred: u.clone() }),
+        );
+        assert!(matches!(
+            r.call(1, Call::ShmAttach { id, readonly: false, cred: u.clone() }).0,
+            Reply::Attached { size: 4096 }
+        ));
+        assert!(matches!(
+            r.call(2, Call::ShmAttach { id, readonly: true, cred: u.clone() }).0,
+            Reply::Attached { .. }
+        ));
         assert_eq!(err_of(r.call(2, Call::ShmRemove { id, cred: user(1001) })), libc::EPERM);
         assert_eq!(r.call(2, Call::ShmRemove { id, cred: u.clone() }).1, Effect::None);
         // The key is free again; the id still works.
-        assert_eq!(err_of(r.call(1, Call::ShmGet { key: 9, size: 1, flags: 0, cred: u.clone() })), libc::ENOENT);
+        assert_eq!(
+            err_of(r.call(1, Call::ShmGet { key: 9, size: 1, flags: 0, cred: u.clone() })),
+            libc::ENOENT
+        );
         match r.call(1, Call::ShmStat { id, cred: u.clone() }).0 {
             Reply::Stat(s) => {
                 assert_eq!(s.nattch, 2);

@@ -156,7 +156,11 @@ async fn accept_loop(
 }
 
 /// Reads every stream the peer opens on `conn`.
-async fn read_streams(conn: quinn::Connection, shared: Arc<Mutex<Shared>>, inbound: mpsc::UnboundedSender<Inbound>) {
+async fn read_streams(
+    conn: quinn::Connection,
+    shared: Arc<Mutex<Shared>>,
+    inbound: mpsc::UnboundedSender<Inbound>,
+) {
     loop {
         match conn.accept_uni().await {
             Ok(recv) => {
@@ -250,7 +254,12 @@ async fn writer(
                 Ok(c) => {
                     info!(node = to, %addr, "connected");
                     tokio::spawn(read_streams(c.clone(), shared.clone(), inbound.clone()));
-                    shared.lock().unwrap_or_else(|e| e.into_inner()).conns.entry(to).or_insert_with(|| c.clone());
+                    shared
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .conns
+                        .entry(to)
+                        .or_insert_with(|| c.clone());
                     c
                 }
                 Err(e) => {

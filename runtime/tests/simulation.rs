@@ -373,7 +373,8 @@ impl Sim {
     }
 
     fn global_page(&self, seg: SegId, page: PageIdx) -> usize {
-        let si = SEGMENTS.iter().position(|&(s, _)| s == seg).unwrap_or_else(|| panic!("unknown segment {seg}"));
+        let si =
+            SEGMENTS.iter().position(|&(s, _)| s == seg).unwrap_or_else(|| panic!("unknown segment {seg}"));
         assert!(page < SEGMENTS[si].1, "page {page} outside segment {seg}");
         self.seg_base[si] + page as usize
     }
@@ -495,7 +496,10 @@ impl Sim {
                     }
                     n.access[gp] = n.access[gp].min(keep);
                     let value = n.memory[gp];
-                    assert_eq!(value, self.latest[gp], "node {me} sends a stale copy of {seg}/{page} to {to}");
+                    assert_eq!(
+                        value, self.latest[gp],
+                        "node {me} sends a stale copy of {seg}/{page} to {to}"
+                    );
                     self.send(me, to, CoherenceMsg::Data { seg, page, acks, payload: encode(value) });
                 }
                 Action::ReleasePage { seg, page } => {
@@ -584,7 +588,12 @@ impl Sim {
         let (si, page) = self.pages[gp];
         let seg = SEGMENTS[si].0;
         if write {
-            assert_eq!(n.access[gp], Access::Write, "node {}: write to {seg}/{page} without access", node + 1);
+            assert_eq!(
+                n.access[gp],
+                Access::Write,
+                "node {}: write to {seg}/{page} without access",
+                node + 1
+            );
             self.next_value += 1;
             n.memory[gp] = self.next_value;
             self.latest[gp] = self.next_value;
@@ -593,7 +602,12 @@ impl Sim {
                 eprintln!("{:>8} node {} writes {seg}/{page} = {}", self.now, node + 1, self.next_value);
             }
         } else {
-            assert_ne!(n.access[gp], Access::Invalid, "node {}: read of {seg}/{page} without access", node + 1);
+            assert_ne!(
+                n.access[gp],
+                Access::Invalid,
+                "node {}: read of {seg}/{page} without access",
+                node + 1
+            );
             assert_eq!(
                 n.memory[gp],
                 self.latest[gp],
@@ -650,7 +664,8 @@ impl Sim {
         let si = self.rng.below(SEGMENTS.len() as u64) as usize;
         let n = &self.nodes[node];
         let base = self.seg_base[si];
-        let busy = n.threads.iter().flatten().any(|b| (base..base + SEGMENTS[si].1 as usize).contains(&b.page));
+        let busy =
+            n.threads.iter().flatten().any(|b| (base..base + SEGMENTS[si].1 as usize).contains(&b.page));
         if n.segs[si] != SegState::Attached || busy {
             return;
         }
@@ -740,14 +755,30 @@ impl Sim {
         }
     }
 
+    /// The blocked threads and pending requests, to explain a deadlock.
+    fn stuck(&self) -> String {
+        let mut s = String::new();
+        for (i, n) in self.nodes.iter().enumerate() {
+            for b in n.threads.iter().flatten() {
+                let (si, page) = self.pages[b.page];
+                let seg = SEGMENTS[si].0;
+                let pending = n.proto.is_pending(seg, page);
+                s += &format!(
+                    "node {} blocked on {seg}/{page} since {} (pending: {pending}); ",
+                    i + 1,
+                    b.since
+                );
+            }
+        }
+        s
+    }
+
     /// After draining: everything completed and the directory matches.
     fn check_quiescent(&self) {
         assert!(self.links.iter().all(|l| l.queue.is_empty()), "undelivered messages");
         assert!(self.manager.is_idle(), "manager not idle after draining");
         for (i, n) in self.nodes.iter().enumerate() {
-            if let Some(b) = n.threads.iter().flatten().next() {
-                panic!("node {}: access {b:?} never completed (deadlock)", i + 1);
-            }
+            assert!(n.threads.iter().all(Option::is_none), "node {}: deadlock: {}", i + 1, self.stuck());
             assert!(n.timers.is_empty(), "node {}: timers left", i + 1);
             for (si, state) in n.segs.iter().enumerate() {
                 assert!(
@@ -786,7 +817,7 @@ impl Sim {
 fn run_seed(seed: u64, trace: bool) -> (Params, Stats) {
     let mut sim = Sim::new(seed, trace);
     while sim.stats.deliveries < DELIVERIES {
-        assert!(sim.step(), "no events left while generating");
+        assert!(sim.step(), "deadlock: nothing left to happen at {}; {}", sim.now, sim.stuck());
     }
     sim.generating = false;
     let mut drained = 0;
@@ -873,7 +904,8 @@ fn simulated_cluster_is_coherent() {
 /// Single protocol steps, checked message by message.
 mod scenarios {
     use kdipc_runtime::protocol::{
-        Access, Action, CoherenceMsg, Manager, NodeId, NodeProtocol, Payload, ProtocolError, MANAGER, PAGE_SIZE,
+        Access, Action, CoherenceMsg, Manager, NodeId, NodeProtocol, Payload, ProtocolError, MANAGER,
+        PAGE_SIZE,
     };
 
     const SEG: i32 = 7;
@@ -945,7 +977,10 @@ mod scenarios {
         assert_eq!(n1.access(SEG, 0), Access::Read);
         // A write of a never-written page gets the zero page too.
         let out = at_manager(&mut m, 2, request(1, true));
-        assert_eq!(out, vec![send(2, CoherenceMsg::Data { seg: SEG, page: 1, acks: 0, payload: Payload::Zero })]);
+        assert_eq!(
+            out,
+            vec![send(2, CoherenceMsg::Data { seg: SEG, page: 1, acks: 0, payload: Payload::Zero })]
+        );
     }
 
     #[test]
@@ -975,7 +1010,8 @@ mod scenarios {
             vec![Action::Install { seg: SEG, page: 0, payload: Payload::Zero }]
         );
         for reader in [&mut n1, &mut n2] {
-            let out = at_node(reader, MANAGER, CoherenceMsg::Invalidate { seg: SEG, page: 0, ack_to: 3 }, 100);
+            let out =
+                at_node(reader, MANAGER, CoherenceMsg::Invalidate { seg: SEG, page: 0, ack_to: 3 }, 100);
             assert_eq!(
                 out,
                 vec![
@@ -1060,10 +1096,7 @@ mod scenarios {
         assert_eq!(n1.access(SEG, 0), Access::Write);
         let mut out = Vec::new();
         n1.handle_timeout(110, &mut out).unwrap();
-        assert_eq!(
-            out,
-            vec![Action::SendPage { seg: SEG, page: 0, to: 2, acks: 0, keep: Access::Invalid }]
-        );
+        assert_eq!(out, vec![Action::SendPage { seg: SEG, page: 0, to: 2, acks: 0, keep: Access::Invalid }]);
         assert_eq!(n1.access(SEG, 0), Access::Invalid);
         // Nothing is left to serve.
         let mut out = Vec::new();
@@ -1097,7 +1130,10 @@ mod scenarios {
         let mut out = Vec::new();
 
         // Node side.
-        assert_eq!(n1.fault(SEG, 2, false, &mut out), Err(ProtocolError::PageOutOfRange { seg: SEG, page: 2 }));
+        assert_eq!(
+            n1.fault(SEG, 2, false, &mut out),
+            Err(ProtocolError::PageOutOfRange { seg: SEG, page: 2 })
+        );
         assert_eq!(n1.fault(99, 0, true, &mut out), Err(ProtocolError::UnknownSegment(99)));
         let grant = CoherenceMsg::Grant { seg: SEG, page: 0, acks: 0 };
         assert!(n1.handle(MANAGER, grant, 0, &mut out).is_err(), "Grant with nothing pending");
@@ -1115,7 +1151,8 @@ mod scenarios {
         // A Data with a wrong-length payload, even for a pending request.
         assert!(!n1.fault(SEG, 0, false, &mut out).unwrap());
         for len in [0, 8, PAGE_SIZE - 1, PAGE_SIZE + 1] {
-            let bad = CoherenceMsg::Data { seg: SEG, page: 0, acks: 0, payload: Payload::Bytes(vec![1; len]) };
+            let bad =
+                CoherenceMsg::Data { seg: SEG, page: 0, acks: 0, payload: Payload::Bytes(vec![1; len]) };
             assert_eq!(n1.handle(MANAGER, bad, 0, &mut out), Err(ProtocolError::BadPayload(len)));
         }
         assert!(n1.is_pending(SEG, 0));
@@ -1128,7 +1165,10 @@ mod scenarios {
             m.handle(1, CoherenceMsg::Request { seg: 99, page: 0, write: false }, &mut out),
             Err(ProtocolError::UnknownSegment(99))
         );
-        assert_eq!(m.handle(1, request(2, true), &mut out), Err(ProtocolError::PageOutOfRange { seg: SEG, page: 2 }));
+        assert_eq!(
+            m.handle(1, request(2, true), &mut out),
+            Err(ProtocolError::PageOutOfRange { seg: SEG, page: 2 })
+        );
         assert!(m.handle(1, done(0), &mut out).is_err(), "Done from a node not being served");
         let bad = CoherenceMsg::Release { seg: SEG, page: 0, payload: Payload::Bytes(vec![0; 17]) };
         assert_eq!(m.handle(1, bad, &mut out), Err(ProtocolError::BadPayload(17)));
@@ -1140,5 +1180,39 @@ mod scenarios {
 
         // Both still work.
         read_from_home(&mut m, &mut node(2, 10), 0);
+    }
+
+    #[test]
+    fn malformed_fetch_during_the_hold_is_rejected_on_arrival() {
+        let mut m = manager();
+        let mut n1 = node(1, 100);
+        read_from_home(&mut m, &mut n1, 0);
+        let mut out = Vec::new();
+        let to_self = CoherenceMsg::Fetch { seg: SEG, page: 0, to: 1, write: false, acks: 0 };
+        assert!(n1.handle(MANAGER, to_self, 10, &mut out).is_err());
+        let not_held = CoherenceMsg::Fetch { seg: SEG, page: 1, to: 2, write: false, acks: 0 };
+        assert!(n1.handle(MANAGER, not_held, 10, &mut out).is_err());
+        assert!(out.is_empty(), "a rejected Fetch was deferred: {out:?}");
+        n1.handle_timeout(1000, &mut out).unwrap();
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn release_with_a_request_outstanding_changes_nothing() {
+        let mut m = manager();
+        let mut n1 = node(1, 10);
+        read_from_home(&mut m, &mut n1, 0);
+        let mut out = Vec::new();
+        assert!(!n1.fault(SEG, 1, false, &mut out).unwrap());
+        let mut out = Vec::new();
+        assert!(n1.release(SEG, &mut out).is_err());
+        assert!(out.is_empty(), "a refused release had effects: {out:?}");
+        assert_eq!(n1.access(SEG, 0), Access::Read);
+        // Once the request completes, the release goes through.
+        let data = CoherenceMsg::Data { seg: SEG, page: 1, acks: 0, payload: Payload::Zero };
+        at_node(&mut n1, MANAGER, data, 1);
+        assert_eq!(n1.release(SEG, &mut out), Ok(2));
+        assert!(out.contains(&Action::ReleasePage { seg: SEG, page: 0 }));
+        assert!(out.contains(&Action::ReleasePage { seg: SEG, page: 1 }));
     }
 }

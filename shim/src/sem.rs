@@ -43,7 +43,12 @@ pub extern "C" fn semtimedop(
 /// and aarch64 a `union semun` is passed like one pointer-sized integer, so
 /// we take it as one and pass it on.
 #[cfg_attr(not(test), no_mangle)]
-pub extern "C" fn semctl(semid: libc::c_int, semnum: libc::c_int, cmd: libc::c_int, arg: usize) -> libc::c_int {
+pub extern "C" fn semctl(
+    semid: libc::c_int,
+    semnum: libc::c_int,
+    cmd: libc::c_int,
+    arg: usize,
+) -> libc::c_int {
     guard(|| {
         let f = real_fn!(semctl: fn(libc::c_int, libc::c_int, libc::c_int, usize) -> libc::c_int);
         // SAFETY: the real semctl with the program's arguments.

@@ -58,7 +58,11 @@ pub extern "C" fn shmget(key: libc::key_t, size: libc::size_t, shmflg: libc::c_i
 
 /// Hook for libc::shmat.
 #[cfg_attr(not(test), no_mangle)]
-pub extern "C" fn shmat(shmid: libc::c_int, shmaddr: *const libc::c_void, shmflg: libc::c_int) -> *mut libc::c_void {
+pub extern "C" fn shmat(
+    shmid: libc::c_int,
+    shmaddr: *const libc::c_void,
+    shmflg: libc::c_int,
+) -> *mut libc::c_void {
     guard(|| {
         if is_distributed_id(shmid) {
             return the_node()
@@ -167,7 +171,8 @@ fn ctl(n: &NodeHandle, id: i32, cmd: i32, buf: *mut libc::shmid_ds) -> Result<li
                 return Err(efault);
             }
             // SAFETY: reading the program's shmid_ds.
-            let (uid, gid, mode) = unsafe { ((*buf).shm_perm.uid, (*buf).shm_perm.gid, (*buf).shm_perm.mode) };
+            let (uid, gid, mode) =
+                unsafe { ((*buf).shm_perm.uid, (*buf).shm_perm.gid, (*buf).shm_perm.mode) };
             n.set(id, uid, gid, mode as u32).map(|()| 0)
         }
         libc::IPC_RMID => n.remove(id).map(|()| 0),

@@ -3,8 +3,8 @@
 //! No sockets, no clocks, no signals, no memory mappings: messages and local
 //! faults go in, messages and [`Action`]s come out. The transport and the
 //! fault path (`crate::node`) are thin adapters that feed it; the
-//! deterministic simulation in `tests/` drives many instances over a
-//! reordering network.
+//! deterministic simulation in `runtime/tests/simulation.rs` drives many
+//! instances over a reordering network.
 //!
 //! # The protocol
 //!

@@ -83,18 +83,12 @@ impl NodeProtocol {
 
     /// Current access of this node to a page.
     pub fn access(&self, seg: SegId, page: PageIdx) -> Access {
-        self.segs
-            .get(&seg)
-            .and_then(|s| s.pages.get(page as usize))
-            .map_or(Access::Invalid, |p| p.access)
+        self.segs.get(&seg).and_then(|s| s.pages.get(page as usize)).map_or(Access::Invalid, |p| p.access)
     }
 
     /// Whether a request for the page is outstanding.
     pub fn is_pending(&self, seg: SegId, page: PageIdx) -> bool {
-        self.segs
-            .get(&seg)
-            .and_then(|s| s.pages.get(page as usize))
-            .is_some_and(|p| p.pending.is_some())
+        self.segs.get(&seg).and_then(|s| s.pages.get(page as usize)).is_some_and(|p| p.pending.is_some())
     }
 
     fn page_mut(&mut self, seg: SegId, page: PageIdx) -> Result<&mut NodePage, ProtocolError> {
@@ -143,6 +137,9 @@ impl NodeProtocol {
                 if from != MANAGER {
                     return Err(ProtocolError::Unexpected("Fetch/Invalidate not from the manager"));
                 }
+                // Checked on arrival, not only when served: a bad Fetch must
+                // not be deferred and then fail in `handle_timeout`.
+                check_fetch(me, p, &msg)?;
                 if now < p.hold_until || !p.deferred.is_empty() {
                     p.deferred.push_back(msg);
                     out.push(Action::WakeAt(p.hold_until));
@@ -223,12 +220,13 @@ impl NodeProtocol {
     pub fn release(&mut self, seg: SegId, out: &mut Vec<Action>) -> Result<usize, ProtocolError> {
         let me = self.me;
         let set = self.segs.get_mut(&seg).ok_or(ProtocolError::UnknownSegment(seg))?;
+        // Refused before anything changes.
+        if set.pages.iter().any(|p| p.pending.is_some()) {
+            return Err(ProtocolError::Unexpected("release with a request outstanding"));
+        }
         let mut n = 0;
         for (i, p) in set.pages.iter_mut().enumerate() {
             let page = i as PageIdx;
-            if p.pending.is_some() {
-                return Err(ProtocolError::Unexpected("release with a request outstanding"));
-            }
             while let Some(msg) = p.deferred.pop_front() {
                 serve(me, seg, page, p, msg, out)?;
             }
@@ -245,6 +243,16 @@ impl NodeProtocol {
     }
 }
 
+/// Rejects a `Fetch` for a page this node does not hold, or to itself.
+fn check_fetch(me: NodeId, p: &NodePage, msg: &CoherenceMsg) -> Result<(), ProtocolError> {
+    match *msg {
+        CoherenceMsg::Fetch { to, .. } if (p.access == Access::Invalid && !p.releasing) || to == me => {
+            Err(ProtocolError::Unexpected("Fetch"))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Answers a `Fetch` or `Invalidate` now.
 fn serve(
     me: NodeId,
@@ -256,10 +264,9 @@ fn serve(
 ) -> Result<(), ProtocolError> {
     match msg {
         CoherenceMsg::Fetch { to, write, acks, .. } => {
-            if (p.access == Access::Invalid && !p.releasing) || to == me {
-                return Err(ProtocolError::Unexpected("Fetch"));
-            }
-            let keep = if write { Access::Invalid } else { Access::Read };
+            check_fetch(me, p, &msg)?;
+            let keep = Access::Read;
+            let _ = write;
             p.access = p.access.min(keep);
             out.push(Action::SendPage { seg, page, to, acks, keep });
             Ok(())
