@@ -98,7 +98,7 @@ fn ensure_certs(dir: &Path) -> Result<(), String> {
 
 fn cmd_nameserver(args: &[String]) -> Result<ExitCode, String> {
     if wants_help(args) {
-        print!("usage: kdipc nameserver [--listen ADDR] [--cert-dir DIR] [--daemon]\n");
+        println!("usage: kdipc nameserver [--listen ADDR] [--cert-dir DIR] [--daemon]");
         return Ok(ExitCode::SUCCESS);
     }
     let mut listen: SocketAddr = config::DEFAULT_NAMESERVER.parse().expect("literal");

@@ -645,7 +645,7 @@ async fn attach(state: &Shared, id: i32, addr: usize, flags: i32) -> Result<usiz
     const SHMLBA: usize = PAGE_SIZE;
     let mut addr = addr;
     if addr != 0 {
-        if addr % SHMLBA != 0 {
+        if !addr.is_multiple_of(SHMLBA) {
             if flags & libc::SHM_RND == 0 {
                 return Err(EINVAL);
             }
@@ -683,9 +683,8 @@ fn map_view(
     let mut st = state.borrow_mut();
     let npages = size.div_ceil(PAGE_SIZE as u64) as u32;
     let maplen = npages as usize * PAGE_SIZE;
-    if !st.segs.contains_key(&id) {
-        let seg = new_segment(npages, maplen)?;
-        st.segs.insert(id, seg);
+    if let std::collections::hash_map::Entry::Vacant(e) = st.segs.entry(id) {
+        e.insert(new_segment(npages, maplen)?);
         st.protocol.attach(id, npages);
     }
     let fd = st.segs[&id]._fd.as_raw_fd();
@@ -722,7 +721,9 @@ fn map_view(
             protect_view(&view, page, a);
         }
     }
-    st.segs.get_mut(&id).map(|s| s.views.push(view));
+    if let Some(s) = st.segs.get_mut(&id) {
+        s.views.push(view);
+    }
     Ok(at)
 }
 

@@ -174,30 +174,56 @@ async fn read_streams(
     }
 }
 
-async fn read_frame(recv: &mut quinn::RecvStream, buf: &mut Vec<u8>) -> Result<Option<Msg>, String> {
-    let mut len = [0u8; 4];
-    match recv.read_exact(&mut len).await {
-        Ok(()) => {}
-        Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
-        Err(e) => return Err(e.to_string()),
+/// Frames arriving on one stream: reads in large chunks and splits them.
+struct FrameReader {
+    recv: quinn::RecvStream,
+    buf: Vec<u8>,
+    pos: usize,
+}
+
+impl FrameReader {
+    fn new(recv: quinn::RecvStream) -> Self {
+        FrameReader { recv, buf: Vec::with_capacity(64 * 1024), pos: 0 }
     }
-    let len = u32::from_le_bytes(len) as usize;
-    if len > MAX_FRAME {
-        return Err(format!("frame of {len} bytes exceeds the limit"));
+
+    /// The next frame; `Ok(None)` at the end of the stream.
+    async fn next(&mut self) -> Result<Option<Msg>, String> {
+        loop {
+            let avail = &self.buf[self.pos..];
+            if avail.len() >= 4 {
+                let len = u32::from_le_bytes(avail[..4].try_into().expect("4 bytes")) as usize;
+                if len > MAX_FRAME {
+                    return Err(format!("frame of {len} bytes exceeds the limit"));
+                }
+                if avail.len() >= 4 + len {
+                    let msg = wire::decode(&avail[4..4 + len]).map_err(|e| e.to_string())?;
+                    self.pos += 4 + len;
+                    return Ok(Some(msg));
+                }
+            }
+            // Compact, then read more.
+            self.buf.drain(..self.pos);
+            self.pos = 0;
+            let old = self.buf.len();
+            self.buf.resize(old + 64 * 1024, 0);
+            match self.recv.read(&mut self.buf[old..]).await {
+                Ok(Some(n)) => self.buf.truncate(old + n),
+                Ok(None) if old == 0 => return Ok(None),
+                Ok(None) => return Err("stream ended inside a frame".into()),
+                Err(e) => return Err(e.to_string()),
+            }
+        }
     }
-    buf.resize(len, 0);
-    recv.read_exact(buf).await.map_err(|e| e.to_string())?;
-    wire::decode(buf).map(Some).map_err(|e| e.to_string())
 }
 
 async fn read_stream(
     conn: quinn::Connection,
-    mut recv: quinn::RecvStream,
+    recv: quinn::RecvStream,
     shared: Arc<Mutex<Shared>>,
     inbound: mpsc::UnboundedSender<Inbound>,
 ) {
-    let mut buf = Vec::new();
-    let from = match read_frame(&mut recv, &mut buf).await {
+    let mut frames = FrameReader::new(recv);
+    let from = match frames.next().await {
         Ok(Some(Msg::Hello { node })) => node,
         Ok(_) => return bad(&conn, "stream does not start with Hello"),
         Err(e) => return bad(&conn, &e),
@@ -206,7 +232,7 @@ async fn read_stream(
         shared.lock().unwrap_or_else(|e| e.into_inner()).conns.entry(n).or_insert_with(|| conn.clone());
     }
     loop {
-        match read_frame(&mut recv, &mut buf).await {
+        match frames.next().await {
             Ok(Some(Msg::Hello { .. })) => return bad(&conn, "second Hello"),
             Ok(Some(msg)) => {
                 if inbound.send(Inbound::Msg { from, conn: conn.clone(), msg }).is_err() {

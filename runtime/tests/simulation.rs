@@ -18,8 +18,9 @@
 //! the first 8 bytes of a 4 KiB `Payload::Bytes`, or as `Payload::Zero` when
 //! 0) and [`THREADS`] application threads. A thread reads or writes a random
 //! page; when `fault` says the access is missing, it blocks until a
-//! `SetAccess` opens the page enough (a writer woken by a read grant faults
-//! again). A write stores a new, globally unique value and the model records
+//! `SetAccess` opens the page, then runs again a random time later but
+//! sooner than the node's `hold`, so it must find its access still there (a
+//! writer woken by a read grant faults again). A write stores a new, globally unique value and the model records
 //! it as the page's latest value; a read must return exactly that value
 //! (sequential consistency: with invalidate-before-write, any node that can
 //! read holds the latest bytes). Now and then a node detaches a segment
@@ -34,6 +35,11 @@
 //! At the end, no new accesses are started and everything drains; then every
 //! blocked access has completed, no request is pending, the manager is idle
 //! and its directory (`holders`) matches the nodes' access.
+//!
+//! Each seed also draws the holds, the share of slow messages, the rates of
+//! writes and detaches ([`Params`]), and each run must show that it
+//! exercised what it checks (reordering, deferrals, re-faults, detaches,
+//! every kind of message but `Lost`).
 //!
 //! `KDIPC_SIM_SEEDS=N` runs seeds `0..N` (default 16), `KDIPC_SIM_SEED=S`
 //! replays seed S alone, `KDIPC_SIM_TRACE=1` prints every event (use with
@@ -776,7 +782,6 @@ impl Sim {
     /// After draining: everything completed and the directory matches.
     fn check_quiescent(&self) {
         assert!(self.links.iter().all(|l| l.queue.is_empty()), "undelivered messages");
-        assert!(self.manager.is_idle(), "manager not idle after draining");
         for (i, n) in self.nodes.iter().enumerate() {
             assert!(n.threads.iter().all(Option::is_none), "node {}: deadlock: {}", i + 1, self.stuck());
             assert!(n.timers.is_empty(), "node {}: timers left", i + 1);
@@ -789,6 +794,7 @@ impl Sim {
                 );
             }
         }
+        assert!(self.manager.is_idle(), "manager not idle after draining");
         for (gp, &(si, page)) in self.pages.iter().enumerate() {
             let seg = SEGMENTS[si].0;
             let holders = self.manager.holders(seg, page).expect("page unknown to the manager");

@@ -15,8 +15,15 @@ pub extern "C" fn semget(key: libc::key_t, nsems: libc::c_int, semflg: libc::c_i
 }
 
 /// Hook for libc::semop.
+///
+/// # Safety
+/// `sops` points to `nsops` operations, as for libc's `semop`.
 #[cfg_attr(not(test), no_mangle)]
-pub extern "C" fn semop(semid: libc::c_int, sops: *mut libc::sembuf, nsops: libc::size_t) -> libc::c_int {
+pub unsafe extern "C" fn semop(
+    semid: libc::c_int,
+    sops: *mut libc::sembuf,
+    nsops: libc::size_t,
+) -> libc::c_int {
     guard(|| {
         let f = real_fn!(semop: fn(libc::c_int, *mut libc::sembuf, libc::size_t) -> libc::c_int);
         // SAFETY: the real semop with the program's arguments.
@@ -25,8 +32,12 @@ pub extern "C" fn semop(semid: libc::c_int, sops: *mut libc::sembuf, nsops: libc
 }
 
 /// Hook for libc::semtimedop.
+///
+/// # Safety
+/// As for libc's `semtimedop`: `sops` holds `nsops` operations, `timeout`
+/// is NULL or valid.
 #[cfg_attr(not(test), no_mangle)]
-pub extern "C" fn semtimedop(
+pub unsafe extern "C" fn semtimedop(
     semid: libc::c_int,
     sops: *mut libc::sembuf,
     nsops: libc::size_t,

@@ -94,7 +94,12 @@ impl Manager {
     }
 
     /// A message from node `from`.
-    pub fn handle(&mut self, from: NodeId, msg: CoherenceMsg, out: &mut Vec<Action>) -> Result<(), ProtocolError> {
+    pub fn handle(
+        &mut self,
+        from: NodeId,
+        msg: CoherenceMsg,
+        out: &mut Vec<Action>,
+    ) -> Result<(), ProtocolError> {
         if from == super::MANAGER {
             return Err(ProtocolError::Unexpected("message from the manager to itself"));
         }

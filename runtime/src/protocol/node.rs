@@ -83,18 +83,12 @@ impl NodeProtocol {
 
     /// Current access of this node to a page.
     pub fn access(&self, seg: SegId, page: PageIdx) -> Access {
-        self.segs
-            .get(&seg)
-            .and_then(|s| s.pages.get(page as usize))
-            .map_or(Access::Invalid, |p| p.access)
+        self.segs.get(&seg).and_then(|s| s.pages.get(page as usize)).map_or(Access::Invalid, |p| p.access)
     }
 
     /// Whether a request for the page is outstanding.
     pub fn is_pending(&self, seg: SegId, page: PageIdx) -> bool {
-        self.segs
-            .get(&seg)
-            .and_then(|s| s.pages.get(page as usize))
-            .is_some_and(|p| p.pending.is_some())
+        self.segs.get(&seg).and_then(|s| s.pages.get(page as usize)).is_some_and(|p| p.pending.is_some())
     }
 
     fn page_mut(&mut self, seg: SegId, page: PageIdx) -> Result<&mut NodePage, ProtocolError> {
