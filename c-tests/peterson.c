@@ -24,7 +24,11 @@
  *   page 2  flag[1]
  * flag[0] and flag[1] live on different pages, so each rank's critical
  * store -> load pair (flag[me] then flag[other]) spans two pages, which is
- * what sequential consistency has to order.  turn and counter share
+ * what sequential consistency has to order.  After each critical section a
+ * rank "thinks" for 30 us (about a page transfer) without holding the
+ * lock, so that the other rank's requests arrive meanwhile and the ranks
+ * really interleave (without it one rank runs a whole block while it holds
+ * the pages, and the lock is never contended).  turn and counter share
  * rank 0's flag page: rank 1 writes turn there anyway on every entry, so
  * the counter costs no extra transfer.  About two page transfers per
  * critical section when the ranks alternate, fewer when one rank keeps the
@@ -39,6 +43,7 @@
 #include "common.h"
 
 #define BLOCK 256
+#define THINK_SECONDS 30e-6
 
 struct lock_page0 {
     uint64_t flag0;
@@ -79,6 +84,12 @@ int main(int argc, char **argv)
         *counter = *counter + 1;
         compiler_barrier();
         *flag[me] = 0;
+        /* Think outside the critical section (about one page transfer),
+         * so that the other rank's requests arrive while this one does not
+         * hold the lock and the ranks really interleave. */
+        double until = now_seconds() + THINK_SECONDS;
+        while (now_seconds() < until)
+            compiler_barrier();
     }
     barrier_wait(&bar);
     double elapsed = now_seconds() - t0;
