@@ -471,7 +471,13 @@ impl Sim {
         let mut work: VecDeque<Action> = actions.into();
         while let Some(action) = work.pop_front() {
             if self.trace {
-                eprintln!("{:>8} node {me}: {action:?}", self.now);
+                match &action {
+                    Action::Send { .. } => {} // traced by `send`
+                    Action::Install { seg, page, payload } => {
+                        eprintln!("{:>8} node {me}: Install {seg}/{page} = {}", self.now, decode(payload))
+                    }
+                    other => eprintln!("{:>8} node {me}: {other:?}", self.now),
+                }
             }
             match action {
                 Action::Send { to, msg } => self.send(me, to, msg),
