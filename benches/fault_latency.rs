@@ -64,7 +64,8 @@ fn transport_rtt(n: usize, certs: &std::path::Path) -> (f64, f64) {
             let page = Payload::Bytes(vec![7u8; PAGE_SIZE]);
             while let Some(Inbound::Msg { from: Some(from), msg: Msg::Coherence(c), .. }) = rx.recv().await {
                 let (seg, page_idx) = c.target();
-                let msg = CoherenceMsg::Data { seg, page: page_idx, acks: 0, payload: page.clone() };
+                let msg =
+                    CoherenceMsg::Data { seg, page: page_idx, acks: 0, version: 0, payload: page.clone() };
                 t.send(from, Msg::Coherence(msg));
             }
         });
@@ -80,7 +81,8 @@ fn transport_rtt(n: usize, certs: &std::path::Path) -> (f64, f64) {
         let mut lat = Vec::with_capacity(n);
         for i in 0..n + 50 {
             let t0 = Instant::now();
-            t.send(2, Msg::Coherence(CoherenceMsg::Request { seg: 1, page: i as u32, write: false }));
+            let req = CoherenceMsg::Request { seg: 1, page: i as u32, write: false, requester: 1 };
+            t.send(2, Msg::Coherence(req));
             match rx.recv().await {
                 Some(Inbound::Msg { .. }) => {}
                 other => panic!("transport benchmark: {other:?}"),

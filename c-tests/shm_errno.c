@@ -21,18 +21,20 @@
  * several errors apply, the order of the checks in ipc/shm.c.
  *
  * The permission cases switch the effective uid to 65534 (and egid to
- * 65534, supplementary groups to {4242}) and back, and drop capabilities
- * from the effective set and restore them; they need root.  Without root
+ * 65534, supplementary groups to {4242}) and back, and run a child as root
+ * without the capabilities that override System V permissions (this
+ * program again: `shm_errno KEYBASE nocap ID ID`); they need root.  Without root
  * they print one `skip` line instead.
  *
- * All keys are KEYBASE + small offsets.  Everything created is removed at
+ * All keys are KEYBASE + 0 .. 63.  Everything created is removed at
  * exit, also after a failure.  Exit status 0, or 2 on a setup error.
  */
 #define _GNU_SOURCE
 #include <grp.h>
 #include <linux/capability.h>
 #include <sys/mman.h>
-#include <sys/syscall.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "common.h"
@@ -50,11 +52,15 @@
 #define SHM_NORESERVE 010000
 #endif
 
+/* Keys used: KEYBASE .. KEYBASE + KEYS - 1. */
+#define KEYS 64
+
 #define NOBODY 65534
 #define GROUP 4242
 
 static key_t kbase;
 static pid_t self;
+static int removed_id = -1; /* an id that existed: positive, no longer valid */
 
 /* ---------------------------------------------------------------- output */
 
@@ -121,7 +127,7 @@ static const char *key_name(key_t key)
     static char buf[32];
     if (key == IPC_PRIVATE)
         return "0";
-    if (key >= kbase && key < kbase + 0x1000) {
+    if (key >= kbase && key < kbase + KEYS) {
         snprintf(buf, sizeof buf, "base+%d", (int)(key - kbase));
         return buf;
     }
@@ -212,7 +218,9 @@ static const char *time_name(time_t t)
 }
 
 /*
- * IPC_STAT and the fields two correct runs agree on.  `rest` says whether
+ * IPC_STAT and the fields two correct runs agree on.  Not compared (yet):
+ * the SHM_LOCKED bit of the mode, which KDIPC does not keep (SHM_LOCK and
+ * SHM_UNLOCK themselves are compared).  `rest` says whether
  * every byte the fields printed do not cover (padding, reserved words) is
  * zero, as the kernel leaves them; the buffer starts filled with 0xa5.
  */
@@ -243,10 +251,10 @@ static int stat_case(const char *name, int id)
     rest.shm_lpid = 0;
     rest.shm_nattch = 0;
     static const struct shmid_ds zero;
-    line("%s: ret=%d errno=%s segsz=%zu nattch=%lu mode=%03o dest=%d locked=%d other_mode_bits=%#o "
+    line("%s: ret=%d errno=%s segsz=%zu nattch=%lu mode=%03o dest=%d other_mode_bits=%#o "
          "key=%s uid=%u gid=%u cuid=%u cgid=%u cpid=%s lpid=%s atime=%s dtime=%s ctime=%s rest=%s",
          name, r, ename(e), ds.shm_segsz, (unsigned long)ds.shm_nattch, ds.shm_perm.mode & 0777,
-         !!(ds.shm_perm.mode & SHM_DEST), !!(ds.shm_perm.mode & SHM_LOCKED),
+         !!(ds.shm_perm.mode & SHM_DEST),
          ds.shm_perm.mode & ~(0777 | SHM_DEST | SHM_LOCKED), key_name(ds.shm_perm.__key),
          ds.shm_perm.uid, ds.shm_perm.gid, ds.shm_perm.cuid, ds.shm_perm.cgid, pid_name(ds.shm_cpid),
          pid_name(ds.shm_lpid), time_name(ds.shm_atime), time_name(ds.shm_dtime),
@@ -348,27 +356,39 @@ static void become_root(void)
         die("setup: back to root: %s", strerror(errno));
 }
 
-/* Capabilities of this thread (version 3: two 32-bit words). */
-static struct __user_cap_data_struct saved_caps[2];
+static char *self_argv0;
 
-static void drop_caps(const int *caps, int n)
+/*
+ * Runs the `nocap` cases in a child: this program again, exec'ed with
+ * CAP_IPC_OWNER, CAP_SYS_ADMIN and CAP_IPC_LOCK dropped from its bounding
+ * set, so that it is root (uid 0) without them, in every thread, as root
+ * in a container often is.
+ */
+static void run_nocap_child(int user_id, int root_id)
 {
-    struct __user_cap_header_struct h = { _LINUX_CAPABILITY_VERSION_3, 0 };
-    if (syscall(SYS_capget, &h, saved_caps) != 0)
-        die("setup: capget: %s", strerror(errno));
-    struct __user_cap_data_struct d[2];
-    memcpy(d, saved_caps, sizeof d);
-    for (int i = 0; i < n; i++)
-        d[caps[i] / 32].effective &= ~(1u << (caps[i] % 32));
-    if (syscall(SYS_capset, &h, d) != 0)
-        die("setup: capset: %s", strerror(errno));
-}
-
-static void restore_caps(void)
-{
-    struct __user_cap_header_struct h = { _LINUX_CAPABILITY_VERSION_3, 0 };
-    if (syscall(SYS_capset, &h, saved_caps) != 0)
-        die("setup: capset: %s", strerror(errno));
+    char base[32], u[32], r[32];
+    snprintf(base, sizeof base, "%#x", (unsigned)kbase);
+    snprintf(u, sizeof u, "%d", user_id);
+    snprintf(r, sizeof r, "%d", root_id);
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid < 0)
+        die("setup: fork: %s", strerror(errno));
+    if (pid == 0) {
+        static const int caps[] = { CAP_IPC_OWNER, CAP_SYS_ADMIN, CAP_IPC_LOCK };
+        for (size_t i = 0; i < sizeof caps / sizeof caps[0]; i++) {
+            if (prctl(PR_CAPBSET_DROP, caps[i], 0, 0, 0) != 0) {
+                perror("setup: PR_CAPBSET_DROP");
+                _exit(EXIT_SETUP);
+            }
+        }
+        execl("/proc/self/exe", self_argv0, base, "nocap", u, r, (char *)NULL);
+        perror("setup: exec");
+        _exit(EXIT_SETUP);
+    }
+    int status;
+    if (waitpid(pid, &status, 0) != pid || !WIFEXITED(status) || WEXITSTATUS(status) != 0)
+        die("setup: the nocap child failed (status %#x)", status);
 }
 
 /* ------------------------------------------------------------- cases */
@@ -382,6 +402,7 @@ static int get_cases(void)
     get("create-size0", 1, 0, IPC_CREAT | 0600);
     get("create-size-max", 1, (size_t)-1, IPC_CREAT | 0600);
     get("create-excl-size0", 1, 0, IPC_CREAT | IPC_EXCL | 0600);
+    get("create-huge", 1, (size_t)1 << 50, IPC_CREAT | 0600);
     int id = get("create", 1, 10000, IPC_CREAT | 0640);
     if (id < 0)
         die("cannot go on without a segment");
@@ -406,6 +427,7 @@ static int get_cases(void)
     stat_case("private-stat", p2);
     get("private-size0", -1, 0, 0600);
     get("private-size-max", -1, (size_t)-1, 0600);
+    get("private-huge", -1, (size_t)1 << 50, 0600);
     ctl("private-1-rmid", p1, IPC_RMID, NULL);
     ctl("private-2-rmid", p2, IPC_RMID, NULL);
 
@@ -460,6 +482,9 @@ static void at_cases(int id)
     at("at-null-remap-rdonly", id, NULL, SHM_REMAP | SHM_RDONLY, NULL);
     at("at-low-rnd-remap", id, (void *)100, SHM_RND | SHM_REMAP, NULL);
     at("at-unaligned-remap", id, page(32) + 8, SHM_REMAP, NULL);
+    at("at-wraps-around", id, (void *)(uintptr_t)-PAGE_SIZE, 0, NULL);
+    at("at-wraps-around-rnd", id, (void *)((uintptr_t)-PAGE_SIZE + 1), SHM_RND, NULL);
+    at("at-above-user-space", id, (void *)0x800000000000UL, 0, NULL);
     stat_case("at-fixed-stat", id);
 
     /* Over an ordinary mapping. */
@@ -496,6 +521,7 @@ static void at_cases(int id)
     at("at-id-int-min", (int)0x80000000u, NULL, 0, NULL);
     int gone = must_get(5, 4096, IPC_CREAT | 0600);
     must_rmid(gone);
+    removed_id = gone;
     at("at-removed-id", gone, NULL, 0, NULL);
     at("at-removed-id-unaligned", gone, page(0) + 1, 0, NULL);
     at("at-removed-id-null-remap", gone, NULL, SHM_REMAP, NULL);
@@ -549,6 +575,9 @@ static void ctl_cases(int id)
     ctl("set-bad-buf", id, IPC_SET, (void *)1);
     ctl("set-prot-none-buf", id, IPC_SET, none);
     ctl("set-null-bad-id", -1, IPC_SET, NULL);
+    ctl("set-null-removed-id", removed_id, IPC_SET, NULL);
+    set_case("set-removed-id", removed_id, 0, 0, 0600);
+    ctl("stat-null-removed-id", removed_id, IPC_STAT, NULL);
     ctl("set-bad-id", -1, IPC_SET, &(struct shmid_ds){ 0 });
     munmap(none, PAGE_SIZE);
     munmap(ro, PAGE_SIZE);
@@ -559,10 +588,15 @@ static void ctl_cases(int id)
     ctl("cmd-ipc64-flag", id, IPC_STAT | 0x100, &(struct shmid_ds){ 0 });
     ctl("cmd-invalid-bad-id", -1, 12345, NULL);
 
+    /* These return the kernel's highest index in use: only its sign. */
     struct shminfo info;
-    ctl("ipc-info", id, IPC_INFO, (struct shmid_ds *)(void *)&info);
+    errno = 0;
+    int r = shmctl(id, IPC_INFO, (struct shmid_ds *)(void *)&info);
+    line("ipc-info: ret=%s errno=%s", r >= 0 ? "nonneg" : "-1", ename(errno));
     struct shm_info sinfo;
-    ctl("shm-info", id, SHM_INFO, (struct shmid_ds *)(void *)&sinfo);
+    errno = 0;
+    r = shmctl(id, SHM_INFO, (struct shmid_ds *)(void *)&sinfo);
+    line("shm-info: ret=%s errno=%s", r >= 0 ? "nonneg" : "-1", ename(errno));
 
     ctl("lock", id, SHM_LOCK, NULL);
     stat_case("lock-stat", id);
@@ -616,6 +650,30 @@ static void rmid_cases(void)
     stat_case("rmid-unattached-stat", lone);
     at("rmid-unattached-at", lone, NULL, 0, NULL);
     get("rmid-unattached-get", 31, 0, 0);
+}
+
+/*
+ * In the child of run_nocap_child: root without CAP_IPC_OWNER,
+ * CAP_SYS_ADMIN and CAP_IPC_LOCK, on `u` (the user's segment, mode 0640,
+ * group NOBODY) and `s` (root's, mode 0600).
+ */
+static void nocap_cases(int u, int s)
+{
+    get("nocap-get-rw", 21, 0, 0600);
+    get_cmp("nocap-get-no-mode", 21, 0, 0, u);
+    at("nocap-at", u, NULL, 0, NULL);
+    char *nv = at("nocap-at-rdonly", u, NULL, SHM_RDONLY, NULL);
+    stat_case("nocap-stat", u);
+    set_case("nocap-set", u, 0, 0, 0600);
+    ctl("nocap-rmid", u, IPC_RMID, NULL);
+    ctl("nocap-lock", u, SHM_LOCK, NULL);
+    ctl("nocap-unlock", u, SHM_UNLOCK, NULL);
+    stat_case("nocap-stat-own", s);
+    char *ov = at("nocap-at-own", s, NULL, 0, NULL);
+    ctl("nocap-lock-own", s, SHM_LOCK, NULL);
+    ctl("nocap-unlock-own", s, SHM_UNLOCK, NULL);
+    dt("nocap-dt", nv);
+    dt("nocap-dt-own", ov);
 }
 
 /* Permissions: another user, groups, capabilities. Needs root. */
@@ -692,21 +750,7 @@ static void perm_cases(void)
     become_root();
 
     /* Root without the capabilities that override System V permissions. */
-    static const int caps[] = { CAP_IPC_OWNER, CAP_SYS_ADMIN, CAP_IPC_LOCK };
-    drop_caps(caps, 3);
-    get("nocap-get-rw", 21, 0, 0600);
-    get_cmp("nocap-get-r", 21, 0, 0040, u);
-    at("nocap-at", u, NULL, 0, NULL);
-    char *nv = at("nocap-at-rdonly", u, NULL, SHM_RDONLY, NULL);
-    stat_case("nocap-stat", u);
-    set_case("nocap-set", u, 0, 0, 0600);
-    ctl("nocap-rmid", u, IPC_RMID, NULL);
-    ctl("nocap-lock", u, SHM_LOCK, NULL);
-    stat_case("nocap-stat-own", s);
-    ctl("nocap-lock-own", s, SHM_LOCK, NULL);
-    ctl("nocap-unlock-own", s, SHM_UNLOCK, NULL);
-    dt("nocap-dt", nv);
-    restore_caps();
+    run_nocap_child(u, s);
 
     ctl("root-rmid-user", u, IPC_RMID, NULL);
     stat_case("root-rmid-user-stat", u);
@@ -719,12 +763,17 @@ static void perm_cases(void)
 
 int main(int argc, char **argv)
 {
-    if (argc != 2)
+    if (argc != 2 && !(argc == 5 && strcmp(argv[2], "nocap") == 0))
         die("usage: %s KEYBASE", argv[0]);
     kbase = (key_t)parse_long("KEYBASE", argv[1]);
-    if (kbase <= 0 || kbase > 0x7fffffff - 0x1000)
-        die("KEYBASE must be positive and leave room for 4096 keys");
+    if (kbase <= 0 || kbase > 0x7fffffff - KEYS)
+        die("KEYBASE must be positive and leave room for %d keys", KEYS);
     self = getpid();
+    self_argv0 = argv[0];
+    if (argc == 5) {
+        nocap_cases((int)parse_long("ID", argv[3]), (int)parse_long("ID", argv[4]));
+        return 0;
+    }
     atexit(cleanup);
     find_area();
 
@@ -735,6 +784,7 @@ int main(int argc, char **argv)
     perm_cases();
     ctl("final-rmid", id, IPC_RMID, NULL);
     stat_case("final-stat", id);
+    cleanup();
     line("done: ret=0 errno=0");
     return 0;
 }

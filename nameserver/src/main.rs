@@ -26,6 +26,14 @@ commands:
 ";
 
 fn main() -> ExitCode {
+    // Started by a node's runtime thread, we inherit its blocked signals:
+    // start from an empty mask, as a command should.
+    // SAFETY: sigemptyset on a local set; setting this thread's mask.
+    unsafe {
+        let mut none: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut none);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+    }
     config::init_logging();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let res = match args.first().map(String::as_str) {

@@ -123,7 +123,7 @@ pub fn load(dir: &Path) -> Result<TlsConfigs, CertError> {
     let client = quinn::crypto::rustls::QuicClientConfig::try_from(client).map_err(|e| tls(&e))?;
     let mut transport = quinn::TransportConfig::default();
     transport.keep_alive_interval(Some(std::time::Duration::from_secs(1)));
-    transport.max_idle_timeout(Some(std::time::Duration::from_secs(30).try_into().map_err(|e| tls(&e))?));
+    transport.max_idle_timeout(Some(std::time::Duration::from_secs(5).try_into().map_err(|e| tls(&e))?));
     let transport = Arc::new(transport);
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(server));
     server.transport_config(transport.clone());

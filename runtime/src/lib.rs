@@ -8,5 +8,6 @@ pub mod nameserver;
 pub mod node;
 pub mod protocol;
 pub mod registry;
+pub mod semaphores;
 pub mod transport;
 pub mod wire;

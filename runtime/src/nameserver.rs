@@ -49,6 +49,7 @@ pub async fn serve(
     while let Some(m) = irx.recv().await {
         match m {
             Inbound::Msg { from, conn, msg } => s.handle(from, &conn, msg),
+            Inbound::Gone { node } => s.node_gone(node),
             Inbound::Lost { node, conn } => {
                 let node = node.or_else(|| s.by_conn.get(&conn.stable_id()).copied());
                 if let Some(n) = node {

@@ -303,18 +303,18 @@ impl State {
                         s.write_page(page, &payload);
                     }
                 }
-                Action::SendPage { seg, page, to, acks, keep } => {
+                Action::SendPage { seg, page, to, acks, version, keep } => {
                     let Some(s) = self.segs.get(&seg) else { continue };
                     s.protect(page, keep);
                     fault::membarrier();
                     let payload = s.read_page(page);
-                    self.transport.send(to, Msg::Coherence(CoherenceMsg::Data { seg, page, acks, payload }));
+                    let data = CoherenceMsg::Data { seg, page, acks, version, payload };
+                    self.transport.send(to, Msg::Coherence(data));
                 }
-                Action::ReleasePage { seg, page } => {
+                Action::ReleasePage { seg, page, copyset, version } => {
                     let Some(s) = self.segs.get(&seg) else { continue };
-                    let payload = s.read_page(page);
-                    self.transport
-                        .send(MANAGER, Msg::Coherence(CoherenceMsg::Release { seg, page, payload }));
+                    let owned = Some((s.read_page(page), copyset, version));
+                    self.transport.send(MANAGER, Msg::Coherence(CoherenceMsg::Release { seg, page, owned }));
                 }
                 Action::Released { seg, .. } => {
                     if let Some(r) = self.releasing.get_mut(&seg) {
@@ -354,17 +354,21 @@ impl State {
         }
         if !rest.is_empty() {
             let mut out = Vec::new();
-            match self.protocol.fault(seg, page, true, &mut out) {
+            let now = self.now();
+            let present = self.protocol.fault(seg, page, true, now, &mut out);
+            if let Ok(false) = present {
+                self.waiters.insert((seg, page), rest.clone());
+            }
+            // Open the page (apply) before waking anyone on it.
+            self.apply(&mut out);
+            match present {
+                Ok(false) => {}
                 Ok(true) => rest.iter().for_each(|&(slot, _)| fault::complete(slot, true)),
-                Ok(false) => {
-                    self.waiters.insert((seg, page), rest);
-                }
                 Err(e) => {
                     error!("fault: {e}");
                     rest.iter().for_each(|&(slot, _)| fault::complete(slot, true));
                 }
             }
-            self.apply(&mut out);
         }
     }
 
@@ -385,15 +389,21 @@ impl State {
                 fault::complete(slot, true);
                 continue;
             };
-            match self.protocol.fault(seg, page, write, &mut out) {
+            let now = self.now();
+            let present = self.protocol.fault(seg, page, write, now, &mut out);
+            if let Ok(false) = present {
+                self.waiters.entry((seg, page)).or_default().push((slot, write));
+            }
+            // Open the page (apply) before waking the thread.
+            self.apply(&mut out);
+            match present {
+                Ok(false) => {}
                 Ok(true) => fault::complete(slot, true),
-                Ok(false) => self.waiters.entry((seg, page)).or_default().push((slot, write)),
                 Err(e) => {
                     error!("fault: {e}");
                     fault::complete(slot, true);
                 }
             }
-            self.apply(&mut out);
         }
     }
 
@@ -423,6 +433,20 @@ impl State {
             Msg::Call { .. } | Msg::Hello { .. } => {
                 crate::transport::bad(conn, "unexpected message at a node")
             }
+        }
+    }
+
+    /// A connection was lost or a node could not be reached.
+    fn peer_lost(&mut self, node: Option<NodeId>) {
+        match node {
+            Some(MANAGER) => error!("lost the connection to the nameserver"),
+            Some(n) => {
+                self.transport.forget(n);
+                let mut out = Vec::new();
+                self.protocol.peer_gone(n, &mut out);
+                self.apply(&mut out);
+            }
+            None => {}
         }
     }
 
@@ -547,11 +571,8 @@ async fn run(
             Some(m) = inbound.recv() => {
                 match m {
                     Inbound::Msg { from, conn, msg } => state.borrow_mut().inbound(from, msg, &conn),
-                    Inbound::Lost { node, .. } => {
-                        if node == Some(MANAGER) {
-                            error!("lost the connection to the nameserver");
-                        }
-                    }
+                    Inbound::Lost { node, .. } => state.borrow_mut().peer_lost(node),
+                    Inbound::Gone { node } => state.borrow_mut().peer_lost(Some(node)),
                 }
             }
             c = cmds.recv() => {
@@ -584,7 +605,7 @@ async fn connect(config: &Config) -> Result<(State, mpsc::UnboundedReceiver<Inbo
             m = irx.recv() => match m {
                 Some(Inbound::Msg { msg: Msg::Reply { id: 0, reply: Reply::Registered { node } }, .. }) => break node,
                 Some(Inbound::Msg { from, conn, msg }) => early.push((from, conn, msg)),
-                Some(Inbound::Lost { .. }) | None => {
+                Some(Inbound::Lost { .. } | Inbound::Gone { .. }) | None => {
                     return Err(format!("cannot reach the nameserver at {}", config.nameserver))
                 }
             },
@@ -634,15 +655,22 @@ async fn command(state: Shared, lock: Rc<tokio::sync::Mutex<()>>, c: Command) {
                     warn!("detaching at exit: {e:?}");
                 }
             }
+            // Peers learn at once that this node is gone (a read request
+            // sent here by a stale hint then goes to the manager).
+            state.borrow().transport.close();
             let _ = reply.send(());
         }
     }
 }
 
 /// `shmat` of a distributed segment; `addr` and `flags` as the program gave
-/// them.
+/// them. The checks and their order are the kernel's (`do_shmat`).
 async fn attach(state: &Shared, id: i32, addr: usize, flags: i32) -> Result<usize, Errno> {
     const SHMLBA: usize = PAGE_SIZE;
+    const SHM_EXEC: i32 = 0o100000;
+    // A given address is MAP_FIXED even when SHM_RND rounds it down to 0.
+    let fixed = addr != 0;
+    let remap = flags & libc::SHM_REMAP != 0;
     let mut addr = addr;
     if addr != 0 {
         if !addr.is_multiple_of(SHMLBA) {
@@ -650,68 +678,94 @@ async fn attach(state: &Shared, id: i32, addr: usize, flags: i32) -> Result<usiz
                 return Err(EINVAL);
             }
             addr &= !(SHMLBA - 1);
-            if addr == 0 && flags & libc::SHM_REMAP != 0 {
+            if addr == 0 && remap {
                 return Err(EINVAL);
             }
         }
-    } else if flags & libc::SHM_REMAP != 0 {
+    } else if remap {
         return Err(EINVAL);
     }
     let readonly = flags & libc::SHM_RDONLY != 0;
-    let rx = state.borrow_mut().call(Call::ShmAttach { id, readonly, cred: Cred::current() });
+    let exec = flags & SHM_EXEC != 0;
+    let rx = state.borrow_mut().call(Call::ShmAttach { id, readonly, exec, cred: Cred::current() });
     let size = match rx.await {
         Ok(Reply::Attached { size }) => size,
         Ok(Reply::Err(e)) => return Err(e),
         _ => return Err(ENOMEM),
     };
-    let res = map_view(state, id, size, addr, flags, readonly);
+    if fixed && remap {
+        // mmap(MAP_FIXED) unmaps what was there: distributed views in the
+        // range are detached (whole, also one the range covers in part).
+        let end = addr.saturating_add(size.div_ceil(PAGE_SIZE as u64) as usize * PAGE_SIZE);
+        let covered: Vec<usize> = state
+            .borrow()
+            .segs
+            .values()
+            .flat_map(|s| s.views.iter().filter(|v| v.addr < end && addr < v.addr + s.maplen).map(|v| v.addr))
+            .collect();
+        for a in covered {
+            if let Err(e) = detach(state, a).await {
+                warn!("detaching a view SHM_REMAP replaces: {e:?}");
+            }
+        }
+    }
+    let res = map_view(state, id, size, fixed.then_some(addr), flags, readonly);
     if res.is_err() {
-        let rx = state.borrow_mut().call(Call::ShmDetach { id, cred: Cred::current() });
+        let rx = state.borrow_mut().call(Call::ShmDetach { id, failed_attach: true, cred: Cred::current() });
         let _ = rx.await;
     }
     res
 }
 
+/// Maps a view of segment `id` at `addr` (`None`: where the kernel likes).
 fn map_view(
     state: &Shared,
     id: i32,
     size: u64,
-    addr: usize,
+    addr: Option<usize>,
     flags: i32,
     readonly: bool,
 ) -> Result<usize, Errno> {
-    let mut st = state.borrow_mut();
+    let mut guard = state.borrow_mut();
+    let st = &mut *guard;
     let npages = size.div_ceil(PAGE_SIZE as u64) as u32;
     let maplen = npages as usize * PAGE_SIZE;
+    let remap = flags & libc::SHM_REMAP != 0;
+    if addr.is_some_and(|a| a != 0 && !remap && a.checked_add(size as usize).is_none()) {
+        return Err(EINVAL); // do_shmat: addr + size < addr
+    }
     if let std::collections::hash_map::Entry::Vacant(e) = st.segs.entry(id) {
         e.insert(new_segment(npages, maplen)?);
         st.protocol.attach(id, npages);
     }
     let fd = st.segs[&id]._fd.as_raw_fd();
     let mut mflags = libc::MAP_SHARED;
-    if addr != 0 {
-        mflags |= if flags & libc::SHM_REMAP != 0 { libc::MAP_FIXED } else { libc::MAP_FIXED_NOREPLACE };
+    if addr.is_some() {
+        mflags |= if remap { libc::MAP_FIXED } else { libc::MAP_FIXED_NOREPLACE };
     }
+    let addr = addr.unwrap_or(0);
     // SAFETY: mapping our own memfd; MAP_FIXED only when the program asked
     // to replace what is there (SHM_REMAP), as the kernel's shmat does.
     let p = unsafe { libc::mmap(addr as *mut libc::c_void, maplen, libc::PROT_NONE, mflags, fd, 0) };
     if p == libc::MAP_FAILED {
         let e = std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::ENOMEM);
-        drop_if_unused(&mut st, id);
-        return Err(if e == libc::EEXIST || e == libc::EINVAL { EINVAL } else { ENOMEM });
+        drop_if_unused(st, id);
+        // Taken (MAP_FIXED_NOREPLACE) is the kernel's EINVAL; the rest of
+        // mmap's errors are do_shmat's too.
+        return Err(if e == libc::EEXIST { EINVAL } else { Errno(e) });
     }
     let at = p as usize;
-    if addr != 0 && at != addr {
+    if mflags & libc::MAP_FIXED_NOREPLACE != 0 && at != addr {
         // An old kernel ignoring MAP_FIXED_NOREPLACE: the range was taken.
         // SAFETY: unmapping what we just mapped.
         unsafe { libc::munmap(p, maplen) };
-        drop_if_unused(&mut st, id);
+        drop_if_unused(st, id);
         return Err(EINVAL);
     }
     let Some(slot) = fault::register_view(at, maplen, readonly) else {
         // SAFETY: as above.
         unsafe { libc::munmap(p, maplen) };
-        drop_if_unused(&mut st, id);
+        drop_if_unused(st, id);
         return Err(Errno(libc::EMFILE));
     };
     let view = View { addr: at, readonly, slot };
@@ -807,7 +861,7 @@ async fn detach(state: &Shared, addr: usize) -> Result<(), Errno> {
         st.protocol.forget(id);
         st.segs.remove(&id);
     }
-    let rx = state.borrow_mut().call(Call::ShmDetach { id, cred: Cred::current() });
+    let rx = state.borrow_mut().call(Call::ShmDetach { id, failed_attach: false, cred: Cred::current() });
     match rx.await {
         Ok(Reply::Err(e)) => Err(e),
         _ => Ok(()),

@@ -27,6 +27,13 @@ pub fn is_distributed_id(id: i32) -> bool {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Errno(pub i32);
 
+/// `CAP_IPC_LOCK`: `SHM_LOCK` of any segment, beyond `RLIMIT_MEMLOCK`.
+pub const CAP_IPC_LOCK: u32 = 14;
+/// `CAP_IPC_OWNER`: bypasses the permission bits.
+pub const CAP_IPC_OWNER: u32 = 15;
+/// `CAP_SYS_ADMIN`: `IPC_SET` and `IPC_RMID` of any segment.
+pub const CAP_SYS_ADMIN: u32 = 21;
+
 /// Who makes a call: the credentials System V checks.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Cred {
@@ -34,10 +41,13 @@ pub struct Cred {
     pub gid: u32,
     pub groups: Vec<u32>,
     pub pid: i32,
+    /// Effective capabilities (bit `CAP_*`): root is not enough, as in the
+    /// kernel (a container's root often lacks `CAP_IPC_OWNER`).
+    pub caps: u64,
 }
 
 impl Cred {
-    /// The calling process's effective credentials.
+    /// The calling thread's effective credentials.
     pub fn current() -> Cred {
         // SAFETY: these calls have no preconditions and cannot fail.
         let (uid, gid, pid) = unsafe { (libc::geteuid(), libc::getegid(), libc::getpid()) };
@@ -45,12 +55,40 @@ impl Cred {
         // SAFETY: the buffer holds 64 entries and we pass that size.
         let n = unsafe { libc::getgroups(64, groups.as_mut_ptr()) };
         groups.truncate(n.max(0) as usize);
-        Cred { uid, gid, groups, pid }
+        let caps = effective_caps().unwrap_or(if uid == 0 { u64::MAX } else { 0 });
+        Cred { uid, gid, groups, pid, caps }
     }
 
     fn in_group(&self, gid: u32) -> bool {
         self.gid == gid || self.groups.contains(&gid)
     }
+
+    pub fn capable(&self, cap: u32) -> bool {
+        self.caps & (1 << cap) != 0
+    }
+}
+
+/// The calling thread's effective capability set (`capget`).
+fn effective_caps() -> Option<u64> {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const VERSION_3: u32 = 0x2008_0522;
+    let mut header = Header { version: VERSION_3, pid: 0 };
+    let mut data = [Data::default(); 2];
+    // SAFETY: capget with a version-3 header and the two data words that
+    // version writes; pid 0 is the calling thread.
+    let r = unsafe { libc::syscall(libc::SYS_capget, &mut header as *mut Header, data.as_mut_ptr()) };
+    (r == 0).then(|| data[0].effective as u64 | (data[1].effective as u64) << 32)
 }
 
 /// `struct shmid_ds`, as the registry knows it.
@@ -88,16 +126,23 @@ pub enum Call {
     ShmAttach {
         id: i32,
         readonly: bool,
+        /// `SHM_EXEC`: execute permission is needed too.
+        exec: bool,
         cred: Cred,
     },
     ShmDetach {
         id: i32,
+        /// Undoes this node's last `ShmAttach`, whose mapping failed: as in
+        /// the kernel, a failed `shmat` leaves the times and pid unchanged.
+        failed_attach: bool,
         cred: Cred,
     },
     ShmStat {
         id: i32,
         cred: Cred,
     },
+    /// `IPC_SET`; `uid`/`gid` are `u32::MAX` when the caller's user
+    /// namespace does not map them (the kernel's `EINVAL`).
     ShmSet {
         id: i32,
         uid: u32,
@@ -140,6 +185,8 @@ struct Segment {
     stat: ShmStat,
     /// Attaches per node.
     attaches: BTreeMap<NodeId, u64>,
+    /// The node of the latest attach, and `shm_atime`, `shm_lpid` before it.
+    before_attach: Option<(NodeId, i64, i32)>,
 }
 
 /// What a registry call did to the set of segments, for the manager.
@@ -157,6 +204,7 @@ pub struct Registry {
     by_key: HashMap<i32, i32>,
     shmmax: u64,
     clock: fn() -> i64,
+    enough_memory: fn(u64) -> bool,
 }
 
 fn now_secs() -> i64 {
@@ -170,6 +218,37 @@ fn shmmax() -> u64 {
         .unwrap_or(u64::MAX >> 8)
 }
 
+/// `SHM_NORESERVE`: no memory is charged for the segment.
+const SHM_NORESERVE: i32 = 0o10000;
+
+/// The kernel's `__vm_enough_memory()` for a new segment of `pages` pages,
+/// on this (the nameserver's) host: a segment's memory is charged when it
+/// is created, so an impossible size is `ENOMEM` at `shmget`.
+fn enough_memory(pages: u64) -> bool {
+    let mode = std::fs::read_to_string("/proc/sys/vm/overcommit_memory")
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .unwrap_or(0);
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let kib = |name: &str| {
+        meminfo.lines().find_map(|l| {
+            l.strip_prefix(name)?.strip_prefix(':')?.trim().strip_suffix("kB")?.trim().parse::<u64>().ok()
+        })
+    };
+    let want = pages.saturating_mul(PAGE_SIZE as u64 / 1024);
+    match mode {
+        1 => true, // OVERCOMMIT_ALWAYS
+        2 => match (kib("CommitLimit"), kib("Committed_AS")) {
+            (Some(limit), Some(used)) => want <= limit.saturating_sub(used),
+            _ => true,
+        },
+        _ => match (kib("MemTotal"), kib("SwapTotal")) {
+            (Some(ram), Some(swap)) => want <= ram.saturating_add(swap),
+            _ => true,
+        },
+    }
+}
+
 impl Default for Registry {
     fn default() -> Self {
         Self::new()
@@ -179,9 +258,6 @@ impl Default for Registry {
 /// `ipcperms()`: may `cred` access an object with `want` (rwx bits in any
 /// of the three positions)?
 fn allowed(cred: &Cred, stat: &ShmStat, want: u32) -> bool {
-    if cred.uid == 0 {
-        return true; // CAP_IPC_OWNER
-    }
     let requested = (want >> 6 | want >> 3 | want) & 0o7;
     let mut granted = stat.mode;
     if cred.uid == stat.cuid || cred.uid == stat.uid {
@@ -189,19 +265,26 @@ fn allowed(cred: &Cred, stat: &ShmStat, want: u32) -> bool {
     } else if cred.in_group(stat.cgid) || cred.in_group(stat.gid) {
         granted >>= 3;
     }
-    requested & !granted & 0o7 == 0
+    requested & !granted & 0o7 == 0 || cred.capable(CAP_IPC_OWNER)
 }
 
 /// May `cred` change or remove the object (`IPC_SET`, `IPC_RMID`)?
 fn is_owner(cred: &Cred, stat: &ShmStat) -> bool {
-    cred.uid == 0 || cred.uid == stat.uid || cred.uid == stat.cuid
+    cred.uid == stat.uid || cred.uid == stat.cuid || cred.capable(CAP_SYS_ADMIN)
 }
 
 const EINVAL: Errno = Errno(libc::EINVAL);
 
 impl Registry {
     pub fn new() -> Self {
-        Registry { next: 1, by_id: HashMap::new(), by_key: HashMap::new(), shmmax: shmmax(), clock: now_secs }
+        Registry {
+            next: 1,
+            by_id: HashMap::new(),
+            by_key: HashMap::new(),
+            shmmax: shmmax(),
+            clock: now_secs,
+            enough_memory,
+        }
     }
 
     /// Answers a call from `node`.
@@ -209,8 +292,8 @@ impl Registry {
         let res = match call {
             Call::Register { .. } => return (Reply::Err(EINVAL), Effect::None),
             Call::ShmGet { key, size, flags, cred } => self.get(key, size, flags, &cred),
-            Call::ShmAttach { id, readonly, cred } => self.attach(node, id, readonly, &cred),
-            Call::ShmDetach { id, cred } => self.detach(node, id, &cred),
+            Call::ShmAttach { id, readonly, exec, cred } => self.attach(node, id, readonly, exec, &cred),
+            Call::ShmDetach { id, failed_attach, cred } => self.detach(node, id, failed_attach, &cred),
             Call::ShmStat { id, cred } => self.seg(id).and_then(|s| {
                 if allowed(&cred, &s.stat, 0o444) {
                     Ok((Reply::Stat(s.stat.clone()), Effect::None))
@@ -223,6 +306,9 @@ impl Registry {
                 self.seg_mut(id).and_then(|s| {
                     if !is_owner(&cred, &s.stat) {
                         return Err(Errno(libc::EPERM));
+                    }
+                    if uid == u32::MAX || gid == u32::MAX {
+                        return Err(EINVAL); // ipc_update_perm: !uid_valid
                     }
                     s.stat.uid = uid;
                     s.stat.gid = gid;
@@ -293,6 +379,9 @@ impl Registry {
             return Err(EINVAL);
         }
         let npages = size.div_ceil(PAGE_SIZE as u64);
+        if flags & SHM_NORESERVE == 0 && !(self.enough_memory)(npages) {
+            return Err(Errno(libc::ENOMEM));
+        }
         let npages = u32::try_from(npages).map_err(|_| Errno(libc::ENOSPC))?;
         if self.next >= ID_BIT {
             return Err(Errno(libc::ENOSPC));
@@ -314,7 +403,7 @@ impl Registry {
             lpid: 0,
             nattch: 0,
         };
-        self.by_id.insert(id, Segment { stat, attaches: BTreeMap::new() });
+        self.by_id.insert(id, Segment { stat, attaches: BTreeMap::new(), before_attach: None });
         if key != libc::IPC_PRIVATE {
             self.by_key.insert(key, id);
         }
@@ -326,22 +415,30 @@ impl Registry {
         node: NodeId,
         id: i32,
         readonly: bool,
+        exec: bool,
         cred: &Cred,
     ) -> Result<(Reply, Effect), Errno> {
         let now = (self.clock)();
         let s = self.seg_mut(id)?;
-        let want = if readonly { 0o444 } else { 0o666 };
+        let want = if readonly { 0o444 } else { 0o666 } | if exec { 0o111 } else { 0 };
         if !allowed(cred, &s.stat, want) {
             return Err(Errno(libc::EACCES));
         }
         *s.attaches.entry(node).or_default() += 1;
         s.stat.nattch += 1;
+        s.before_attach = Some((node, s.stat.atime, s.stat.lpid));
         s.stat.atime = now;
         s.stat.lpid = cred.pid;
         Ok((Reply::Attached { size: s.stat.size }, Effect::None))
     }
 
-    fn detach(&mut self, node: NodeId, id: i32, cred: &Cred) -> Result<(Reply, Effect), Errno> {
+    fn detach(
+        &mut self,
+        node: NodeId,
+        id: i32,
+        failed_attach: bool,
+        cred: &Cred,
+    ) -> Result<(Reply, Effect), Errno> {
         let now = (self.clock)();
         let s = self.seg_mut(id)?;
         let n = s.attaches.get_mut(&node).ok_or(EINVAL)?;
@@ -350,8 +447,14 @@ impl Registry {
             s.attaches.remove(&node);
         }
         s.stat.nattch -= 1;
-        s.stat.dtime = now;
-        s.stat.lpid = cred.pid;
+        if !failed_attach {
+            s.stat.dtime = now;
+            s.stat.lpid = cred.pid;
+        } else if let Some((_, atime, lpid)) = s.before_attach.take().filter(|b| b.0 == node) {
+            // No other attach since: as if this one never happened.
+            s.stat.atime = atime;
+            s.stat.lpid = lpid;
+        }
         Ok((Reply::Ok, self.maybe_destroy(id).unwrap_or(Effect::None)))
     }
 
@@ -383,7 +486,7 @@ mod tests {
     use super::*;
 
     fn user(uid: u32) -> Cred {
-        Cred { uid, gid: uid, groups: vec![], pid: 42 }
+        Cred { uid, gid: uid, groups: vec![], pid: 42, caps: if uid == 0 { u64::MAX } else { 0 } }
     }
 
     fn id_of(r: (Reply, Effect)) -> i32 {
@@ -429,11 +532,11 @@ mod tests {
             r.call(1, Call::ShmGet { key: 9, size: 4096, flags: libc::IPC_CREAT | 0o600, cred: u.clone() }),
         );
         assert!(matches!(
-            r.call(1, Call::ShmAttach { id, readonly: false, cred: u.clone() }).0,
+            r.call(1, Call::ShmAttach { id, readonly: false, exec: false, cred: u.clone() }).0,
             Reply::Attached { size: 4096 }
         ));
         assert!(matches!(
-            r.call(2, Call::ShmAttach { id, readonly: true, cred: u.clone() }).0,
+            r.call(2, Call::ShmAttach { id, readonly: true, exec: false, cred: u.clone() }).0,
             Reply::Attached { .. }
         ));
         assert_eq!(err_of(r.call(2, Call::ShmRemove { id, cred: user(1001) })), libc::EPERM);
@@ -451,8 +554,114 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert_eq!(r.call(1, Call::ShmDetach { id, cred: u.clone() }).1, Effect::None);
-        assert_eq!(r.call(2, Call::ShmDetach { id, cred: u.clone() }).1, Effect::Destroyed { id });
+        assert_eq!(r.call(1, Call::ShmDetach { id, failed_attach: false, cred: u.clone() }).1, Effect::None);
+        assert_eq!(
+            r.call(2, Call::ShmDetach { id, failed_attach: false, cred: u.clone() }).1,
+            Effect::Destroyed { id }
+        );
         assert_eq!(err_of(r.call(1, Call::ShmStat { id, cred: u })), libc::EINVAL);
+    }
+
+    fn create(r: &mut Registry, key: i32, mode: i32, c: &Cred) -> i32 {
+        id_of(r.call(1, Call::ShmGet { key, size: 4096, flags: libc::IPC_CREAT | mode, cred: c.clone() }))
+    }
+
+    fn attach(r: &mut Registry, node: NodeId, id: i32, readonly: bool, exec: bool, c: &Cred) -> Reply {
+        r.call(node, Call::ShmAttach { id, readonly, exec, cred: c.clone() }).0
+    }
+
+    fn stat(r: &mut Registry, id: i32) -> ShmStat {
+        match r.call(1, Call::ShmStat { id, cred: user(0) }).0 {
+            Reply::Stat(s) => s,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn root_without_capabilities_is_an_ordinary_user() {
+        let mut r = Registry::new();
+        let id = create(&mut r, 11, 0o600, &user(1000));
+        let root = Cred { caps: 0, ..user(0) };
+        let get =
+            |r: &mut Registry, flags| r.call(1, Call::ShmGet { key: 11, size: 0, flags, cred: root.clone() });
+        assert_eq!(err_of(get(&mut r, 0o600)), libc::EACCES);
+        assert_eq!(id_of(get(&mut r, 0)), id);
+        assert!(matches!(attach(&mut r, 1, id, true, false, &root), Reply::Err(Errno(libc::EACCES))));
+        assert_eq!(err_of(r.call(1, Call::ShmStat { id, cred: root.clone() })), libc::EACCES);
+        let set = Call::ShmSet { id, uid: 0, gid: 0, mode: 0o666, cred: root.clone() };
+        assert_eq!(err_of(r.call(1, set)), libc::EPERM);
+        assert_eq!(err_of(r.call(1, Call::ShmRemove { id, cred: root.clone() })), libc::EPERM);
+        // CAP_IPC_OWNER alone opens the permission bits, not IPC_RMID.
+        let owner_cap = Cred { caps: 1 << CAP_IPC_OWNER, ..root };
+        assert!(matches!(attach(&mut r, 1, id, false, false, &owner_cap), Reply::Attached { .. }));
+        assert_eq!(err_of(r.call(1, Call::ShmRemove { id, cred: owner_cap })), libc::EPERM);
+    }
+
+    #[test]
+    fn shm_exec_needs_execute_permission() {
+        let mut r = Registry::new();
+        let rw = create(&mut r, 12, 0o666, &user(1000));
+        let rwx = create(&mut r, 13, 0o777, &user(1000));
+        let other = user(1001);
+        assert!(matches!(attach(&mut r, 1, rw, false, true, &other), Reply::Err(Errno(libc::EACCES))));
+        assert!(matches!(attach(&mut r, 1, rw, true, true, &other), Reply::Err(Errno(libc::EACCES))));
+        assert!(matches!(attach(&mut r, 1, rw, false, false, &other), Reply::Attached { .. }));
+        assert!(matches!(attach(&mut r, 1, rwx, false, true, &other), Reply::Attached { .. }));
+    }
+
+    #[test]
+    fn set_refuses_unmapped_ids_after_the_owner_check() {
+        let mut r = Registry::new();
+        let id = create(&mut r, 14, 0o600, &user(1000));
+        let set = |uid, gid, c: &Cred| Call::ShmSet { id, uid, gid, mode: 0o640, cred: c.clone() };
+        assert_eq!(err_of(r.call(1, set(u32::MAX, 0, &user(1001)))), libc::EPERM);
+        assert_eq!(err_of(r.call(1, set(u32::MAX, 0, &user(1000)))), libc::EINVAL);
+        assert_eq!(err_of(r.call(1, set(0, u32::MAX, &user(1000)))), libc::EINVAL);
+        assert_eq!(stat(&mut r, id).mode, 0o600, "a refused IPC_SET changes nothing");
+        assert!(matches!(r.call(1, set(1001, 7, &user(1000))).0, Reply::Ok));
+        let s = stat(&mut r, id);
+        assert_eq!((s.uid, s.gid, s.cuid, s.mode), (1001, 7, 1000, 0o640));
+    }
+
+    #[test]
+    fn a_failed_attach_leaves_times_and_pid_unchanged() {
+        let mut r = Registry::new();
+        r.clock = || 1000;
+        let u = user(1000);
+        let id = create(&mut r, 15, 0o600, &u);
+        assert!(matches!(attach(&mut r, 1, id, false, false, &u), Reply::Attached { .. }));
+        r.clock = || 2000;
+        let later = Cred { pid: 43, ..u.clone() };
+        assert!(matches!(attach(&mut r, 1, id, false, false, &later), Reply::Attached { .. }));
+        let undo = Call::ShmDetach { id, failed_attach: true, cred: later.clone() };
+        assert_eq!(r.call(1, undo).1, Effect::None);
+        let s = stat(&mut r, id);
+        assert_eq!((s.nattch, s.atime, s.dtime, s.lpid), (1, 1000, 0, 42));
+        // RMID'd: undoing an attach can be what destroys the segment.
+        assert!(matches!(r.call(1, Call::ShmRemove { id, cred: u.clone() }).0, Reply::Ok));
+        assert!(matches!(attach(&mut r, 2, id, false, false, &u), Reply::Attached { .. }));
+        assert_eq!(r.call(1, Call::ShmDetach { id, failed_attach: false, cred: u.clone() }).1, Effect::None);
+        let undo = Call::ShmDetach { id, failed_attach: true, cred: u };
+        assert_eq!(r.call(2, undo).1, Effect::Destroyed { id });
+    }
+
+    #[test]
+    fn impossible_sizes_are_enomem_unless_noreserve() {
+        let mut r = Registry::new();
+        r.enough_memory = |_| false;
+        let u = user(1000);
+        let get = |r: &mut Registry, key, size, flags| {
+            r.call(1, Call::ShmGet { key, size, flags: flags | 0o600, cred: u.clone() })
+        };
+        assert_eq!(err_of(get(&mut r, 16, 0, libc::IPC_CREAT)), libc::EINVAL);
+        assert_eq!(err_of(get(&mut r, 16, 4096, libc::IPC_CREAT)), libc::ENOMEM);
+        assert_eq!(err_of(get(&mut r, libc::IPC_PRIVATE, 4096, 0)), libc::ENOMEM);
+        assert_eq!(err_of(get(&mut r, 16, 4096, 0)), libc::ENOENT);
+        id_of(get(&mut r, 16, 4096, libc::IPC_CREAT | SHM_NORESERVE));
+        assert!(enough_memory(1), "one page is always there");
+        assert!(
+            !enough_memory(1 << 50)
+                || std::fs::read_to_string("/proc/sys/vm/overcommit_memory").is_ok_and(|m| m.trim() == "1")
+        );
     }
 }

@@ -26,6 +26,8 @@ pub enum Inbound {
     Msg { from: Option<NodeId>, conn: quinn::Connection, msg: Msg },
     /// A connection to a node was lost.
     Lost { node: Option<NodeId>, conn: quinn::Connection },
+    /// A node could not be reached at all.
+    Gone { node: NodeId },
 }
 
 #[derive(Default)]
@@ -273,6 +275,7 @@ async fn writer(
                 Ok(connecting) => connecting.await,
                 Err(e) => {
                     warn!(node = to, %addr, "cannot connect: {e}");
+                    let _ = inbound.send(Inbound::Gone { node: to });
                     return;
                 }
             };
@@ -290,6 +293,7 @@ async fn writer(
                 }
                 Err(e) => {
                     warn!(node = to, %addr, "cannot connect: {e}");
+                    let _ = inbound.send(Inbound::Gone { node: to });
                     return;
                 }
             }

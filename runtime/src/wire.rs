@@ -10,7 +10,7 @@ use crate::protocol::{CoherenceMsg, NodeId};
 use crate::registry::{Call, Reply};
 
 /// Bumped on every incompatible change of [`Msg`].
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 /// Largest frame accepted (a page plus headroom, or a registry answer).
 pub const MAX_FRAME: usize = 1 << 20;
 
@@ -70,11 +70,13 @@ pub fn decode(body: &[u8]) -> Result<Msg, WireError> {
     if body.len() > MAX_FRAME {
         return Err(WireError::TooLarge(body.len()));
     }
-    let frame: Frame = postcard::from_bytes(body)?;
-    if frame.version != PROTOCOL_VERSION {
-        return Err(WireError::Version(frame.version));
+    // The version first, so that a peer of another version gets a clear
+    // error rather than an undecodable message.
+    let (version, rest): (u16, _) = postcard::take_from_bytes(body)?;
+    if version != PROTOCOL_VERSION {
+        return Err(WireError::Version(version));
     }
-    Ok(frame.msg)
+    Ok(postcard::from_bytes(rest)?)
 }
 
 #[cfg(test)]
@@ -84,7 +86,7 @@ mod tests {
 
     #[test]
     fn round_trip_and_rejects() {
-        let msg = Msg::Coherence(CoherenceMsg::Data { seg: 7, page: 3, acks: 1, payload: Payload::Zero });
+        let msg = Msg::Coherence(CoherenceMsg::Data { seg: 7, page: 3, acks: 1, version: 4, payload: Payload::Zero });
         let mut buf = Vec::new();
         encode_into(&msg, &mut buf);
         let len = u32::from_le_bytes(buf[..4].try_into().unwrap()) as usize;

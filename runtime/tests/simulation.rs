@@ -135,11 +135,17 @@ fn peek(payload: &Payload) -> u64 {
 /// A message, short (payloads as their value), for traces and failures.
 fn show(msg: &CoherenceMsg) -> String {
     match msg {
-        CoherenceMsg::Data { seg, page, acks, payload } => {
-            format!("Data {{ seg: {seg}, page: {page}, acks: {acks}, value: {} }}", decode(payload))
+        CoherenceMsg::Data { seg, page, acks, version, payload } => {
+            format!(
+                "Data {{ seg: {seg}, page: {page}, acks: {acks}, v{version}, value: {} }}",
+                decode(payload)
+            )
         }
-        CoherenceMsg::Release { seg, page, payload } => {
-            format!("Release {{ seg: {seg}, page: {page}, value: {} }}", decode(payload))
+        CoherenceMsg::Release { seg, page, owned: Some((payload, copyset, version)) } => {
+            format!(
+                "Release {{ seg: {seg}, page: {page}, value: {}, copyset: {copyset:?}, v{version} }}",
+                decode(payload)
+            )
         }
         other => format!("{other:?}"),
     }
@@ -222,8 +228,21 @@ struct Stats {
     steps: u64,
 }
 
-const KINDS: [&str; 10] =
-    ["Request", "Fetch", "Grant", "Data", "Invalidate", "InvAck", "Done", "Release", "Lost", "Released"];
+const KINDS: [&str; 11] = [
+    "Request",
+    "Fetch",
+    "Grant",
+    "Data",
+    "Invalidate",
+    "InvAck",
+    "DropReader",
+    "Release",
+    "Lost",
+    "Released",
+    "Bounce",
+];
+/// Kinds a run need not show (rare races, or failures).
+const RARE: [&str; 3] = ["Lost", "Bounce", "DropReader"];
 
 /// Index of a message's kind in [`KINDS`].
 fn kind(msg: &CoherenceMsg) -> usize {
@@ -234,10 +253,11 @@ fn kind(msg: &CoherenceMsg) -> usize {
         CoherenceMsg::Data { .. } => 3,
         CoherenceMsg::Invalidate { .. } => 4,
         CoherenceMsg::InvAck { .. } => 5,
-        CoherenceMsg::Done { .. } => 6,
+        CoherenceMsg::DropReader { .. } => 6,
         CoherenceMsg::Release { .. } => 7,
         CoherenceMsg::Lost { .. } => 8,
         CoherenceMsg::Released { .. } => 9,
+        CoherenceMsg::Bounce { .. } => 10,
     }
 }
 
@@ -500,7 +520,7 @@ impl Sim {
                     );
                     n.memory[gp] = value;
                 }
-                Action::SendPage { seg, page, to, acks, keep } => {
+                Action::SendPage { seg, page, to, acks, version, keep } => {
                     let gp = self.global_page(seg, page);
                     let n = &mut self.nodes[node];
                     if n.access[gp] == Access::Invalid {
@@ -512,13 +532,18 @@ impl Sim {
                         value, self.latest[gp],
                         "node {me} sends a stale copy of {seg}/{page} to {to}"
                     );
-                    self.send(me, to, CoherenceMsg::Data { seg, page, acks, payload: encode(value) });
+                    self.send(
+                        me,
+                        to,
+                        CoherenceMsg::Data { seg, page, acks, version, payload: encode(value) },
+                    );
                 }
-                Action::ReleasePage { seg, page } => {
+                Action::ReleasePage { seg, page, copyset, version } => {
                     let gp = self.global_page(seg, page);
                     let value = self.nodes[node].memory[gp];
                     assert_eq!(value, self.latest[gp], "node {me} releases a stale copy of {seg}/{page}");
-                    self.send(me, MANAGER, CoherenceMsg::Release { seg, page, payload: encode(value) });
+                    let owned = Some((encode(value), copyset, version));
+                    self.send(me, MANAGER, CoherenceMsg::Release { seg, page, owned });
                 }
                 Action::Released { seg, page } => {
                     let si = self.pages[self.global_page(seg, page)].0;
@@ -568,13 +593,15 @@ impl Sim {
         let (si, page) = self.pages[b.page];
         let seg = SEGMENTS[si].0;
         let mut out = Vec::new();
-        let present = match self.nodes[node].proto.fault(seg, page, b.write, &mut out) {
+        let now = self.now;
+        let present = match self.nodes[node].proto.fault(seg, page, b.write, now, &mut out) {
             Ok(present) => present,
             Err(e) => panic!("node {}: fault on {seg}/{page}: {e}", node + 1),
         };
         if present {
-            assert!(out.is_empty(), "fault with access present asked for {out:?}");
+            // An owner upgrading with no copy out opens the page at once.
             self.nodes[node].threads[thread] = None;
+            self.apply(node, out);
             self.stats.max_blocked = self.stats.max_blocked.max(self.now - b.since);
             self.perform(node, b.page, b.write);
             self.schedule_app(node, thread);
@@ -653,12 +680,12 @@ impl Sim {
         let gp = self.seg_base[si] + page as usize;
         let mut out = Vec::new();
         let now = self.now;
-        let present = match self.nodes[node].proto.fault(seg, page, write, &mut out) {
+        let present = match self.nodes[node].proto.fault(seg, page, write, now, &mut out) {
             Ok(present) => present,
             Err(e) => panic!("node {}: fault on {seg}/{page} at {now}: {e}", node + 1),
         };
         if present {
-            assert!(out.is_empty(), "fault with access present asked for {out:?}");
+            self.apply(node, out);
             self.perform(node, gp, write);
             self.schedule_app(node, thread);
         } else {
@@ -800,25 +827,39 @@ impl Sim {
                 );
             }
         }
-        assert!(self.manager.is_idle(), "manager not idle after draining");
         for (gp, &(si, page)) in self.pages.iter().enumerate() {
             let seg = SEGMENTS[si].0;
             let holders = self.manager.holders(seg, page).expect("page unknown to the manager");
-            let mut writer = None;
+            let mut owners = Vec::new();
             let mut readers = Vec::new();
             for (i, n) in self.nodes.iter().enumerate() {
                 let id = i as NodeId + 1;
                 assert!(!n.proto.is_pending(seg, page), "node {id}: request for {seg}/{page} still pending");
-                match n.access[gp] {
-                    Access::Invalid => {}
-                    Access::Read => readers.push(id),
-                    Access::Write => writer = Some(id),
+                if n.proto.is_owner(seg, page) {
+                    owners.push(id);
+                    assert_ne!(n.access[gp], Access::Invalid, "node {id} owns {seg}/{page} without a copy");
+                } else if n.access[gp] == Access::Read {
+                    readers.push(id);
+                } else {
+                    assert_eq!(
+                        n.access[gp],
+                        Access::Invalid,
+                        "node {id} writes {seg}/{page} but does not own it"
+                    );
                 }
             }
-            assert_eq!(holders.writer, writer, "{seg}/{page}: manager's writer differs from the nodes'");
-            assert_eq!(holders.readers, readers, "{seg}/{page}: manager's readers differ from the nodes'");
-            if writer.is_none() && readers.is_empty() {
-                let home = self.manager.home_copy(seg, page).expect("nobody holds a page and home is stale");
+            assert!(owners.len() <= 1, "{seg}/{page}: several owners {owners:?}");
+            assert_eq!(holders.owner, owners.first().copied(), "{seg}/{page}: the manager's owner differs");
+            // The copyset of the owner (the home's, or the owning node's)
+            // is exactly the set of other nodes that can read.
+            let mut copyset = match holders.owner {
+                None => holders.readers.clone(),
+                Some(o) => self.nodes[o as usize - 1].proto.copyset(seg, page),
+            };
+            copyset.sort_unstable();
+            assert_eq!(copyset, readers, "{seg}/{page}: the owner's copyset differs from the readers");
+            if holders.owner.is_none() {
+                let home = self.manager.home_copy(seg, page).expect("the home owns a page without bytes");
                 assert_eq!(decode(home), self.latest[gp], "{seg}/{page}: data lost");
             }
         }
@@ -846,7 +887,7 @@ fn run_seed(seed: u64, trace: bool) -> (Params, Stats) {
     assert!(s.detaches > 0 && s.reattaches > 0, "no detach/re-attach: {s:?}");
     assert!(s.blocked * 10 > s.reads + s.writes, "too little contention: {s:?}");
     for (k, name) in KINDS.iter().enumerate() {
-        assert!(*name == "Lost" || s.kinds[k] > 0, "no {name} was ever sent: {s:?}");
+        assert!(RARE.contains(name) || s.kinds[k] > 0, "no {name} was ever sent: {s:?}");
     }
     (params, s)
 }
@@ -921,17 +962,34 @@ mod scenarios {
     };
 
     const SEG: i32 = 7;
+    const Z: Payload = Payload::Zero;
 
     fn send(to: NodeId, msg: CoherenceMsg) -> Action {
         Action::Send { to, msg }
     }
 
-    fn request(page: u32, write: bool) -> CoherenceMsg {
-        CoherenceMsg::Request { seg: SEG, page, write }
+    fn request(page: u32, write: bool, requester: NodeId) -> CoherenceMsg {
+        CoherenceMsg::Request { seg: SEG, page, write, requester }
     }
 
-    fn done(page: u32) -> CoherenceMsg {
-        CoherenceMsg::Done { seg: SEG, page }
+    fn data(page: u32, acks: u32, version: u64) -> CoherenceMsg {
+        CoherenceMsg::Data { seg: SEG, page, acks, version, payload: Z }
+    }
+
+    fn inval(page: u32, ack_to: NodeId, version: u64) -> CoherenceMsg {
+        CoherenceMsg::Invalidate { seg: SEG, page, ack_to, version }
+    }
+
+    fn ack(page: u32) -> CoherenceMsg {
+        CoherenceMsg::InvAck { seg: SEG, page }
+    }
+
+    fn fetch(page: u32, to: NodeId, write: bool) -> CoherenceMsg {
+        CoherenceMsg::Fetch { seg: SEG, page, to, write }
+    }
+
+    fn access(page: u32, access: Access) -> Action {
+        Action::SetAccess { seg: SEG, page, access }
     }
 
     fn node(id: NodeId, hold: u64) -> NodeProtocol {
@@ -960,25 +1018,32 @@ mod scenarios {
         out
     }
 
-    /// `n` reads page 0 from the home copy (zero page) and completes.
+    fn fault(n: &mut NodeProtocol, page: u32, write: bool, now: u64) -> (bool, Vec<Action>) {
+        let mut out = Vec::new();
+        let present = n.fault(SEG, page, write, now, &mut out).expect("fault");
+        (present, out)
+    }
+
+    /// `n` reads page 0 from the home (zero page).
     fn read_from_home(m: &mut Manager, n: &mut NodeProtocol, now: u64) {
         let id = n.id();
-        let mut out = Vec::new();
-        assert!(!n.fault(SEG, 0, false, &mut out).unwrap());
-        assert_eq!(out, vec![send(MANAGER, request(0, false))]);
-        let data = CoherenceMsg::Data { seg: SEG, page: 0, acks: 0, payload: Payload::Zero };
-        assert_eq!(at_manager(m, id, request(0, false)), vec![send(id, data.clone())]);
-        let out = at_node(n, MANAGER, data, now);
+        assert_eq!(fault(n, 0, false, now), (false, vec![send(MANAGER, request(0, false, id))]));
+        assert_eq!(at_manager(m, id, request(0, false, id)), vec![send(id, data(0, 0, 0))]);
         assert_eq!(
-            out,
-            vec![
-                Action::Install { seg: SEG, page: 0, payload: Payload::Zero },
-                Action::SetAccess { seg: SEG, page: 0, access: Access::Read },
-                send(MANAGER, done(0)),
-            ]
+            at_node(n, MANAGER, data(0, 0, 0), now),
+            vec![Action::Install { seg: SEG, page: 0, payload: Z }, access(0, Access::Read)]
         );
-        assert!(at_manager(m, id, done(0)).is_empty());
-        assert!(m.is_idle());
+    }
+
+    /// `n` writes page `page` of a fresh manager (zero page, no reader).
+    fn write_from_home(m: &mut Manager, n: &mut NodeProtocol, page: u32, now: u64) {
+        let id = n.id();
+        assert_eq!(fault(n, page, true, now), (false, vec![send(MANAGER, request(page, true, id))]));
+        assert_eq!(at_manager(m, id, request(page, true, id)), vec![send(id, data(page, 0, 1))]);
+        let out = at_node(n, MANAGER, data(page, 0, 1), now);
+        assert!(out.contains(&access(page, Access::Write)));
+        assert!(n.is_owner(SEG, page));
+        assert_eq!(m.holders(SEG, page).unwrap().owner, Some(id));
     }
 
     #[test]
@@ -988,11 +1053,7 @@ mod scenarios {
         read_from_home(&mut m, &mut n1, 0);
         assert_eq!(n1.access(SEG, 0), Access::Read);
         // A write of a never-written page gets the zero page too.
-        let out = at_manager(&mut m, 2, request(1, true));
-        assert_eq!(
-            out,
-            vec![send(2, CoherenceMsg::Data { seg: SEG, page: 1, acks: 0, payload: Payload::Zero })]
-        );
+        assert_eq!(at_manager(&mut m, 2, request(1, true, 2)), vec![send(2, data(1, 0, 1))]);
     }
 
     #[test]
@@ -1001,47 +1062,28 @@ mod scenarios {
         let (mut n1, mut n2, mut n3) = (node(1, 10), node(2, 10), node(3, 10));
         read_from_home(&mut m, &mut n1, 0);
         read_from_home(&mut m, &mut n2, 0);
-        let holders = m.holders(SEG, 0).unwrap();
-        assert_eq!((holders.writer, holders.readers), (None, vec![1, 2]));
-
-        let mut out = Vec::new();
-        assert!(!n3.fault(SEG, 0, true, &mut out).unwrap());
-        let out = at_manager(&mut m, 3, request(0, true));
+        assert_eq!(m.holders(SEG, 0).unwrap().readers, vec![1, 2]);
+        fault(&mut n3, 0, true, 0);
         assert_eq!(
-            out,
-            vec![
-                send(1, CoherenceMsg::Invalidate { seg: SEG, page: 0, ack_to: 3 }),
-                send(2, CoherenceMsg::Invalidate { seg: SEG, page: 0, ack_to: 3 }),
-                send(3, CoherenceMsg::Data { seg: SEG, page: 0, acks: 2, payload: Payload::Zero }),
-            ]
+            at_manager(&mut m, 3, request(0, true, 3)),
+            vec![send(1, inval(0, 3, 1)), send(2, inval(0, 3, 1)), send(3, data(0, 2, 1))]
         );
         // The data alone does not open the page: two acknowledgements are due.
-        let data = CoherenceMsg::Data { seg: SEG, page: 0, acks: 2, payload: Payload::Zero };
         assert_eq!(
-            at_node(&mut n3, MANAGER, data, 100),
-            vec![Action::Install { seg: SEG, page: 0, payload: Payload::Zero }]
+            at_node(&mut n3, MANAGER, data(0, 2, 1), 100),
+            vec![Action::Install { seg: SEG, page: 0, payload: Z }]
         );
         for reader in [&mut n1, &mut n2] {
-            let out =
-                at_node(reader, MANAGER, CoherenceMsg::Invalidate { seg: SEG, page: 0, ack_to: 3 }, 100);
             assert_eq!(
-                out,
-                vec![
-                    Action::SetAccess { seg: SEG, page: 0, access: Access::Invalid },
-                    send(3, CoherenceMsg::InvAck { seg: SEG, page: 0 }),
-                ]
+                at_node(reader, MANAGER, inval(0, 3, 1), 100),
+                vec![access(0, Access::Invalid), send(3, ack(0))]
             );
         }
-        let ack = CoherenceMsg::InvAck { seg: SEG, page: 0 };
-        assert!(at_node(&mut n3, 1, ack.clone(), 101).is_empty());
+        assert!(at_node(&mut n3, 1, ack(0), 101).is_empty());
         assert_eq!(n3.access(SEG, 0), Access::Invalid);
-        assert_eq!(
-            at_node(&mut n3, 2, ack, 102),
-            vec![Action::SetAccess { seg: SEG, page: 0, access: Access::Write }, send(MANAGER, done(0))]
-        );
-        assert!(at_manager(&mut m, 3, done(0)).is_empty());
-        let holders = m.holders(SEG, 0).unwrap();
-        assert_eq!((holders.writer, holders.readers, holders.home_current), (Some(3), vec![], false));
+        assert_eq!(at_node(&mut n3, 2, ack(0), 102), vec![access(0, Access::Write)]);
+        assert!(n3.is_owner(SEG, 0));
+        assert_eq!(m.holders(SEG, 0).unwrap().owner, Some(3));
     }
 
     #[test]
@@ -1050,67 +1092,142 @@ mod scenarios {
         let (mut n1, mut n2) = (node(1, 10), node(2, 10));
         read_from_home(&mut m, &mut n1, 0);
         read_from_home(&mut m, &mut n2, 0);
-        let out = at_manager(&mut m, 1, request(0, true));
         assert_eq!(
-            out,
+            at_manager(&mut m, 1, request(0, true, 1)),
             vec![
-                send(2, CoherenceMsg::Invalidate { seg: SEG, page: 0, ack_to: 1 }),
-                send(1, CoherenceMsg::Grant { seg: SEG, page: 0, acks: 1 }),
+                send(2, inval(0, 1, 1)),
+                send(1, CoherenceMsg::Grant { seg: SEG, page: 0, acks: 1, version: 1 }),
             ]
         );
     }
 
     #[test]
-    fn requests_for_one_page_are_served_in_order() {
+    fn the_owner_serves_reads_directly_and_upgrades_alone() {
         let mut m = manager();
-        let page1 = CoherenceMsg::Data { seg: SEG, page: 0, acks: 0, payload: Payload::Zero };
-        assert_eq!(at_manager(&mut m, 1, request(0, true)), vec![send(1, page1)]);
-        // Nodes 2 and 3 wait behind node 1, in arrival order.
-        assert!(at_manager(&mut m, 2, request(0, true)).is_empty());
-        assert!(at_manager(&mut m, 3, request(0, false)).is_empty());
-        // Another page is not held up.
-        assert_eq!(at_manager(&mut m, 4, request(1, false)).len(), 1);
-        assert!(!m.is_idle());
-        // Node 2's turn comes with node 1's Done, not before.
+        let (mut n1, mut n2) = (node(1, 0), node(2, 0));
+        write_from_home(&mut m, &mut n1, 0, 0);
+        // Node 2 learns the owner from an invalidation, then asks it directly.
+        n2.attach(SEG, 2);
+        at_node(&mut n2, MANAGER, inval(0, 1, 1), 0);
+        assert_eq!(fault(&mut n2, 0, false, 1), (false, vec![send(1, request(0, false, 2))]));
+        assert_eq!(
+            at_node(&mut n1, 2, request(0, false, 2), 2),
+            vec![Action::SendPage { seg: SEG, page: 0, to: 2, acks: 0, version: 1, keep: Access::Read }]
+        );
+        assert_eq!(n1.copyset(SEG, 0), vec![2]);
+        at_node(&mut n2, 1, data(0, 0, 1), 3);
+        assert_eq!(n2.access(SEG, 0), Access::Read);
+        // The owner writes again: it invalidates node 2 itself, no manager.
+        assert_eq!(fault(&mut n1, 0, true, 4), (false, vec![send(2, inval(0, 1, 2))]));
+        assert_eq!(at_node(&mut n2, 1, inval(0, 1, 2), 5), vec![access(0, Access::Invalid), send(1, ack(0))]);
+        assert_eq!(at_node(&mut n1, 2, ack(0), 6), vec![access(0, Access::Write)]);
+        // With no copy out, an upgrade costs no message at all.
+        let mut m2 = manager();
+        let mut n3 = node(3, 0);
+        write_from_home(&mut m2, &mut n3, 1, 0);
+        at_node(&mut n3, MANAGER, fetch(1, 4, false), 1);
+        at_node(&mut n3, MANAGER, CoherenceMsg::DropReader { seg: SEG, page: 1, node: 4 }, 2);
+        assert_eq!(fault(&mut n3, 1, true, 3), (true, vec![access(1, Access::Write)]));
+    }
+
+    #[test]
+    fn a_designated_owner_queues_requests_until_it_is_settled() {
+        let mut m = manager();
+        let (mut n1, mut n2) = (node(1, 0), node(2, 0));
+        write_from_home(&mut m, &mut n1, 0, 0);
+        // Node 2 asks to write: the manager designates it and fetches from 1.
+        fault(&mut n2, 0, true, 1);
+        assert_eq!(at_manager(&mut m, 2, request(0, true, 2)), vec![send(1, fetch(0, 2, true))]);
+        // Node 3 asks to read before node 2 has the page: queued at node 2.
+        assert_eq!(at_manager(&mut m, 3, request(0, false, 3)), vec![send(2, fetch(0, 3, false))]);
+        assert!(at_node(&mut n2, MANAGER, fetch(0, 3, false), 2).is_empty());
+        // Node 1 hands the page over; node 2 opens it, then serves node 3.
+        assert_eq!(
+            at_node(&mut n1, MANAGER, fetch(0, 2, true), 3),
+            vec![Action::SendPage { seg: SEG, page: 0, to: 2, acks: 0, version: 2, keep: Access::Invalid }]
+        );
+        assert!(!n1.is_owner(SEG, 0));
+        assert_eq!(
+            at_node(&mut n2, 1, data(0, 0, 2), 4),
+            vec![
+                Action::Install { seg: SEG, page: 0, payload: Z },
+                access(0, Access::Write),
+                Action::SendPage { seg: SEG, page: 0, to: 3, acks: 0, version: 2, keep: Access::Read },
+            ]
+        );
+    }
+
+    #[test]
+    fn stale_read_copy_is_discarded_and_asked_again() {
+        let mut n3 = node(3, 0);
+        fault(&mut n3, 0, false, 0);
+        // The write at version 2 invalidates node 3 before the copy of
+        // version 1 that node 1 served arrives.
+        at_node(&mut n3, 2, inval(0, 2, 2), 1);
+        assert_eq!(at_node(&mut n3, 1, data(0, 0, 1), 2), vec![send(2, request(0, false, 3))]);
+        assert!(n3.is_pending(SEG, 0));
+        assert_eq!(n3.access(SEG, 0), Access::Invalid);
+        let out = at_node(&mut n3, 2, data(0, 0, 2), 3);
+        assert!(out.contains(&access(0, Access::Read)));
+    }
+
+    #[test]
+    fn a_releasing_owner_bounces_requests_to_the_manager() {
+        let mut m = manager();
+        let mut n1 = node(1, 0);
+        write_from_home(&mut m, &mut n1, 0, 0);
         let mut out = Vec::new();
-        assert!(m.handle(2, done(0), &mut out).is_err());
+        assert_eq!(n1.release(SEG, &mut out), Ok(1));
+        assert!(out.contains(&Action::ReleasePage { seg: SEG, page: 0, copyset: vec![], version: 1 }));
+        // The manager designated node 2 before the release arrived.
+        assert_eq!(at_manager(&mut m, 2, request(0, true, 2)), vec![send(1, fetch(0, 2, true))]);
+        let release = CoherenceMsg::Release {
+            seg: SEG,
+            page: 0,
+            owned: Some((Payload::Bytes(vec![9; PAGE_SIZE]), vec![], 1)),
+        };
         assert_eq!(
-            at_manager(&mut m, 1, done(0)),
-            vec![send(1, CoherenceMsg::Fetch { seg: SEG, page: 0, to: 2, write: true, acks: 0 })]
+            at_manager(&mut m, 1, release),
+            vec![send(1, CoherenceMsg::Released { seg: SEG, page: 0 })]
         );
+        let bounce = CoherenceMsg::Bounce { seg: SEG, page: 0, inner: Box::new(fetch(0, 2, true)) };
+        assert_eq!(at_node(&mut n1, MANAGER, fetch(0, 2, true), 1), vec![send(MANAGER, bounce.clone())]);
+        // Node 2 gets the released bytes, at the next version.
         assert_eq!(
-            at_manager(&mut m, 2, done(0)),
-            vec![send(2, CoherenceMsg::Fetch { seg: SEG, page: 0, to: 3, write: false, acks: 0 })]
+            at_manager(&mut m, 1, bounce),
+            vec![send(
+                2,
+                CoherenceMsg::Data {
+                    seg: SEG,
+                    page: 0,
+                    acks: 0,
+                    version: 2,
+                    payload: Payload::Bytes(vec![9; PAGE_SIZE])
+                }
+            )]
         );
-        assert!(at_manager(&mut m, 3, done(0)).is_empty());
-        assert!(at_manager(&mut m, 4, done(1)).is_empty());
-        assert!(m.is_idle());
-        let holders = m.holders(SEG, 0).unwrap();
-        assert_eq!((holders.writer, holders.readers), (None, vec![2, 3]));
+        at_node(&mut n1, MANAGER, CoherenceMsg::Released { seg: SEG, page: 0 }, 2);
+        assert!(!n1.is_owner(SEG, 0));
     }
 
     #[test]
     fn fetch_during_hold_waits_for_the_hold() {
+        let mut m = manager();
         let mut n1 = node(1, 100);
-        let mut out = Vec::new();
-        assert!(!n1.fault(SEG, 0, true, &mut out).unwrap());
-        let data = CoherenceMsg::Data { seg: SEG, page: 0, acks: 0, payload: Payload::Zero };
-        let out = at_node(&mut n1, MANAGER, data, 10);
-        assert!(out.contains(&Action::SetAccess { seg: SEG, page: 0, access: Access::Write }));
+        write_from_home(&mut m, &mut n1, 0, 10);
         // Granted at 10: kept until 110.
-        let fetch = CoherenceMsg::Fetch { seg: SEG, page: 0, to: 2, write: true, acks: 0 };
-        assert_eq!(at_node(&mut n1, MANAGER, fetch, 50), vec![Action::WakeAt(110)]);
+        assert_eq!(at_node(&mut n1, MANAGER, fetch(0, 2, true), 50), vec![Action::WakeAt(110)]);
         assert_eq!(n1.access(SEG, 0), Access::Write);
-        // Too early: still held.
         let mut out = Vec::new();
         n1.handle_timeout(60, &mut out).unwrap();
         assert_eq!(out, vec![Action::WakeAt(110)]);
-        assert_eq!(n1.access(SEG, 0), Access::Write);
         let mut out = Vec::new();
         n1.handle_timeout(110, &mut out).unwrap();
-        assert_eq!(out, vec![Action::SendPage { seg: SEG, page: 0, to: 2, acks: 0, keep: Access::Invalid }]);
+        assert_eq!(
+            out,
+            vec![Action::SendPage { seg: SEG, page: 0, to: 2, acks: 0, version: 2, keep: Access::Invalid }]
+        );
         assert_eq!(n1.access(SEG, 0), Access::Invalid);
-        // Nothing is left to serve.
         let mut out = Vec::new();
         n1.handle_timeout(200, &mut out).unwrap();
         assert!(out.is_empty());
@@ -1121,18 +1238,11 @@ mod scenarios {
         let mut m = manager();
         let mut n1 = node(1, 100);
         read_from_home(&mut m, &mut n1, 10);
-        let inv = CoherenceMsg::Invalidate { seg: SEG, page: 0, ack_to: 2 };
-        assert_eq!(at_node(&mut n1, MANAGER, inv, 20), vec![Action::WakeAt(110)]);
+        assert_eq!(at_node(&mut n1, MANAGER, inval(0, 2, 1), 20), vec![Action::WakeAt(110)]);
         assert_eq!(n1.access(SEG, 0), Access::Read);
         let mut out = Vec::new();
         n1.handle_timeout(110, &mut out).unwrap();
-        assert_eq!(
-            out,
-            vec![
-                Action::SetAccess { seg: SEG, page: 0, access: Access::Invalid },
-                send(2, CoherenceMsg::InvAck { seg: SEG, page: 0 }),
-            ]
-        );
+        assert_eq!(out, vec![access(0, Access::Invalid), send(2, ack(0))]);
     }
 
     #[test]
@@ -1143,70 +1253,66 @@ mod scenarios {
 
         // Node side.
         assert_eq!(
-            n1.fault(SEG, 2, false, &mut out),
+            n1.fault(SEG, 2, false, 0, &mut out),
             Err(ProtocolError::PageOutOfRange { seg: SEG, page: 2 })
         );
-        assert_eq!(n1.fault(99, 0, true, &mut out), Err(ProtocolError::UnknownSegment(99)));
-        let grant = CoherenceMsg::Grant { seg: SEG, page: 0, acks: 0 };
+        assert_eq!(n1.fault(99, 0, true, 0, &mut out), Err(ProtocolError::UnknownSegment(99)));
+        let grant = CoherenceMsg::Grant { seg: SEG, page: 0, acks: 0, version: 1 };
         assert!(n1.handle(MANAGER, grant, 0, &mut out).is_err(), "Grant with nothing pending");
-        let far = CoherenceMsg::Invalidate { seg: SEG, page: 1000, ack_to: 2 };
-        assert!(n1.handle(MANAGER, far, 0, &mut out).is_err());
-        let stranger = CoherenceMsg::Fetch { seg: 99, page: 0, to: 2, write: false, acks: 0 };
+        assert!(n1.handle(MANAGER, inval(1000, 2, 1), 0, &mut out).is_err());
+        assert_eq!(n1.handle(MANAGER, fetch(0, 2, false), 0, &mut out).map_err(|_| ()), Err(()));
+        let stranger = CoherenceMsg::Fetch { seg: 99, page: 0, to: 2, write: false };
         assert_eq!(n1.handle(MANAGER, stranger, 0, &mut out), Err(ProtocolError::UnknownSegment(99)));
-        assert!(n1.handle(MANAGER, CoherenceMsg::InvAck { seg: SEG, page: 0 }, 0, &mut out).is_err());
+        assert!(n1.handle(MANAGER, ack(0), 0, &mut out).is_err());
         assert!(n1.handle(MANAGER, CoherenceMsg::Released { seg: SEG, page: 0 }, 0, &mut out).is_err());
         assert!(n1.handle(MANAGER, CoherenceMsg::Lost { seg: SEG, page: 0 }, 0, &mut out).is_err());
-        assert!(n1.handle(2, request(0, false), 0, &mut out).is_err(), "a manager message at a node");
-        let fetch = CoherenceMsg::Fetch { seg: SEG, page: 0, to: 2, write: false, acks: 0 };
-        assert!(n1.handle(MANAGER, fetch.clone(), 0, &mut out).is_err(), "Fetch of a page not held");
-        assert!(n1.handle(3, fetch, 0, &mut out).is_err(), "Fetch not from the manager");
+        assert!(n1.handle(2, request(0, true, 2), 0, &mut out).is_err(), "a write request at a node");
+        assert!(n1.handle(3, fetch(0, 2, false), 0, &mut out).is_err(), "Fetch not from the manager");
+        assert!(n1.handle(MANAGER, fetch(0, 1, false), 0, &mut out).is_err(), "Fetch for itself");
         // A Data with a wrong-length payload, even for a pending request.
-        assert!(!n1.fault(SEG, 0, false, &mut out).unwrap());
+        fault(&mut n1, 0, false, 0);
+        let mut out = Vec::new();
         for len in [0, 8, PAGE_SIZE - 1, PAGE_SIZE + 1] {
-            let bad =
-                CoherenceMsg::Data { seg: SEG, page: 0, acks: 0, payload: Payload::Bytes(vec![1; len]) };
+            let bad = CoherenceMsg::Data {
+                seg: SEG,
+                page: 0,
+                acks: 0,
+                version: 0,
+                payload: Payload::Bytes(vec![1; len]),
+            };
             assert_eq!(n1.handle(MANAGER, bad, 0, &mut out), Err(ProtocolError::BadPayload(len)));
         }
         assert!(n1.is_pending(SEG, 0));
-        let unasked = CoherenceMsg::Data { seg: SEG, page: 1, acks: 0, payload: Payload::Zero };
-        assert!(n1.handle(MANAGER, unasked, 0, &mut out).is_err(), "Data never asked for");
+        // Data never asked for (a duplicate answer) changes nothing.
+        assert_eq!(n1.handle(MANAGER, data(1, 0, 0), 0, &mut out), Ok(()));
+        assert!(out.is_empty() && n1.access(SEG, 1) == Access::Invalid);
 
         // Manager side.
         let mut out = Vec::new();
+        let far = CoherenceMsg::Request { seg: 99, page: 0, write: false, requester: 1 };
+        assert_eq!(m.handle(1, far, &mut out), Err(ProtocolError::UnknownSegment(99)));
         assert_eq!(
-            m.handle(1, CoherenceMsg::Request { seg: 99, page: 0, write: false }, &mut out),
-            Err(ProtocolError::UnknownSegment(99))
-        );
-        assert_eq!(
-            m.handle(1, request(2, true), &mut out),
+            m.handle(1, request(2, true, 1), &mut out),
             Err(ProtocolError::PageOutOfRange { seg: SEG, page: 2 })
         );
-        assert!(m.handle(1, done(0), &mut out).is_err(), "Done from a node not being served");
-        let bad = CoherenceMsg::Release { seg: SEG, page: 0, payload: Payload::Bytes(vec![0; 17]) };
+        let bad = CoherenceMsg::Release {
+            seg: SEG,
+            page: 0,
+            owned: Some((Payload::Bytes(vec![0; 17]), vec![], 0)),
+        };
         assert_eq!(m.handle(1, bad, &mut out), Err(ProtocolError::BadPayload(17)));
-        assert!(m.handle(MANAGER, request(0, false), &mut out).is_err(), "a message from the manager itself");
-        let data = CoherenceMsg::Data { seg: SEG, page: 0, acks: 0, payload: Payload::Zero };
-        assert!(m.handle(1, data, &mut out).is_err(), "a node message at the manager");
+        assert!(
+            m.handle(MANAGER, request(0, false, 1), &mut out).is_err(),
+            "a message from the manager itself"
+        );
+        assert!(m.handle(1, request(0, false, MANAGER), &mut out).is_err(), "a request for the manager");
+        assert!(m.handle(1, data(0, 0, 0), &mut out).is_err(), "a node message at the manager");
+        let bounce = CoherenceMsg::Bounce { seg: SEG, page: 0, inner: Box::new(fetch(0, 2, true)) };
+        assert!(m.handle(1, bounce, &mut out).is_err(), "a bounce without a release");
         assert!(out.is_empty(), "a rejected message had effects: {out:?}");
-        assert!(m.is_idle());
 
         // Both still work.
         read_from_home(&mut m, &mut node(2, 10), 0);
-    }
-
-    #[test]
-    fn malformed_fetch_during_the_hold_is_rejected_on_arrival() {
-        let mut m = manager();
-        let mut n1 = node(1, 100);
-        read_from_home(&mut m, &mut n1, 0);
-        let mut out = Vec::new();
-        let to_self = CoherenceMsg::Fetch { seg: SEG, page: 0, to: 1, write: false, acks: 0 };
-        assert!(n1.handle(MANAGER, to_self, 10, &mut out).is_err());
-        let not_held = CoherenceMsg::Fetch { seg: SEG, page: 1, to: 2, write: false, acks: 0 };
-        assert!(n1.handle(MANAGER, not_held, 10, &mut out).is_err());
-        assert!(out.is_empty(), "a rejected Fetch was deferred: {out:?}");
-        n1.handle_timeout(1000, &mut out).unwrap();
-        assert!(out.is_empty());
     }
 
     #[test]
@@ -1214,17 +1320,15 @@ mod scenarios {
         let mut m = manager();
         let mut n1 = node(1, 10);
         read_from_home(&mut m, &mut n1, 0);
-        let mut out = Vec::new();
-        assert!(!n1.fault(SEG, 1, false, &mut out).unwrap());
+        fault(&mut n1, 1, true, 0);
         let mut out = Vec::new();
         assert!(n1.release(SEG, &mut out).is_err());
         assert!(out.is_empty(), "a refused release had effects: {out:?}");
         assert_eq!(n1.access(SEG, 0), Access::Read);
         // Once the request completes, the release goes through.
-        let data = CoherenceMsg::Data { seg: SEG, page: 1, acks: 0, payload: Payload::Zero };
-        at_node(&mut n1, MANAGER, data, 1);
+        at_node(&mut n1, MANAGER, data(1, 0, 1), 1);
         assert_eq!(n1.release(SEG, &mut out), Ok(2));
-        assert!(out.contains(&Action::ReleasePage { seg: SEG, page: 0 }));
-        assert!(out.contains(&Action::ReleasePage { seg: SEG, page: 1 }));
+        assert!(out.contains(&send(MANAGER, CoherenceMsg::Release { seg: SEG, page: 0, owned: None })));
+        assert!(out.contains(&Action::ReleasePage { seg: SEG, page: 1, copyset: vec![], version: 1 }));
     }
 }

@@ -8,7 +8,8 @@
 use kdipc_runtime::config::KeySet;
 use kdipc_runtime::fault;
 use kdipc_runtime::node::{self, NodeHandle};
-use kdipc_runtime::registry::{is_distributed_id, Errno};
+use kdipc_runtime::protocol::PAGE_SIZE;
+use kdipc_runtime::registry::{is_distributed_id, Cred, Errno, CAP_IPC_LOCK};
 use once_cell::sync::Lazy;
 
 use crate::ffi::{fail, guard, real_fn};
@@ -58,6 +59,8 @@ pub extern "C" fn shmget(key: libc::key_t, size: libc::size_t, shmflg: libc::c_i
 
 /// Hook for libc::shmat.
 #[cfg_attr(not(test), no_mangle)]
+// The signature is libc's: the pointer goes to the kernel, which checks it.
+#[allow(clippy::not_unsafe_ptr_arg_deref)]
 pub extern "C" fn shmat(
     shmid: libc::c_int,
     shmaddr: *const libc::c_void,
@@ -78,6 +81,8 @@ pub extern "C" fn shmat(
 
 /// Hook for libc::shmdt.
 #[cfg_attr(not(test), no_mangle)]
+// The signature is libc's: the pointer goes to the kernel, which checks it.
+#[allow(clippy::not_unsafe_ptr_arg_deref)]
 pub extern "C" fn shmdt(shmaddr: *const libc::c_void) -> libc::c_int {
     guard(|| {
         let addr = shmaddr as usize;
@@ -92,6 +97,8 @@ pub extern "C" fn shmdt(shmaddr: *const libc::c_void) -> libc::c_int {
 
 /// Hook for libc::shmctl.
 #[cfg_attr(not(test), no_mangle)]
+// The signature is libc's: the pointer goes to the kernel, which checks it.
+#[allow(clippy::not_unsafe_ptr_arg_deref)]
 pub extern "C" fn shmctl(shmid: libc::c_int, cmd: libc::c_int, buf: *mut libc::shmid_ds) -> libc::c_int {
     guard(|| {
         if is_distributed_id(shmid) && !matches!(cmd, libc::IPC_INFO | SHM_INFO) {
@@ -136,57 +143,157 @@ fn add_distributed_totals(info: *mut ShmInfo) {
     }
 }
 
-/// `shmctl` on a distributed id.
+/// `shmctl` on a distributed id. The checks and their order are the
+/// kernel's (`ksys_shmctl`): the id first, then permission, then the
+/// buffer, except that `IPC_SET` reads the buffer before anything else.
 fn ctl(n: &NodeHandle, id: i32, cmd: i32, buf: *mut libc::shmid_ds) -> Result<libc::c_int, Errno> {
-    let efault = Errno(libc::EFAULT);
     match cmd {
         libc::IPC_STAT => {
             let s = n.stat(id)?;
-            if buf.is_null() {
-                return Err(efault);
-            }
-            // SAFETY: the program passed a pointer to its shmid_ds; we
-            // write only its public fields, as the kernel would.
-            unsafe {
-                let b = &mut *buf;
-                b.shm_perm.__key = s.key;
-                b.shm_perm.uid = s.uid;
-                b.shm_perm.gid = s.gid;
-                b.shm_perm.cuid = s.cuid;
-                b.shm_perm.cgid = s.cgid;
-                b.shm_perm.mode = s.mode as libc::c_ushort;
-                b.shm_perm.__seq = ((id & !kdipc_runtime::registry::ID_BIT) >> 15) as libc::c_ushort;
-                b.shm_segsz = s.size as libc::size_t;
-                b.shm_atime = s.atime;
-                b.shm_dtime = s.dtime;
-                b.shm_ctime = s.ctime;
-                b.shm_cpid = s.cpid;
-                b.shm_lpid = s.lpid;
-                b.shm_nattch = s.nattch;
-            }
+            // The kernel fills a zeroed struct and copies all of it.
+            // SAFETY: shmid_ds is plain data; all zeroes is a valid value.
+            let mut b: libc::shmid_ds = unsafe { std::mem::zeroed() };
+            b.shm_perm.__key = s.key;
+            b.shm_perm.uid = s.uid;
+            b.shm_perm.gid = s.gid;
+            b.shm_perm.cuid = s.cuid;
+            b.shm_perm.cgid = s.cgid;
+            b.shm_perm.mode = s.mode as libc::c_ushort;
+            b.shm_perm.__seq = ((id & !kdipc_runtime::registry::ID_BIT) >> 15) as libc::c_ushort;
+            b.shm_segsz = s.size as libc::size_t;
+            b.shm_atime = s.atime;
+            b.shm_dtime = s.dtime;
+            b.shm_ctime = s.ctime;
+            b.shm_cpid = s.cpid;
+            b.shm_lpid = s.lpid;
+            b.shm_nattch = s.nattch;
+            copy_out(buf, &b)?;
             Ok(0)
         }
         libc::IPC_SET => {
-            if buf.is_null() {
-                return Err(efault);
-            }
-            // SAFETY: reading the program's shmid_ds.
-            let (uid, gid, mode) =
-                unsafe { ((*buf).shm_perm.uid, (*buf).shm_perm.gid, (*buf).shm_perm.mode) };
-            n.set(id, uid, gid, mode as u32).map(|()| 0)
+            let b = copy_in(buf)?;
+            let uid = if id_mapped("uid_map", b.shm_perm.uid) { b.shm_perm.uid } else { u32::MAX };
+            let gid = if id_mapped("gid_map", b.shm_perm.gid) { b.shm_perm.gid } else { u32::MAX };
+            n.set(id, uid, gid, b.shm_perm.mode as u32 & 0o777).map(|()| 0)
         }
         libc::IPC_RMID => n.remove(id).map(|()| 0),
-        libc::SHM_LOCK | libc::SHM_UNLOCK => {
-            // Pages of a distributed segment are never swapped by us;
-            // only the permission check remains.
-            let s = n.stat(id)?;
-            // SAFETY: geteuid has no preconditions.
-            let uid = unsafe { libc::geteuid() };
-            if uid != 0 && uid != s.uid && uid != s.cuid {
-                return Err(Errno(libc::EPERM));
-            }
-            Ok(0)
-        }
+        libc::SHM_LOCK | libc::SHM_UNLOCK => lock(n, id, cmd == libc::SHM_LOCK).map(|()| 0),
         _ => Err(Errno(libc::EINVAL)),
     }
+}
+
+/// `SHM_LOCK`/`SHM_UNLOCK` (`shmctl_do_lock`). Pages of a distributed
+/// segment are never swapped by us, so only the checks remain; they need
+/// no read permission, hence the segment list rather than `IPC_STAT`.
+/// (`SHM_LOCKED` in `shm_perm.mode` is not kept: the registry has no call
+/// for it.)
+fn lock(n: &NodeHandle, id: i32, lock: bool) -> Result<(), Errno> {
+    let s = n.list()?.into_iter().find(|(i, _)| *i == id).map(|(_, s)| s).ok_or(Errno(libc::EINVAL))?;
+    let cred = Cred::current();
+    if cred.capable(CAP_IPC_LOCK) {
+        return Ok(());
+    }
+    if cred.uid != s.uid && cred.uid != s.cuid {
+        return Err(Errno(libc::EPERM));
+    }
+    if lock {
+        // SAFETY: an all-zero rlimit is valid; getrlimit fills it.
+        let mut r: libc::rlimit = unsafe { std::mem::zeroed() };
+        // SAFETY: a valid resource and a pointer to our rlimit.
+        if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut r) } == 0 {
+            if r.rlim_cur == 0 {
+                return Err(Errno(libc::EPERM));
+            }
+            let page = PAGE_SIZE as u64;
+            if r.rlim_cur != libc::RLIM_INFINITY && s.size.div_ceil(page) > r.rlim_cur / page {
+                return Err(Errno(libc::ENOMEM)); // user_shm_lock
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether this process's user namespace maps `id` (`make_kuid` +
+/// `uid_valid`); `map` is `uid_map` or `gid_map`.
+fn id_mapped(map: &str, id: u32) -> bool {
+    if id == u32::MAX {
+        return false;
+    }
+    let Ok(text) = std::fs::read_to_string(format!("/proc/self/{map}")) else { return true };
+    text.lines().any(|l| {
+        let mut f = l.split_whitespace().map(|w| w.parse::<u64>().ok());
+        match (f.next().flatten(), f.next().flatten(), f.next().flatten()) {
+            (Some(first), Some(_), Some(count)) => (first..first + count).contains(&(id as u64)),
+            _ => false,
+        }
+    })
+}
+
+/// `copy_to_user`: `EFAULT` where the kernel would fail, instead of a crash.
+fn copy_out<T>(dst: *mut T, src: &T) -> Result<(), Errno> {
+    let len = std::mem::size_of::<T>();
+    match in_one_view(dst as usize, len) {
+        // A read-only attach: the kernel cannot write there either.
+        Some(true) => Err(Errno(libc::EFAULT)),
+        Some(false) => {
+            // SAFETY: the whole range lies in a read-write distributed view
+            // of ours; the fault handler serves the write (which
+            // process_vm_writev would not fault in).
+            unsafe { std::ptr::write_unaligned(dst, std::ptr::read(src)) };
+            Ok(())
+        }
+        None => {
+            let local = libc::iovec { iov_base: src as *const T as *mut libc::c_void, iov_len: len };
+            let remote = libc::iovec { iov_base: dst as *mut libc::c_void, iov_len: len };
+            // SAFETY: process_vm_writev checks the remote (our own) range
+            // and fails with EFAULT instead of faulting.
+            let r = unsafe { libc::process_vm_writev(libc::getpid(), &local, 1, &remote, 1, 0) };
+            vm_result(r, len, || {
+                // SAFETY: process_vm_writev is unavailable (seccomp): the
+                // old way, a plain write to what the program passed.
+                unsafe { std::ptr::write_unaligned(dst, std::ptr::read(src)) }
+            })
+        }
+    }
+}
+
+/// `copy_from_user`: `EFAULT` where the kernel would fail.
+fn copy_in<T: Copy>(src: *const T) -> Result<T, Errno> {
+    let len = std::mem::size_of::<T>();
+    if in_one_view(src as usize, len).is_some() {
+        // SAFETY: the range lies in a distributed view; the fault handler
+        // serves the read.
+        return Ok(unsafe { std::ptr::read_unaligned(src) });
+    }
+    let mut out = std::mem::MaybeUninit::<T>::uninit();
+    let local = libc::iovec { iov_base: out.as_mut_ptr() as *mut libc::c_void, iov_len: len };
+    let remote = libc::iovec { iov_base: src as *mut libc::c_void, iov_len: len };
+    // SAFETY: process_vm_readv checks the remote (our own) range and fails
+    // with EFAULT instead of faulting; it writes `len` bytes into `out`.
+    let r = unsafe { libc::process_vm_readv(libc::getpid(), &local, 1, &remote, 1, 0) };
+    // SAFETY: on the fallback path, a plain read of what the program passed.
+    vm_result(r, len, || out.write(unsafe { std::ptr::read_unaligned(src) }))?;
+    // SAFETY: filled by process_vm_readv (all `len` bytes) or the fallback.
+    Ok(unsafe { out.assume_init() })
+}
+
+/// The result of `process_vm_readv/writev` of `len` bytes: done, `EFAULT`,
+/// or (the call is not allowed here) `fallback`.
+fn vm_result<R>(r: isize, len: usize, fallback: impl FnOnce() -> R) -> Result<(), Errno> {
+    if r == len as isize {
+        return Ok(());
+    }
+    let e = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+    if r >= 0 || e == libc::EFAULT {
+        return Err(Errno(libc::EFAULT));
+    }
+    fallback();
+    Ok(())
+}
+
+/// `Some(readonly)` if `[addr, addr + len)` lies inside one distributed view.
+fn in_one_view(addr: usize, len: usize) -> Option<bool> {
+    let (start, readonly) = fault::find_view(addr)?;
+    let last = addr.checked_add(len - 1)?;
+    fault::find_view(last).filter(|&(s, _)| s == start).map(|_| readonly)
 }

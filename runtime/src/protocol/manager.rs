@@ -1,29 +1,24 @@
-//! The protocol as seen by the manager (node 0): directory and home of every
-//! page.
+//! The protocol as seen by the manager (node 0): who owns each page, and
+//! the home copy of pages nobody owns.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 
-use super::{check_payload, Action, CoherenceMsg, NodeId, PageIdx, Payload, ProtocolError, SegId};
-
-/// An operation waiting for its turn on a page.
-#[derive(Debug)]
-enum Op {
-    Request { from: NodeId, write: bool },
-    Release { from: NodeId, payload: Payload },
-}
+use super::{check_payload, Action, CoherenceMsg, NodeId, PageIdx, Payload, ProtocolError, SegId, MANAGER};
 
 #[derive(Debug)]
 struct HomePage {
-    /// The node holding the page for writing; no reader then.
-    writer: Option<NodeId>,
-    /// Nodes holding a current read copy (sorted).
-    readers: Vec<NodeId>,
-    /// The home copy, when it is current.
+    /// The owning node; `None`: the home owns the page.
+    owner: Option<NodeId>,
+    /// When the home owns the page: the current bytes.
     home: Option<Payload>,
-    /// The node whose request is being served: nothing else happens on this
-    /// page until it says `Done`.
-    busy: Option<NodeId>,
-    queue: VecDeque<Op>,
+    /// When the home owns the page: nodes holding a read copy it gave.
+    readers: Vec<NodeId>,
+    /// When the home owns the page: the page's version.
+    version: u64,
+    /// Releases that arrived after the page had been designated to another
+    /// node: (releasing node, bytes, copyset, version). The releasing node
+    /// bounces the designation back, and it is served from here.
+    stash: Vec<(NodeId, Payload, Vec<NodeId>, u64)>,
 }
 
 /// The directory of every distributed page.
@@ -35,9 +30,10 @@ pub struct Manager {
 /// Who holds a page, as the manager sees it (for tests and `ipcs`).
 #[derive(Debug, PartialEq, Eq)]
 pub struct Holders {
-    pub writer: Option<NodeId>,
+    /// The owner, when it is not the home.
+    pub owner: Option<NodeId>,
+    /// Read copies the home gave (when the home owns the page).
     pub readers: Vec<NodeId>,
-    pub home_current: bool,
 }
 
 impl Manager {
@@ -55,11 +51,11 @@ impl Manager {
         let pages = pages
             .into_iter()
             .map(|p| HomePage {
-                writer: None,
-                readers: Vec::new(),
+                owner: None,
                 home: Some(p),
-                busy: None,
-                queue: VecDeque::new(),
+                readers: Vec::new(),
+                version: 0,
+                stash: Vec::new(),
             })
             .collect();
         self.segs.insert(seg, pages);
@@ -72,25 +68,19 @@ impl Manager {
 
     pub fn holders(&self, seg: SegId, page: PageIdx) -> Option<Holders> {
         let p = self.segs.get(&seg)?.get(page as usize)?;
-        Some(Holders { writer: p.writer, readers: p.readers.clone(), home_current: p.home.is_some() })
+        Some(Holders { owner: p.owner, readers: p.readers.clone() })
     }
 
-    /// Whether every page of the segment is at rest and its home copy
-    /// current (nobody holds it).
+    /// Whether the home owns every page of the segment and nobody holds a
+    /// copy (the segment is at rest).
     pub fn at_home(&self, seg: SegId) -> bool {
-        self.segs.get(&seg).is_some_and(|ps| {
-            ps.iter().all(|p| p.writer.is_none() && p.readers.is_empty() && p.busy.is_none())
-        })
+        self.segs.get(&seg).is_some_and(|ps| ps.iter().all(|p| p.owner.is_none() && p.readers.is_empty()))
     }
 
-    /// The home copy of a page, if current.
+    /// The home copy of a page, if the home owns it.
     pub fn home_copy(&self, seg: SegId, page: PageIdx) -> Option<&Payload> {
-        self.segs.get(&seg)?.get(page as usize)?.home.as_ref()
-    }
-
-    /// Whether nothing is queued or in progress anywhere.
-    pub fn is_idle(&self) -> bool {
-        self.segs.values().flatten().all(|p| p.busy.is_none() && p.queue.is_empty())
+        let p = self.segs.get(&seg)?.get(page as usize)?;
+        p.owner.is_none().then_some(p.home.as_ref()).flatten()
     }
 
     /// A message from node `from`.
@@ -100,54 +90,60 @@ impl Manager {
         msg: CoherenceMsg,
         out: &mut Vec<Action>,
     ) -> Result<(), ProtocolError> {
-        if from == super::MANAGER {
+        if from == MANAGER {
             return Err(ProtocolError::Unexpected("message from the manager to itself"));
         }
         let (seg, page) = msg.target();
         let pages = self.segs.get_mut(&seg).ok_or(ProtocolError::UnknownSegment(seg))?;
         let p = pages.get_mut(page as usize).ok_or(ProtocolError::PageOutOfRange { seg, page })?;
         match msg {
-            CoherenceMsg::Request { write, .. } => p.queue.push_back(Op::Request { from, write }),
-            CoherenceMsg::Release { payload, .. } => {
-                check_payload(&payload)?;
-                p.queue.push_back(Op::Release { from, payload })
+            CoherenceMsg::Request { requester, write, .. } => {
+                // A node forwards requests for others (`requester`).
+                request(seg, page, p, requester, write, out)
             }
-            CoherenceMsg::Done { .. } => {
-                if p.busy != Some(from) {
-                    return Err(ProtocolError::Unexpected("Done from a node not being served"));
-                }
-                p.busy = None;
-            }
-            _ => return Err(ProtocolError::Unexpected("node message at the manager")),
-        }
-        run_queue(seg, page, p, out);
-        Ok(())
-    }
-}
-
-/// Serves queued operations until one is in progress or none is left.
-fn run_queue(seg: SegId, page: PageIdx, p: &mut HomePage, out: &mut Vec<Action>) {
-    while p.busy.is_none() {
-        let Some(op) = p.queue.pop_front() else { return };
-        match op {
-            Op::Request { from, write } => {
-                if serve_request(seg, page, p, from, write, out) {
-                    p.busy = Some(from);
+            CoherenceMsg::Release { owned, .. } => {
+                if let Some((payload, copyset, version)) = owned {
+                    check_payload(&payload)?;
+                    let mut copyset = copyset;
+                    copyset.retain(|&r| r != from && r != MANAGER);
+                    if p.owner == Some(from) {
+                        p.owner = None;
+                        p.home = Some(payload);
+                        p.readers = copyset;
+                        p.version = version;
+                    } else {
+                        p.stash.push((from, payload, copyset, version));
+                    }
+                    send(out, from, CoherenceMsg::Released { seg, page });
+                    Ok(())
+                } else {
+                    drop_reader(seg, page, p, from, out);
+                    Ok(())
                 }
             }
-            Op::Release { from, payload } => {
-                let held = p.writer == Some(from) || p.readers.contains(&from);
-                if p.writer == Some(from) {
-                    p.writer = None;
+            CoherenceMsg::Bounce { inner, .. } => match *inner {
+                // An owner that released the page returns what reached it
+                // meanwhile; its `Release` arrived first.
+                CoherenceMsg::Fetch { to, write: false, .. } => request(seg, page, p, to, false, out),
+                CoherenceMsg::Fetch { to, write: true, .. } => {
+                    // The designation of `to` reached a node that had
+                    // released the page: serve it from that release.
+                    let i = p
+                        .stash
+                        .iter()
+                        .position(|s| s.0 == from)
+                        .ok_or(ProtocolError::Unexpected("Bounce of a write without a release"))?;
+                    let (_, payload, copyset, version) = p.stash.swap_remove(i);
+                    grant_write(seg, page, to, copyset, payload, version + 1, out);
+                    Ok(())
                 }
-                p.readers.retain(|&r| r != from);
-                // The released bytes are current only if the node still held
-                // the page when its turn came.
-                if held && p.home.is_none() {
-                    p.home = Some(payload);
+                CoherenceMsg::DropReader { node, .. } => {
+                    drop_reader(seg, page, p, node, out);
+                    Ok(())
                 }
-                out.push(Action::Send { to: from, msg: CoherenceMsg::Released { seg, page } });
-            }
+                _ => Err(ProtocolError::Unexpected("Bounce of this message")),
+            },
+            _ => Err(ProtocolError::Unexpected("node message at the manager")),
         }
     }
 }
@@ -156,73 +152,77 @@ fn send(out: &mut Vec<Action>, to: NodeId, msg: CoherenceMsg) {
     out.push(Action::Send { to, msg });
 }
 
-/// Starts serving a request; returns whether it is now in progress (waiting
-/// for the requester's `Done`).
-fn serve_request(
+/// A reader gives up its copy.
+fn drop_reader(seg: SegId, page: PageIdx, p: &mut HomePage, node: NodeId, out: &mut Vec<Action>) {
+    match p.owner {
+        Some(owner) => send(out, owner, CoherenceMsg::DropReader { seg, page, node }),
+        None => {
+            p.readers.retain(|&r| r != node);
+            send(out, node, CoherenceMsg::Released { seg, page });
+        }
+    }
+}
+
+fn request(
     seg: SegId,
     page: PageIdx,
     p: &mut HomePage,
     from: NodeId,
     write: bool,
     out: &mut Vec<Action>,
-) -> bool {
-    if p.writer == Some(from) || (!write && p.readers.contains(&from)) {
-        // Already there (a retried fault): nothing moves.
-        send(out, from, CoherenceMsg::Grant { seg, page, acks: 0 });
-        return true;
+) -> Result<(), ProtocolError> {
+    if from == MANAGER {
+        return Err(ProtocolError::Unexpected("request for the manager"));
     }
-    if !write {
-        if let Some(w) = p.writer.take() {
-            send(out, w, CoherenceMsg::Fetch { seg, page, to: from, write: false, acks: 0 });
-            p.readers.push(w);
-        } else if let Some(home) = &p.home {
-            send(out, from, CoherenceMsg::Data { seg, page, acks: 0, payload: home.clone() });
-        } else if let Some(&source) = p.readers.first() {
-            send(out, source, CoherenceMsg::Fetch { seg, page, to: from, write: false, acks: 0 });
-        } else {
-            lost(seg, page, p, from, out);
-            return false;
+    if let Some(owner) = p.owner {
+        if owner == from {
+            return Err(ProtocolError::Unexpected("request from the owner"));
         }
-        p.readers.push(from);
-        p.readers.sort_unstable();
-        p.readers.dedup();
-        return true;
+        send(out, owner, CoherenceMsg::Fetch { seg, page, to: from, write });
+        if write {
+            p.owner = Some(from);
+        }
+        return Ok(());
     }
-    // A write: every other copy goes.
-    let had_copy = p.readers.contains(&from);
-    let others: Vec<NodeId> = p.readers.iter().copied().filter(|&r| r != from).collect();
-    p.readers.clear();
-    let old_writer = p.writer.replace(from);
-    let home = p.home.take();
-    if let Some(w) = old_writer {
-        send(out, w, CoherenceMsg::Fetch { seg, page, to: from, write: true, acks: 0 });
-    } else if had_copy {
-        invalidate(seg, page, &others, from, out);
-        send(out, from, CoherenceMsg::Grant { seg, page, acks: others.len() as u32 });
-    } else if let Some(home) = home {
-        invalidate(seg, page, &others, from, out);
-        send(out, from, CoherenceMsg::Data { seg, page, acks: others.len() as u32, payload: home });
-    } else if let Some((source, rest)) = others.split_first() {
-        invalidate(seg, page, rest, from, out);
-        send(out, *source, CoherenceMsg::Fetch { seg, page, to: from, write: true, acks: rest.len() as u32 });
+    let Some(home) = &p.home else {
+        tracing::error!(seg, page, node = from, "page lost: no current copy exists");
+        send(out, from, CoherenceMsg::Lost { seg, page });
+        return Ok(());
+    };
+    if !write {
+        send(out, from, CoherenceMsg::Data { seg, page, acks: 0, version: p.version, payload: home.clone() });
+        if !p.readers.contains(&from) {
+            p.readers.push(from);
+        }
+        return Ok(());
+    }
+    let home = p.home.take().unwrap_or(Payload::Zero);
+    let readers = std::mem::take(&mut p.readers);
+    grant_write(seg, page, from, readers, home, p.version + 1, out);
+    p.owner = Some(from);
+    Ok(())
+}
+
+/// Makes `to` the writer of a page whose current bytes and copyset are
+/// here: every other copy is invalidated, acknowledged to `to`.
+fn grant_write(
+    seg: SegId,
+    page: PageIdx,
+    to: NodeId,
+    copyset: Vec<NodeId>,
+    payload: Payload,
+    version: u64,
+    out: &mut Vec<Action>,
+) {
+    let had_copy = copyset.contains(&to);
+    let others: Vec<NodeId> = copyset.into_iter().filter(|&r| r != to).collect();
+    for &r in &others {
+        send(out, r, CoherenceMsg::Invalidate { seg, page, ack_to: to, version });
+    }
+    let acks = others.len() as u32;
+    if had_copy {
+        send(out, to, CoherenceMsg::Grant { seg, page, acks, version });
     } else {
-        p.writer = None;
-        lost(seg, page, p, from, out);
-        return false;
-    }
-    true
-}
-
-/// No current copy of the page exists anywhere (its only holder died): the
-/// requester is told so, never given stale or zeroed bytes.
-fn lost(seg: SegId, page: PageIdx, p: &mut HomePage, from: NodeId, out: &mut Vec<Action>) {
-    tracing::error!(seg, page, node = from, "page lost: no current copy exists");
-    p.readers.retain(|&r| r != from);
-    send(out, from, CoherenceMsg::Lost { seg, page });
-}
-
-fn invalidate(seg: SegId, page: PageIdx, nodes: &[NodeId], ack_to: NodeId, out: &mut Vec<Action>) {
-    for &n in nodes {
-        send(out, n, CoherenceMsg::Invalidate { seg, page, ack_to });
+        send(out, to, CoherenceMsg::Data { seg, page, acks, version, payload });
     }
 }

@@ -8,33 +8,39 @@
 //!
 //! # The protocol
 //!
-//! Multiple readers, single writer, write-invalidate (Ivy), with a **fixed
-//! manager**: node 0 (the nameserver) is the manager and home of every page.
-//! Per page it knows the writer (at most one) or the set of readers, and
-//! whether its own home copy is current. It serves the requests for one page
-//! one at a time, in arrival order (KDIPC's notify queue):
+//! Multiple readers, single writer, write-invalidate (Ivy), with page
+//! **owners** and a **fixed manager** (node 0, the nameserver) that decides
+//! the order of writers:
 //!
-//! * `Request` (node → manager): a node faulted and needs the page.
-//! * The manager then either answers itself (`Data` from the home copy, or
-//!   `Grant` when the requester already holds a current copy), or sends
-//!   `Fetch` to the node holding the newest bytes, which sends `Data`
-//!   directly to the requester. For a write, every other reader receives
-//!   `Invalidate` and acknowledges straight to the requester (`InvAck`); the
-//!   `Data`/`Grant` says how many acknowledgements to wait for.
-//! * The requester, once it has the bytes and every acknowledgement, opens
-//!   the page and tells the manager `Done`; only then does the manager serve
-//!   the next request for that page.
-//! * A node that detaches hands its copies back with `Release` (carrying
-//!   the bytes), answered by `Released`: the home keeps the data of a
-//!   segment nobody holds.
+//! * Each page has one owner: the node that last wrote it, or the manager
+//!   (the home) when nobody does. The owner holds a current copy, knows the
+//!   read copies it gave (its copyset) and serves reads itself.
+//! * A read fault sends `Request` to the probable owner (the node that last
+//!   gave this node the page or invalidated it; at first the manager).
+//!   The owner answers with `Data`: one round trip when the hint is right.
+//!   A node that is not the owner forwards the request to the manager.
+//! * A write fault sends `Request` to the manager, which designates the
+//!   requester as the next owner at once and sends `Fetch` to the current
+//!   one. The current owner invalidates every other copy (`Invalidate`,
+//!   acknowledged straight to the requester with `InvAck`) and sends `Data`
+//!   (or `Grant` when the requester's copy is current) saying how many
+//!   acknowledgements to wait for. An owner that holds the page for reading
+//!   upgrades without asking anyone.
+//! * Requests that reach a node that is about to own the page, or that owns
+//!   it and is busy, wait there in arrival order (KDIPC's notify queue).
+//! * Every page has a version, one more per writer. `Data` and
+//!   `Invalidate` carry it; a read copy served at an older version than an
+//!   invalidation this node already received is stale and asked again.
+//! * A node that detaches gives its pages back with `Release`: an owner
+//!   sends its bytes and copyset and the manager's home owns the page again;
+//!   a reader's release is passed to the owner (`DropReader`). What reaches
+//!   a releasing owner meanwhile goes back to the manager (`Bounce`).
 //!
 //! Requirements on the transport: messages between one pair of nodes arrive
-//! in the order they were sent (one QUIC stream per direction). That order
-//! is what makes a `Fetch`/`Invalidate` always arrive after the `Data` the
-//! same node sent earlier.
+//! in the order they were sent (one QUIC stream per direction).
 //!
 //! A node keeps a page it was just granted for at least `hold` time units
-//! before answering a `Fetch` or `Invalidate` for it, so that the faulting
+//! before serving a request or invalidation for it, so that the faulting
 //! instruction gets to run (no ping-pong livelock between two writers).
 
 mod manager;
@@ -109,27 +115,33 @@ mod raw_bytes {
 /// Messages of the coherence protocol.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CoherenceMsg {
-    /// node → manager: the node faulted on the page.
-    Request { seg: SegId, page: PageIdx, write: bool },
-    /// manager → holder: send the page to `to`; for a write, give up your
-    /// copy, otherwise keep a read copy. `acks` is passed on in `Data`.
-    Fetch { seg: SegId, page: PageIdx, to: NodeId, write: bool, acks: u32 },
-    /// manager → requester: your copy is current; open it after `acks`
-    /// invalidation acknowledgements.
-    Grant { seg: SegId, page: PageIdx, acks: u32 },
-    /// holder or manager → requester: the page's bytes.
-    Data { seg: SegId, page: PageIdx, acks: u32, payload: Payload },
-    /// manager → reader: drop your copy, acknowledge to `ack_to`.
-    Invalidate { seg: SegId, page: PageIdx, ack_to: NodeId },
-    /// reader → requester.
+    /// `requester` faulted on the page: a read goes to the probable owner,
+    /// a write to the manager; a node that is not the owner forwards a read
+    /// to the manager.
+    Request { seg: SegId, page: PageIdx, write: bool, requester: NodeId },
+    /// manager → owner: serve `to`; for a write, hand the page over.
+    Fetch { seg: SegId, page: PageIdx, to: NodeId, write: bool },
+    /// owner or manager → new writer: your copy is current; open it after
+    /// `acks` invalidation acknowledgements.
+    Grant { seg: SegId, page: PageIdx, acks: u32, version: u64 },
+    /// owner or manager → requester: the page's bytes, at `version`.
+    Data { seg: SegId, page: PageIdx, acks: u32, version: u64, payload: Payload },
+    /// → reader: drop your copy (the page is at `version` now);
+    /// acknowledge to `ack_to`.
+    Invalidate { seg: SegId, page: PageIdx, ack_to: NodeId, version: u64 },
+    /// reader → new writer.
     InvAck { seg: SegId, page: PageIdx },
-    /// requester → manager: the request is complete.
-    Done { seg: SegId, page: PageIdx },
-    /// node → manager: the node gives up its copy (detach, exit).
-    Release { seg: SegId, page: PageIdx, payload: Payload },
+    /// node → manager: the node gives up the page (detach, exit); an owner
+    /// sends (bytes, copyset, version).
+    Release { seg: SegId, page: PageIdx, owned: Option<(Payload, Vec<NodeId>, u64)> },
+    /// manager → owner: `node` gives up its read copy.
+    DropReader { seg: SegId, page: PageIdx, node: NodeId },
+    /// releasing owner → manager: a `Fetch` or `DropReader` that arrived
+    /// after the owner sent its `Release`.
+    Bounce { seg: SegId, page: PageIdx, inner: Box<CoherenceMsg> },
     /// manager → requester: no current copy of the page exists any more.
     Lost { seg: SegId, page: PageIdx },
-    /// manager → node: the release is complete.
+    /// manager or owner → node: the release is complete.
     Released { seg: SegId, page: PageIdx },
 }
 
@@ -143,8 +155,9 @@ impl CoherenceMsg {
             | CoherenceMsg::Data { seg, page, .. }
             | CoherenceMsg::Invalidate { seg, page, .. }
             | CoherenceMsg::InvAck { seg, page }
-            | CoherenceMsg::Done { seg, page }
             | CoherenceMsg::Release { seg, page, .. }
+            | CoherenceMsg::DropReader { seg, page, .. }
+            | CoherenceMsg::Bounce { seg, page, .. }
             | CoherenceMsg::Lost { seg, page }
             | CoherenceMsg::Released { seg, page } => (seg, page),
         }
@@ -163,9 +176,10 @@ pub enum Action {
     Install { seg: SegId, page: PageIdx, payload: Payload },
     /// Lower access to `keep` (revoking first, so that every store is
     /// visible), read the page and send it as `Data` to `to`.
-    SendPage { seg: SegId, page: PageIdx, to: NodeId, acks: u32, keep: Access },
-    /// Read the page and send it to the manager in a `Release`.
-    ReleasePage { seg: SegId, page: PageIdx },
+    SendPage { seg: SegId, page: PageIdx, to: NodeId, acks: u32, version: u64, keep: Access },
+    /// Read the page and send it to the manager in a `Release` with this
+    /// copyset and version.
+    ReleasePage { seg: SegId, page: PageIdx, copyset: Vec<NodeId>, version: u64 },
     /// A release of this page was acknowledged by the manager.
     Released { seg: SegId, page: PageIdx },
     /// The page is lost: threads waiting for it get `SIGBUS`.

@@ -11,18 +11,37 @@ struct Pending {
     have_data: bool,
     acks_needed: Option<u32>,
     acks_got: u32,
+    /// The version the page will have (write) or was served at (read).
+    version: u64,
+    /// Who sent the bytes (the owner, for a read).
+    from: NodeId,
+    /// Where a read request went.
+    asked: NodeId,
 }
 
 #[derive(Debug)]
 struct NodePage {
     access: Access,
+    /// This node owns the page: it serves reads, keeps the copyset, and
+    /// gives the page up when the manager designates another writer.
+    owner: bool,
+    /// When owner: nodes holding a read copy this node gave.
+    copyset: Vec<NodeId>,
+    /// When owner: the page's version (one more per writer).
+    version: u64,
+    /// Where to send a read request: the probable owner.
+    hint: NodeId,
     pending: Option<Pending>,
-    /// Fetch/Invalidate are not served before this time.
+    /// Highest version named by an `Invalidate` received: bytes served at
+    /// an older version are stale.
+    inval_version: u64,
+    /// Requests and invalidations are not served before this time.
     hold_until: u64,
-    /// Fetch/Invalidate that arrived during the hold, in arrival order.
+    /// Requests to serve once this node is settled as owner.
+    queue: VecDeque<(NodeId, CoherenceMsg)>,
+    /// Invalidations that arrived during the hold.
     deferred: VecDeque<CoherenceMsg>,
-    /// A `Release` was sent and not yet acknowledged: the bytes are still
-    /// here and may still be fetched.
+    /// A `Release` was sent and not yet answered.
     releasing: bool,
 }
 
@@ -30,11 +49,22 @@ impl NodePage {
     fn new() -> Self {
         NodePage {
             access: Access::Invalid,
+            owner: false,
+            copyset: Vec::new(),
+            version: 0,
+            hint: MANAGER,
             pending: None,
+            inval_version: 0,
             hold_until: 0,
+            queue: VecDeque::new(),
             deferred: VecDeque::new(),
             releasing: false,
         }
+    }
+
+    /// Will own the page (or does): requests to it wait here.
+    fn owner_or_becoming(&self) -> bool {
+        self.owner || self.pending.as_ref().is_some_and(|p| p.write)
     }
 }
 
@@ -50,14 +80,40 @@ pub struct NodeProtocol {
     me: NodeId,
     hold: u64,
     segs: HashMap<SegId, PageSet>,
-    /// Pages with deferred messages.
-    deferred: BTreeSet<(SegId, PageIdx)>,
+    /// Pages with queued requests or deferred invalidations.
+    waiting: BTreeSet<(SegId, PageIdx)>,
+}
+
+/// A page, its handlers' context, and the set of pages with work waiting.
+type Parts<'a> = (&'a mut NodePage, Ctx<'a>, &'a mut BTreeSet<(SegId, PageIdx)>);
+
+/// Context for one page's handlers.
+struct Ctx<'a> {
+    me: NodeId,
+    seg: SegId,
+    page: PageIdx,
+    now: u64,
+    hold: u64,
+    out: &'a mut Vec<Action>,
+}
+
+impl Ctx<'_> {
+    fn send(&mut self, to: NodeId, msg: CoherenceMsg) {
+        self.out.push(Action::Send { to, msg });
+    }
+
+    fn set_access(&mut self, p: &mut NodePage, access: Access) {
+        if p.access != access {
+            p.access = access;
+            self.out.push(Action::SetAccess { seg: self.seg, page: self.page, access });
+        }
+    }
 }
 
 impl NodeProtocol {
     /// `hold`: minimum time a granted page stays before it is given away.
     pub fn new(me: NodeId, hold: u64) -> Self {
-        NodeProtocol { me, hold, segs: HashMap::new(), deferred: BTreeSet::new() }
+        NodeProtocol { me, hold, segs: HashMap::new(), waiting: BTreeSet::new() }
     }
 
     pub fn id(&self) -> NodeId {
@@ -74,49 +130,101 @@ impl NodeProtocol {
     /// Stops tracking a segment whose pages were all released.
     pub fn forget(&mut self, seg: SegId) {
         self.segs.remove(&seg);
-        self.deferred.retain(|&(s, _)| s != seg);
+        self.waiting.retain(|&(s, _)| s != seg);
     }
 
     pub fn is_attached(&self, seg: SegId) -> bool {
         self.segs.contains_key(&seg)
     }
 
+    fn page(&self, seg: SegId, page: PageIdx) -> Option<&NodePage> {
+        self.segs.get(&seg).and_then(|s| s.pages.get(page as usize))
+    }
+
     /// Current access of this node to a page.
     pub fn access(&self, seg: SegId, page: PageIdx) -> Access {
-        self.segs.get(&seg).and_then(|s| s.pages.get(page as usize)).map_or(Access::Invalid, |p| p.access)
+        self.page(seg, page).map_or(Access::Invalid, |p| p.access)
+    }
+
+    /// Whether this node owns the page.
+    pub fn is_owner(&self, seg: SegId, page: PageIdx) -> bool {
+        self.page(seg, page).is_some_and(|p| p.owner)
+    }
+
+    /// The read copies this node gave, when it owns the page.
+    pub fn copyset(&self, seg: SegId, page: PageIdx) -> Vec<NodeId> {
+        self.page(seg, page).map_or_else(Vec::new, |p| p.copyset.clone())
     }
 
     /// Whether a request for the page is outstanding.
     pub fn is_pending(&self, seg: SegId, page: PageIdx) -> bool {
-        self.segs.get(&seg).and_then(|s| s.pages.get(page as usize)).is_some_and(|p| p.pending.is_some())
+        self.page(seg, page).is_some_and(|p| p.pending.is_some())
     }
 
-    fn page_mut(&mut self, seg: SegId, page: PageIdx) -> Result<&mut NodePage, ProtocolError> {
+    fn parts<'a>(
+        &'a mut self,
+        seg: SegId,
+        page: PageIdx,
+        now: u64,
+        out: &'a mut Vec<Action>,
+    ) -> Result<Parts<'a>, ProtocolError> {
         let set = self.segs.get_mut(&seg).ok_or(ProtocolError::UnknownSegment(seg))?;
-        set.pages.get_mut(page as usize).ok_or(ProtocolError::PageOutOfRange { seg, page })
+        let p = set.pages.get_mut(page as usize).ok_or(ProtocolError::PageOutOfRange { seg, page })?;
+        Ok((p, Ctx { me: self.me, seg, page, now, hold: self.hold, out }, &mut self.waiting))
     }
 
     /// A local thread needs the page (`write` or read). Returns `true` when
-    /// the access is already there; otherwise a request is on its way (or
-    /// already was) and the driver will see `SetAccess` when it completes.
-    /// A thread that needs write while a read request is outstanding calls
-    /// again after that one completes.
+    /// the access is there (possibly just now: apply `out` first);
+    /// otherwise a request is on its way (or already was) and the driver
+    /// will see `SetAccess` when it completes. A thread that needs write
+    /// while a read request is outstanding calls again after it completes.
     pub fn fault(
         &mut self,
         seg: SegId,
         page: PageIdx,
         write: bool,
+        now: u64,
         out: &mut Vec<Action>,
     ) -> Result<bool, ProtocolError> {
-        let p = self.page_mut(seg, page)?;
+        let (p, mut cx, _) = self.parts(seg, page, now, out)?;
         let need = if write { Access::Write } else { Access::Read };
         if p.access >= need {
             return Ok(true);
         }
-        if p.pending.is_none() {
-            p.pending = Some(Pending { write, ..Pending::default() });
-            out.push(Action::Send { to: MANAGER, msg: CoherenceMsg::Request { seg, page, write } });
+        if p.pending.is_some() {
+            return Ok(false);
         }
+        if p.releasing {
+            return Err(ProtocolError::Unexpected("fault on a page being released"));
+        }
+        let me = cx.me;
+        if p.owner {
+            // An owner always holds a current copy: upgrade it here, after
+            // invalidating the copies it gave.
+            let version = p.version + 1;
+            let others = std::mem::take(&mut p.copyset);
+            if others.is_empty() {
+                p.version = version;
+                p.hold_until = now + cx.hold;
+                cx.set_access(p, Access::Write);
+                return Ok(true);
+            }
+            for &r in &others {
+                cx.send(r, CoherenceMsg::Invalidate { seg, page, ack_to: me, version });
+            }
+            p.pending = Some(Pending {
+                write: true,
+                have_data: true,
+                acks_needed: Some(others.len() as u32),
+                version,
+                from: me,
+                ..Pending::default()
+            });
+            return Ok(false);
+        }
+        let to = if write { MANAGER } else { p.hint };
+        p.pending = Some(Pending { write, asked: to, ..Pending::default() });
+        cx.send(to, CoherenceMsg::Request { seg, page, write, requester: me });
         Ok(false)
     }
 
@@ -129,167 +237,309 @@ impl NodeProtocol {
         out: &mut Vec<Action>,
     ) -> Result<(), ProtocolError> {
         let (seg, page) = msg.target();
-        let hold = self.hold;
-        let me = self.me;
-        let p = self.page_mut(seg, page)?;
+        if let CoherenceMsg::Request { write: false, .. } = msg {
+            if !self.segs.contains_key(&seg) {
+                // A stale hint: this node detached the segment. The manager
+                // knows the owner.
+                out.push(Action::Send { to: MANAGER, msg });
+                return Ok(());
+            }
+        }
+        let (p, mut cx, waiting) = self.parts(seg, page, now, out)?;
         match msg {
-            CoherenceMsg::Fetch { .. } | CoherenceMsg::Invalidate { .. } => {
+            CoherenceMsg::Request { write: false, requester, .. } if requester != cx.me => {
+                dispatch(p, &mut cx, waiting, from, msg)
+            }
+            CoherenceMsg::Fetch { .. } | CoherenceMsg::DropReader { .. } => {
                 if from != MANAGER {
-                    return Err(ProtocolError::Unexpected("Fetch/Invalidate not from the manager"));
+                    return Err(ProtocolError::Unexpected("Fetch/DropReader not from the manager"));
                 }
-                // Checked on arrival, not only when served: a bad Fetch must
-                // not be deferred and then fail in `handle_timeout`.
-                check_fetch(me, p, &msg)?;
+                dispatch(p, &mut cx, waiting, from, msg)
+            }
+            CoherenceMsg::Invalidate { .. } => {
                 if now < p.hold_until || !p.deferred.is_empty() {
                     p.deferred.push_back(msg);
-                    out.push(Action::WakeAt(p.hold_until));
-                    self.deferred.insert((seg, page));
+                    cx.out.push(Action::WakeAt(p.hold_until));
+                    waiting.insert((seg, page));
                     return Ok(());
                 }
-                serve(me, seg, page, p, msg, out)
+                invalidate(p, &mut cx, msg)
             }
-            CoherenceMsg::Grant { acks, .. } => {
-                if from != MANAGER || p.access == Access::Invalid {
+            CoherenceMsg::Grant { acks, version, .. } => {
+                let pend = p.pending.as_mut().ok_or(ProtocolError::Unexpected("Grant"))?;
+                if !pend.write || p.access == Access::Invalid || pend.have_data {
                     return Err(ProtocolError::Unexpected("Grant"));
                 }
-                let pend = p.pending.as_mut().ok_or(ProtocolError::Unexpected("Grant"))?;
                 pend.have_data = true;
                 pend.acks_needed = Some(acks);
-                complete(seg, page, p, now, hold, out)
+                pend.version = version;
+                pend.from = from;
+                complete(p, &mut cx, waiting)
             }
-            CoherenceMsg::Data { acks, payload, .. } => {
+            CoherenceMsg::Data { acks, version, payload, .. } => {
                 super::check_payload(&payload)?;
-                let pend = p.pending.as_mut().ok_or(ProtocolError::Unexpected("Data"))?;
-                if pend.have_data {
-                    return Err(ProtocolError::Unexpected("second Data"));
+                let Some(pend) = p.pending.as_mut().filter(|p| !p.have_data) else {
+                    // A duplicate answer to a read request that was sent
+                    // again after its first addressee went away: nothing
+                    // to do (a copy of an older version is never installed
+                    // once this node has been invalidated since).
+                    return Ok(());
+                };
+                if !pend.write && version < p.inval_version {
+                    // Served before a write that has already invalidated
+                    // this node: stale. Ask again, from the new writer.
+                    let me = cx.me;
+                    pend.asked = p.hint;
+                    cx.send(p.hint, CoherenceMsg::Request { seg, page, write: false, requester: me });
+                    return Ok(());
                 }
                 pend.have_data = true;
                 pend.acks_needed = Some(acks);
-                out.push(Action::Install { seg, page, payload });
-                complete(seg, page, p, now, hold, out)
+                pend.version = version;
+                pend.from = from;
+                cx.out.push(Action::Install { seg, page, payload });
+                complete(p, &mut cx, waiting)
             }
             CoherenceMsg::InvAck { .. } => {
                 let pend = p.pending.as_mut().ok_or(ProtocolError::Unexpected("InvAck"))?;
+                if !pend.write {
+                    return Err(ProtocolError::Unexpected("InvAck"));
+                }
                 pend.acks_got += 1;
-                complete(seg, page, p, now, hold, out)
+                complete(p, &mut cx, waiting)
             }
             CoherenceMsg::Released { .. } => {
-                if from != MANAGER || !p.releasing {
+                if !p.releasing {
                     return Err(ProtocolError::Unexpected("Released"));
                 }
                 p.releasing = false;
-                out.push(Action::Released { seg, page });
+                p.owner = false;
+                p.copyset.clear();
+                cx.out.push(Action::Released { seg, page });
                 Ok(())
             }
             CoherenceMsg::Lost { .. } => {
                 if from != MANAGER || p.pending.take().is_none() {
                     return Err(ProtocolError::Unexpected("Lost"));
                 }
-                out.push(Action::Lost { seg, page });
+                cx.out.push(Action::Lost { seg, page });
                 Ok(())
             }
-            CoherenceMsg::Request { .. } | CoherenceMsg::Done { .. } | CoherenceMsg::Release { .. } => {
+            CoherenceMsg::Request { .. } | CoherenceMsg::Release { .. } | CoherenceMsg::Bounce { .. } => {
                 Err(ProtocolError::Unexpected("manager message at a node"))
             }
         }
     }
 
-    /// Serves deferred messages whose hold has expired. Returns the next
-    /// time to be called, if any.
-    pub fn handle_timeout(&mut self, now: u64, out: &mut Vec<Action>) -> Result<(), ProtocolError> {
+    /// A node went away (its connection is lost): read requests sent to it
+    /// go to the manager instead, and it is nobody's probable owner.
+    pub fn peer_gone(&mut self, node: NodeId, out: &mut Vec<Action>) {
         let me = self.me;
-        let due: Vec<(SegId, PageIdx)> = self.deferred.iter().copied().collect();
+        for (&seg, set) in self.segs.iter_mut() {
+            for (i, p) in set.pages.iter_mut().enumerate() {
+                if p.hint == node {
+                    p.hint = MANAGER;
+                }
+                if let Some(pend) = p.pending.as_mut().filter(|q| !q.write && !q.have_data && q.asked == node)
+                {
+                    pend.asked = MANAGER;
+                    let page = i as PageIdx;
+                    out.push(Action::Send {
+                        to: MANAGER,
+                        msg: CoherenceMsg::Request { seg, page, write: false, requester: me },
+                    });
+                }
+            }
+        }
+    }
+
+    /// Serves what waited for a hold to expire.
+    pub fn handle_timeout(&mut self, now: u64, out: &mut Vec<Action>) -> Result<(), ProtocolError> {
+        let due: Vec<(SegId, PageIdx)> = self.waiting.iter().copied().collect();
         for (seg, page) in due {
-            let p = self.page_mut(seg, page)?;
+            let (p, mut cx, waiting) = self.parts(seg, page, now, out)?;
             if p.hold_until > now {
-                out.push(Action::WakeAt(p.hold_until));
+                cx.out.push(Action::WakeAt(p.hold_until));
                 continue;
             }
             while let Some(msg) = p.deferred.pop_front() {
-                serve(me, seg, page, p, msg, out)?;
+                invalidate(p, &mut cx, msg)?;
             }
-            self.deferred.remove(&(seg, page));
+            drain(p, &mut cx, waiting)?;
         }
         Ok(())
     }
 
-    /// Gives every copy of the segment back to the manager. The driver sends
-    /// each `Release` with the page's bytes when the action says so, and
-    /// waits for one `Released` per page before calling [`Self::forget`].
-    /// Returns the number of pages released. No request may be outstanding.
+    /// Gives every copy of the segment up. Owned pages go back to the
+    /// manager with their bytes (`ReleasePage`); read copies with a
+    /// `Release`. The driver waits for one `Released` per page before
+    /// calling [`Self::forget`]. Returns the number of pages released. No
+    /// request may be outstanding.
     pub fn release(&mut self, seg: SegId, out: &mut Vec<Action>) -> Result<usize, ProtocolError> {
         let me = self.me;
+        let hold = self.hold;
         let set = self.segs.get_mut(&seg).ok_or(ProtocolError::UnknownSegment(seg))?;
-        // Refused before anything changes.
+        // Refuse before changing anything.
         if set.pages.iter().any(|p| p.pending.is_some()) {
             return Err(ProtocolError::Unexpected("release with a request outstanding"));
         }
         let mut n = 0;
         for (i, p) in set.pages.iter_mut().enumerate() {
             let page = i as PageIdx;
+            let mut cx = Ctx { me, seg, page, now: u64::MAX, hold, out };
             while let Some(msg) = p.deferred.pop_front() {
-                serve(me, seg, page, p, msg, out)?;
+                invalidate(p, &mut cx, msg)?;
             }
-            if p.access != Access::Invalid {
-                p.access = Access::Invalid;
+            let mut none = BTreeSet::new();
+            drain(p, &mut cx, &mut none)?;
+            if p.owner {
                 p.releasing = true;
-                out.push(Action::SetAccess { seg, page, access: Access::Invalid });
-                out.push(Action::ReleasePage { seg, page });
+                cx.set_access(p, Access::Invalid);
+                out.push(Action::ReleasePage { seg, page, copyset: p.copyset.clone(), version: p.version });
+                n += 1;
+            } else if p.access != Access::Invalid {
+                p.releasing = true;
+                cx.set_access(p, Access::Invalid);
+                cx.send(MANAGER, CoherenceMsg::Release { seg, page, owned: None });
                 n += 1;
             }
         }
-        self.deferred.retain(|&(s, _)| s != seg);
+        self.waiting.retain(|&(s, _)| s != seg);
         Ok(n)
     }
 }
 
-/// Rejects a `Fetch` for a page this node does not hold, or to itself.
-fn check_fetch(me: NodeId, p: &NodePage, msg: &CoherenceMsg) -> Result<(), ProtocolError> {
-    match *msg {
-        CoherenceMsg::Fetch { to, .. } if (p.access == Access::Invalid && !p.releasing) || to == me => {
-            Err(ProtocolError::Unexpected("Fetch"))
+/// A read request, `Fetch` or `DropReader` for this node: served now,
+/// queued until this node is a settled owner, bounced or forwarded.
+fn dispatch(
+    p: &mut NodePage,
+    cx: &mut Ctx,
+    waiting: &mut BTreeSet<(SegId, PageIdx)>,
+    from: NodeId,
+    msg: CoherenceMsg,
+) -> Result<(), ProtocolError> {
+    let (seg, page) = (cx.seg, cx.page);
+    // Reject the impossible on arrival, not when it is served.
+    match msg {
+        CoherenceMsg::Fetch { to, .. } | CoherenceMsg::Request { requester: to, .. }
+            if to == cx.me || to == MANAGER =>
+        {
+            return Err(ProtocolError::Unexpected("request on behalf of this node or the manager"));
         }
-        _ => Ok(()),
+        _ => {}
     }
+    if p.releasing || !p.owner_or_becoming() {
+        return match msg {
+            // Not (or no longer) the owner: the manager knows who is.
+            CoherenceMsg::Request { .. } => {
+                cx.send(MANAGER, msg);
+                Ok(())
+            }
+            // The release went first; the manager serves these from it.
+            CoherenceMsg::Fetch { .. } | CoherenceMsg::DropReader { .. } if p.releasing && p.owner => {
+                cx.send(MANAGER, CoherenceMsg::Bounce { seg, page, inner: Box::new(msg) });
+                Ok(())
+            }
+            _ => Err(ProtocolError::Unexpected("Fetch/DropReader at a node that does not own the page")),
+        };
+    }
+    p.queue.push_back((from, msg));
+    drain(p, cx, waiting)
 }
 
-/// Answers a `Fetch` or `Invalidate` now.
-fn serve(
-    me: NodeId,
-    seg: SegId,
-    page: PageIdx,
+/// Serves queued requests while this node is a settled owner past its hold.
+fn drain(
     p: &mut NodePage,
-    msg: CoherenceMsg,
-    out: &mut Vec<Action>,
+    cx: &mut Ctx,
+    waiting: &mut BTreeSet<(SegId, PageIdx)>,
 ) -> Result<(), ProtocolError> {
-    match msg {
-        CoherenceMsg::Fetch { to, write, acks, .. } => {
-            check_fetch(me, p, &msg)?;
-            let keep = if write { Access::Invalid } else { Access::Read };
-            p.access = p.access.min(keep);
-            out.push(Action::SendPage { seg, page, to, acks, keep });
-            Ok(())
-        }
-        CoherenceMsg::Invalidate { ack_to, .. } => {
-            if p.access != Access::Invalid {
-                p.access = Access::Invalid;
-                out.push(Action::SetAccess { seg, page, access: Access::Invalid });
+    while !p.queue.is_empty() {
+        if p.owner_or_becoming() && !p.releasing {
+            if p.pending.is_some() {
+                return Ok(()); // `complete` drains again.
             }
-            out.push(Action::Send { to: ack_to, msg: CoherenceMsg::InvAck { seg, page } });
-            Ok(())
+            if cx.now < p.hold_until {
+                cx.out.push(Action::WakeAt(p.hold_until));
+                waiting.insert((cx.seg, cx.page));
+                return Ok(());
+            }
         }
-        _ => Err(ProtocolError::Unexpected("serve")),
+        let (from, msg) = p.queue.pop_front().expect("not empty");
+        if p.owner && !p.releasing {
+            serve(p, cx, msg)?;
+        } else {
+            dispatch(p, cx, waiting, from, msg)?;
+        }
     }
+    Ok(())
+}
+
+/// Serves one request as the settled owner.
+fn serve(p: &mut NodePage, cx: &mut Ctx, msg: CoherenceMsg) -> Result<(), ProtocolError> {
+    let (seg, page, me) = (cx.seg, cx.page, cx.me);
+    match msg {
+        CoherenceMsg::Request { requester: to, write: false, .. }
+        | CoherenceMsg::Fetch { to, write: false, .. } => {
+            if to == me || to == MANAGER {
+                return Err(ProtocolError::Unexpected("read request for the owner itself"));
+            }
+            p.access = p.access.min(Access::Read);
+            cx.out.push(Action::SendPage { seg, page, to, acks: 0, version: p.version, keep: Access::Read });
+            if !p.copyset.contains(&to) {
+                p.copyset.push(to);
+            }
+        }
+        CoherenceMsg::Fetch { to, write: true, .. } => {
+            if to == me || to == MANAGER {
+                return Err(ProtocolError::Unexpected("write request for the owner itself"));
+            }
+            let version = p.version + 1;
+            let copyset = std::mem::take(&mut p.copyset);
+            let had_copy = copyset.contains(&to);
+            let others: Vec<NodeId> = copyset.into_iter().filter(|&r| r != to).collect();
+            for &r in &others {
+                cx.send(r, CoherenceMsg::Invalidate { seg, page, ack_to: to, version });
+            }
+            let acks = others.len() as u32;
+            if had_copy {
+                cx.set_access(p, Access::Invalid);
+                cx.send(to, CoherenceMsg::Grant { seg, page, acks, version });
+            } else {
+                p.access = Access::Invalid;
+                cx.out.push(Action::SendPage { seg, page, to, acks, version, keep: Access::Invalid });
+            }
+            p.owner = false;
+            p.hint = to;
+        }
+        CoherenceMsg::DropReader { node, .. } => {
+            p.copyset.retain(|&r| r != node);
+            cx.send(node, CoherenceMsg::Released { seg, page });
+        }
+        _ => return Err(ProtocolError::Unexpected("serve")),
+    }
+    Ok(())
+}
+
+/// Drops this node's read copy.
+fn invalidate(p: &mut NodePage, cx: &mut Ctx, msg: CoherenceMsg) -> Result<(), ProtocolError> {
+    let CoherenceMsg::Invalidate { ack_to, version, .. } = msg else {
+        return Err(ProtocolError::Unexpected("invalidate"));
+    };
+    if p.owner {
+        return Err(ProtocolError::Unexpected("Invalidate at the owner"));
+    }
+    p.inval_version = p.inval_version.max(version);
+    cx.set_access(p, Access::Invalid);
+    p.hint = ack_to;
+    cx.send(ack_to, CoherenceMsg::InvAck { seg: cx.seg, page: cx.page });
+    Ok(())
 }
 
 /// Opens the page once the bytes and every acknowledgement are in.
 fn complete(
-    seg: SegId,
-    page: PageIdx,
     p: &mut NodePage,
-    now: u64,
-    hold: u64,
-    out: &mut Vec<Action>,
+    cx: &mut Ctx,
+    waiting: &mut BTreeSet<(SegId, PageIdx)>,
 ) -> Result<(), ProtocolError> {
     let Some(pend) = p.pending.as_ref() else { return Ok(()) };
     let Some(needed) = pend.acks_needed else { return Ok(()) };
@@ -299,11 +549,17 @@ fn complete(
     if !pend.have_data || pend.acks_got < needed {
         return Ok(());
     }
-    let access = if pend.write { Access::Write } else { Access::Read };
-    p.pending = None;
-    p.access = access;
-    p.hold_until = now + hold;
-    out.push(Action::SetAccess { seg, page, access });
-    out.push(Action::Send { to: MANAGER, msg: CoherenceMsg::Done { seg, page } });
-    Ok(())
+    let pend = p.pending.take().expect("checked");
+    if pend.write {
+        p.owner = true;
+        p.version = pend.version;
+        p.copyset.clear();
+        p.hint = cx.me;
+        cx.set_access(p, Access::Write);
+    } else {
+        p.hint = pend.from;
+        cx.set_access(p, Access::Read);
+    }
+    p.hold_until = cx.now + cx.hold;
+    drain(p, cx, waiting)
 }
