@@ -9,13 +9,16 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::protocol::{Action, Manager, NodeId, MANAGER};
-use crate::registry::{Call, Effect, Registry, Reply};
+use crate::registry::{Call, Effect, Errno, Registry, Reply};
+use crate::semaphores::{SemCall, SemRegistry, SemopOutcome, Waiter};
 use crate::transport::{bad, Inbound, Transport};
 use crate::wire::Msg;
 
 struct Server {
     transport: Transport,
     registry: Registry,
+    /// Every distributed semaphore set (the nameserver owns them all).
+    sems: SemRegistry,
     manager: Manager,
     /// Registered nodes and where they listen.
     nodes: HashMap<NodeId, SocketAddr>,
@@ -41,6 +44,7 @@ pub async fn serve(
     let mut s = Server {
         transport,
         registry: Registry::new(),
+        sems: SemRegistry::new(),
         manager: Manager::new(),
         nodes: HashMap::new(),
         by_conn: HashMap::new(),
@@ -80,6 +84,7 @@ impl Server {
                 }
                 self.nodes.insert(node, addr);
             }
+            (Some(node), Msg::Call { id, call: Call::Sem(c) }) => self.sem_call(node, id, c),
             (Some(node), Msg::Call { id, call }) if !matches!(call, Call::Register { .. }) => {
                 let (reply, effect) = self.registry.call(node, call);
                 self.effect(effect);
@@ -97,6 +102,53 @@ impl Server {
                 }
             }
             (_, other) => bad(conn, &format!("unexpected message at the nameserver: {other:?}")),
+        }
+    }
+
+    /// A semaphore call; blocked operations are answered when they
+    /// complete.
+    fn sem_call(&mut self, node: NodeId, id: u64, c: SemCall) {
+        let now = now_secs();
+        let reply = match c {
+            SemCall::Get { key, nsems, flags, cred } => match self.sems.semget(key, nsems, flags, &cred, now)
+            {
+                Ok(sid) => Some(Reply::Id(sid)),
+                Err(e) => Some(Reply::Err(e)),
+            },
+            SemCall::Op { id: sid, ops, cred } => {
+                let waiter = Waiter { node, pid: cred.pid, token: id };
+                match self.sems.semop(sid, &ops, waiter, &cred, now) {
+                    SemopOutcome::Done => Some(Reply::Ok),
+                    SemopOutcome::Err(e) => Some(Reply::Err(e)),
+                    SemopOutcome::Blocked => None,
+                }
+            }
+            SemCall::Cancel { token, pid } => {
+                let waiter = Waiter { node, pid, token };
+                Some(Reply::Cancelled(self.sems.cancel(&waiter, now)))
+            }
+            SemCall::Ctl { id: sid, semnum, cmd, arg, cred } => {
+                match self.sems.semctl(sid, semnum, cmd, arg, &cred, now) {
+                    Ok(r) => Some(Reply::SemCtl(r)),
+                    Err(e) => Some(Reply::Err(e)),
+                }
+            }
+        };
+        // Operations this call unblocked are answered first: a waiter's
+        // completion is ordered before whatever the caller does next.
+        self.flush_sem_completions();
+        if let Some(reply) = reply {
+            self.transport.send(node, Msg::Reply { id, reply });
+        }
+    }
+
+    fn flush_sem_completions(&mut self) {
+        for (w, res) in self.sems.take_completed() {
+            let reply = match res {
+                Ok(()) => Reply::Ok,
+                Err(Errno(e)) => Reply::Err(Errno(e)),
+            };
+            self.transport.send(w.node, Msg::Reply { id: w.token, reply });
         }
     }
 
@@ -121,5 +173,12 @@ impl Server {
         for e in self.registry.node_gone(node) {
             self.effect(e);
         }
+        // Its SEM_UNDO adjustments apply, its blocked operations go.
+        self.sems.node_gone(node, now_secs());
+        self.flush_sem_completions();
     }
+}
+
+fn now_secs() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
 }

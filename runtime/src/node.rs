@@ -27,17 +27,41 @@ use crate::protocol::{
     Access, Action, CoherenceMsg, NodeId, NodeProtocol, PageIdx, Payload, SegId, MANAGER, PAGE_SIZE,
 };
 use crate::registry::{Call, Cred, Errno, Reply, ShmStat};
+use crate::semaphores::{SemCall, SemOp, SemctlArg, SemctlReply};
 use crate::transport::{Inbound, Transport};
 use crate::wire::Msg;
 
 const EINVAL: Errno = Errno(libc::EINVAL);
 const ENOMEM: Errno = Errno(libc::ENOMEM);
 
+/// Ids of calls to the nameserver (0 is the registration).
+static NEXT_CALL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+fn next_call_id() -> u64 {
+    NEXT_CALL.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Commands from the program's threads.
 enum Command {
     Call(Call, crossbeam::channel::Sender<Reply>),
-    Attach { id: i32, addr: usize, flags: i32, reply: crossbeam::channel::Sender<Result<usize, Errno>> },
-    Detach { addr: usize, reply: crossbeam::channel::Sender<Result<(), Errno>> },
+    /// A call whose answer may take long (a blocking `semop`): answered
+    /// through `reply`, and `notify` (an eventfd) is written then.
+    Waitable {
+        id: u64,
+        call: Call,
+        reply: crossbeam::channel::Sender<Reply>,
+        notify: i32,
+    },
+    Attach {
+        id: i32,
+        addr: usize,
+        flags: i32,
+        reply: crossbeam::channel::Sender<Result<usize, Errno>>,
+    },
+    Detach {
+        addr: usize,
+        reply: crossbeam::channel::Sender<Result<(), Errno>>,
+    },
     Shutdown(crossbeam::channel::Sender<()>),
 }
 
@@ -89,6 +113,33 @@ fn start(config: Config) -> Result<NodeHandle, String> {
         .map_err(|e| e.to_string())?;
     ready_rx.recv().map_err(|_| "runtime thread died".to_string())??;
     Ok(NodeHandle { cmds: tx, config })
+}
+
+fn drain_eventfd(fd: i32) {
+    let mut buf = [0u8; 8];
+    // SAFETY: reading 8 bytes from our non-blocking eventfd into 8 bytes.
+    unsafe { libc::read(fd, buf.as_mut_ptr() as *mut libc::c_void, 8) };
+}
+
+/// Waits until `fd` is readable: `Err(EINTR)` when a signal handler ran,
+/// `Err(EAGAIN)` after `timeout`.
+fn wait_readable(fd: i32, timeout: Option<Duration>) -> Result<(), Errno> {
+    let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+    let ts = timeout
+        .map(|t| libc::timespec { tv_sec: t.as_secs() as libc::time_t, tv_nsec: t.subsec_nanos() as _ });
+    let tsp = ts.as_ref().map_or(std::ptr::null(), |t| t as *const libc::timespec);
+    // SAFETY: one valid pollfd; `tsp` is null or points to a live timespec.
+    let r = unsafe { libc::ppoll(&mut pfd, 1, tsp, std::ptr::null()) };
+    if r > 0 {
+        return Ok(());
+    }
+    if r == 0 {
+        return Err(Errno(libc::EAGAIN));
+    }
+    match std::io::Error::last_os_error().raw_os_error() {
+        Some(libc::EINTR) => Err(Errno(libc::EINTR)),
+        _ => Err(ENOMEM),
+    }
 }
 
 /// The runtime thread takes no asynchronous signal meant for the program.
@@ -162,6 +213,70 @@ impl NodeHandle {
         match self.call(Call::ShmList)? {
             Reply::List(v) => Ok(v),
             _ => Err(EINVAL),
+        }
+    }
+
+    pub fn semget(&self, key: i32, nsems: i32, flags: i32) -> Result<i32, Errno> {
+        match self.call(Call::Sem(SemCall::Get { key, nsems, flags, cred: Cred::current() }))? {
+            Reply::Id(id) => Ok(id),
+            _ => Err(EINVAL),
+        }
+    }
+
+    pub fn semctl(&self, id: i32, semnum: i32, cmd: i32, arg: SemctlArg) -> Result<SemctlReply, Errno> {
+        match self.call(Call::Sem(SemCall::Ctl { id, semnum, cmd, arg, cred: Cred::current() }))? {
+            Reply::SemCtl(r) => Ok(r),
+            _ => Err(EINVAL),
+        }
+    }
+
+    /// `semop`/`semtimedop`: waits until the operation completes, the
+    /// time-out passes (`EAGAIN`) or a signal handler runs (`EINTR`; like
+    /// the kernel's, never restarted). A withdrawn operation applied
+    /// nothing; one that completed while being withdrawn counts as done.
+    pub fn semop(&self, id: i32, ops: Vec<SemOp>, timeout: Option<Duration>) -> Result<(), Errno> {
+        thread_local! {
+            // SAFETY: eventfd with valid flags; checked below.
+            static WAKE: i32 = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        }
+        let fd = WAKE.with(|f| *f);
+        if fd < 0 {
+            return Err(ENOMEM);
+        }
+        let cred = Cred::current();
+        let pid = cred.pid;
+        let id_call = next_call_id();
+        let (tx, rx) = crossbeam::channel::bounded(1);
+        let call = Call::Sem(SemCall::Op { id, ops, cred });
+        self.cmds.send(Command::Waitable { id: id_call, call, reply: tx, notify: fd }).map_err(|_| ENOMEM)?;
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let answer = |r: Reply| match r {
+            Reply::Err(e) => Err(e),
+            _ => Ok(()),
+        };
+        loop {
+            if let Ok(r) = rx.try_recv() {
+                drain_eventfd(fd);
+                return answer(r);
+            }
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            let interrupted = match left {
+                Some(l) if l.is_zero() => Some(Errno(libc::EAGAIN)),
+                _ => wait_readable(fd, left).err(),
+            };
+            let Some(why) = interrupted else { continue };
+            // Withdraw it at the owner, unless it completed meanwhile.
+            match self.call(Call::Sem(SemCall::Cancel { token: id_call, pid }))? {
+                Reply::Cancelled(true) => {
+                    drain_eventfd(fd);
+                    return Err(why);
+                }
+                _ => {
+                    let r = rx.recv().map_err(|_| ENOMEM)?;
+                    drain_eventfd(fd);
+                    return answer(r);
+                }
+            }
         }
     }
 
@@ -261,12 +376,13 @@ struct State {
     transport: Transport,
     segs: HashMap<SegId, Segment>,
     calls: HashMap<u64, oneshot::Sender<Reply>>,
-    next_call: u64,
     /// Faulting threads per page: (slot, wants write).
     waiters: HashMap<(SegId, PageIdx), Vec<(usize, bool)>>,
     /// Releases outstanding per segment, and who waits for them.
     releasing: HashMap<SegId, (usize, Vec<oneshot::Sender<()>>)>,
     wake_at: Option<u64>,
+    /// The process is exiting: connections close on purpose.
+    closing: bool,
 }
 
 type Shared = Rc<RefCell<State>>;
@@ -277,9 +393,11 @@ impl State {
     }
 
     fn call(&mut self, call: Call) -> oneshot::Receiver<Reply> {
+        self.call_as(next_call_id(), call)
+    }
+
+    fn call_as(&mut self, id: u64, call: Call) -> oneshot::Receiver<Reply> {
         let (tx, rx) = oneshot::channel();
-        let id = self.next_call;
-        self.next_call += 1;
         self.calls.insert(id, tx);
         self.transport.send(MANAGER, Msg::Call { id, call });
         rx
@@ -439,7 +557,8 @@ impl State {
     /// A connection was lost or a node could not be reached.
     fn peer_lost(&mut self, node: Option<NodeId>) {
         match node {
-            Some(MANAGER) => error!("lost the connection to the nameserver"),
+            Some(MANAGER) if !self.closing => error!("lost the connection to the nameserver"),
+            Some(MANAGER) => {}
             Some(n) => {
                 self.transport.forget(n);
                 let mut out = Vec::new();
@@ -621,10 +740,10 @@ async fn connect(config: &Config) -> Result<(State, mpsc::UnboundedReceiver<Inbo
         transport,
         segs: HashMap::new(),
         calls: HashMap::new(),
-        next_call: 1,
         waiters: HashMap::new(),
         releasing: HashMap::new(),
         wake_at: None,
+        closing: false,
     };
     for (from, conn, msg) in early {
         state.inbound(from, msg, &conn);
@@ -635,8 +754,28 @@ async fn connect(config: &Config) -> Result<(State, mpsc::UnboundedReceiver<Inbo
 async fn command(state: Shared, lock: Rc<tokio::sync::Mutex<()>>, c: Command) {
     match c {
         Command::Call(call, reply) => {
+            let cancel = match &call {
+                Call::Sem(SemCall::Cancel { token, .. }) => Some(*token),
+                _ => None,
+            };
             let rx = state.borrow_mut().call(call);
-            let _ = reply.send(rx.await.unwrap_or(Reply::Err(ENOMEM)));
+            let answer = rx.await.unwrap_or(Reply::Err(ENOMEM));
+            if let (Some(token), Reply::Cancelled(true)) = (cancel, &answer) {
+                // Withdrawn: no answer will come for it.
+                state.borrow_mut().calls.remove(&token);
+            }
+            let _ = reply.send(answer);
+        }
+        Command::Waitable { id, call, reply, notify } => {
+            let rx = state.borrow_mut().call_as(id, call);
+            if let Ok(answer) = rx.await {
+                let _ = reply.send(answer);
+                let one: u64 = 1;
+                // SAFETY: writing 8 bytes to the caller's eventfd, which
+                // lives as long as its thread (thread-local, never closed
+                // while a call is outstanding).
+                unsafe { libc::write(notify, &one as *const u64 as *const libc::c_void, 8) };
+            }
         }
         Command::Attach { id, addr, flags, reply } => {
             let _g = lock.lock().await;
@@ -657,6 +796,7 @@ async fn command(state: Shared, lock: Rc<tokio::sync::Mutex<()>>, c: Command) {
             }
             // Peers learn at once that this node is gone (a read request
             // sent here by a stale hint then goes to the manager).
+            state.borrow_mut().closing = true;
             state.borrow().transport.close();
             let _ = reply.send(());
         }

@@ -113,6 +113,8 @@ pub struct ShmStat {
 /// Registry calls (node → nameserver).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum Call {
+    /// Semaphores (executed by `crate::semaphores::SemRegistry`).
+    Sem(crate::semaphores::SemCall),
     /// The node joins the cluster.
     Register {
         pid: i32,
@@ -163,6 +165,10 @@ pub enum Call {
 /// Registry answers.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum Reply {
+    /// `semctl`'s answer.
+    SemCtl(crate::semaphores::SemctlReply),
+    /// Whether a blocked semaphore operation was withdrawn.
+    Cancelled(bool),
     Registered {
         node: NodeId,
     },
@@ -290,7 +296,7 @@ impl Registry {
     /// Answers a call from `node`.
     pub fn call(&mut self, node: NodeId, call: Call) -> (Reply, Effect) {
         let res = match call {
-            Call::Register { .. } => return (Reply::Err(EINVAL), Effect::None),
+            Call::Register { .. } | Call::Sem(_) => return (Reply::Err(EINVAL), Effect::None),
             Call::ShmGet { key, size, flags, cred } => self.get(key, size, flags, &cred),
             Call::ShmAttach { id, readonly, exec, cred } => self.attach(node, id, readonly, exec, &cred),
             Call::ShmDetach { id, failed_attach, cred } => self.detach(node, id, failed_attach, &cred),

@@ -122,6 +122,37 @@ const EFAULT: Errno = Errno(libc::EFAULT);
 const EPERM: Errno = Errno(libc::EPERM);
 const EIDRM: Errno = Errno(libc::EIDRM);
 
+/// Semaphore calls (node → the set's owner, the nameserver).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum SemCall {
+    Get {
+        key: i32,
+        nsems: i32,
+        flags: i32,
+        cred: Cred,
+    },
+    /// Answered when the operation completes (the answer names this call).
+    Op {
+        id: i32,
+        ops: Vec<SemOp>,
+        cred: Cred,
+    },
+    /// Withdraws the blocked `Op` of call `token` (signal, time-out):
+    /// answered `Cancelled(true)`, or `Cancelled(false)` when it had
+    /// completed already (its answer went first).
+    Cancel {
+        token: u64,
+        pid: i32,
+    },
+    Ctl {
+        id: i32,
+        semnum: i32,
+        cmd: i32,
+        arg: SemctlArg,
+        cred: Cred,
+    },
+}
+
 /// One `struct sembuf`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SemOp {

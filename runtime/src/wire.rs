@@ -86,7 +86,13 @@ mod tests {
 
     #[test]
     fn round_trip_and_rejects() {
-        let msg = Msg::Coherence(CoherenceMsg::Data { seg: 7, page: 3, acks: 1, version: 4, payload: Payload::Zero });
+        let msg = Msg::Coherence(CoherenceMsg::Data {
+            seg: 7,
+            page: 3,
+            acks: 1,
+            version: 4,
+            payload: Payload::Zero,
+        });
         let mut buf = Vec::new();
         encode_into(&msg, &mut buf);
         let len = u32::from_le_bytes(buf[..4].try_into().unwrap()) as usize;

@@ -1,16 +1,33 @@
-//! Semaphore hooks. Distributed semaphores are not implemented yet: every
-//! call goes to the kernel, with `IPC_KDIPC` stripped.
+//! Semaphore hooks: `semget semop semtimedop semctl`.
+//!
+//! Distributed: a `semget` with `IPC_KDIPC` or a key in `KDIPC_KEYS`, and
+//! ids with the distributed bit. Their operations run at the set's owner
+//! (the nameserver); everything else goes to the kernel, with `IPC_KDIPC`
+//! stripped.
 
-use crate::ffi::{guard, real_fn};
+use std::time::Duration;
+
+use kdipc_runtime::registry::{is_distributed_id, Errno};
+use kdipc_runtime::semaphores::{SemOp, SemStat, SemctlArg, SemctlReply};
+
+use crate::ffi::{fail, guard, real_fn};
+use crate::shm::{the_node, KEYS};
 use crate::IPC_KDIPC;
+
+const EINVAL: Errno = Errno(libc::EINVAL);
+const EFAULT: Errno = Errno(libc::EFAULT);
 
 /// Hook for libc::semget.
 #[cfg_attr(not(test), no_mangle)]
 pub extern "C" fn semget(key: libc::key_t, nsems: libc::c_int, semflg: libc::c_int) -> libc::c_int {
     guard(|| {
+        if semflg & IPC_KDIPC != 0 || KEYS.contains(key) {
+            let flags = semflg & !IPC_KDIPC;
+            return the_node().and_then(|n| n.semget(key, nsems, flags)).unwrap_or_else(fail);
+        }
         let f = real_fn!(semget: fn(libc::key_t, libc::c_int, libc::c_int) -> libc::c_int);
         // SAFETY: the real semget with the program's arguments.
-        unsafe { f(key, nsems, semflg & !IPC_KDIPC) }
+        unsafe { f(key, nsems, semflg) }
     })
 }
 
@@ -25,6 +42,10 @@ pub unsafe extern "C" fn semop(
     nsops: libc::size_t,
 ) -> libc::c_int {
     guard(|| {
+        if is_distributed_id(semid) {
+            // SAFETY: the caller's contract.
+            return unsafe { distributed_semop(semid, sops, nsops, std::ptr::null()) };
+        }
         let f = real_fn!(semop: fn(libc::c_int, *mut libc::sembuf, libc::size_t) -> libc::c_int);
         // SAFETY: the real semop with the program's arguments.
         unsafe { f(semid, sops, nsops) }
@@ -44,10 +65,56 @@ pub unsafe extern "C" fn semtimedop(
     timeout: *const libc::timespec,
 ) -> libc::c_int {
     guard(|| {
+        if is_distributed_id(semid) {
+            // SAFETY: the caller's contract.
+            return unsafe { distributed_semop(semid, sops, nsops, timeout) };
+        }
         let f = real_fn!(semtimedop: fn(libc::c_int, *mut libc::sembuf, libc::size_t, *const libc::timespec) -> libc::c_int);
         // SAFETY: the real semtimedop with the program's arguments.
         unsafe { f(semid, sops, nsops, timeout) }
     })
+}
+
+/// `semop`/`semtimedop` on a distributed set.
+///
+/// # Safety
+/// `sops` holds `nsops` entries when `nsops` is in range; `timeout` is NULL
+/// or valid.
+unsafe fn distributed_semop(
+    semid: libc::c_int,
+    sops: *mut libc::sembuf,
+    nsops: libc::size_t,
+    timeout: *const libc::timespec,
+) -> libc::c_int {
+    let run = || -> Result<(), Errno> {
+        // The kernel's order: nsops < 1 → EINVAL, > SEMOPM → E2BIG (checked
+        // at the owner too), then it copies the array (EFAULT), then the
+        // time-out (EINVAL for a bad one).
+        if nsops < 1 {
+            return Err(EINVAL);
+        }
+        if nsops > kdipc_runtime::semaphores::SEMOPM {
+            return Err(Errno(libc::E2BIG));
+        }
+        if sops.is_null() {
+            return Err(EFAULT);
+        }
+        // SAFETY: the program passed `nsops` sembufs at `sops`.
+        let raw = unsafe { std::slice::from_raw_parts(sops, nsops) };
+        let ops = raw.iter().map(|b| SemOp { num: b.sem_num, op: b.sem_op, flg: b.sem_flg }).collect();
+        let timeout = if timeout.is_null() {
+            None
+        } else {
+            // SAFETY: non-null, the program's timespec.
+            let t = unsafe { *timeout };
+            if t.tv_sec < 0 || !(0..1_000_000_000).contains(&t.tv_nsec) {
+                return Err(EINVAL);
+            }
+            Some(Duration::new(t.tv_sec as u64, t.tv_nsec as u32))
+        };
+        the_node()?.semop(semid, ops, timeout)
+    };
+    run().map(|()| 0).unwrap_or_else(fail)
 }
 
 /// Hook for libc::semctl. The fourth argument is variadic in C; on x86-64
@@ -61,8 +128,83 @@ pub extern "C" fn semctl(
     arg: usize,
 ) -> libc::c_int {
     guard(|| {
+        if is_distributed_id(semid) && !matches!(cmd, libc::IPC_INFO | SEM_INFO) {
+            return distributed_semctl(semid, semnum, cmd, arg).unwrap_or_else(fail);
+        }
         let f = real_fn!(semctl: fn(libc::c_int, libc::c_int, libc::c_int, usize) -> libc::c_int);
         // SAFETY: the real semctl with the program's arguments.
         unsafe { f(semid, semnum, cmd, arg) }
     })
+}
+
+/// `SEM_INFO` (linux/sem.h), which libc does not define.
+const SEM_INFO: libc::c_int = 19;
+
+fn distributed_semctl(id: i32, semnum: i32, cmd: i32, arg: usize) -> Result<libc::c_int, Errno> {
+    let n = the_node()?;
+    let arg_val = arg as u32 as i32;
+    let sem_arg = match cmd {
+        libc::SETVAL => SemctlArg::Val(arg_val),
+        libc::SETALL => {
+            let nsems = match n.semctl(id, 0, libc::IPC_STAT, SemctlArg::None)? {
+                SemctlReply::Stat { stat, .. } => stat.nsems as usize,
+                _ => return Err(EINVAL),
+            };
+            if arg == 0 {
+                return Err(EFAULT);
+            }
+            // SAFETY: for SETALL the program passes `nsems` values at `arg`.
+            let vals = unsafe { std::slice::from_raw_parts(arg as *const u16, nsems) };
+            SemctlArg::Array(vals.to_vec())
+        }
+        libc::IPC_SET => {
+            if arg == 0 {
+                return Err(EFAULT);
+            }
+            // SAFETY: for IPC_SET the program passes a semid_ds at `arg`.
+            let p = unsafe { &(*(arg as *const libc::semid_ds)).sem_perm };
+            SemctlArg::Perm { uid: p.uid, gid: p.gid, mode: p.mode as u32 }
+        }
+        _ => SemctlArg::None,
+    };
+    match n.semctl(id, semnum, cmd, sem_arg)? {
+        SemctlReply::Ok => Ok(0),
+        SemctlReply::Value(v) => Ok(v),
+        SemctlReply::All(vals) => {
+            if arg == 0 {
+                return Err(EFAULT);
+            }
+            // SAFETY: for GETALL the program passes room for `nsems` values.
+            unsafe { std::ptr::copy_nonoverlapping(vals.as_ptr(), arg as *mut u16, vals.len()) };
+            Ok(0)
+        }
+        SemctlReply::Stat { ret, stat } => {
+            if arg == 0 {
+                return Err(EFAULT);
+            }
+            // SAFETY: for IPC_STAT the program passes a semid_ds at `arg`.
+            unsafe { fill_semid_ds(arg as *mut libc::semid_ds, id, &stat) };
+            Ok(ret)
+        }
+        SemctlReply::Info { ret, .. } => Ok(ret),
+    }
+}
+
+/// Writes the public fields of the program's `semid_ds`.
+///
+/// # Safety
+/// `buf` points to a writable `semid_ds`.
+unsafe fn fill_semid_ds(buf: *mut libc::semid_ds, id: i32, s: &SemStat) {
+    // SAFETY: the caller's contract.
+    let b = unsafe { &mut *buf };
+    b.sem_perm.__key = s.key;
+    b.sem_perm.uid = s.uid;
+    b.sem_perm.gid = s.gid;
+    b.sem_perm.cuid = s.cuid;
+    b.sem_perm.cgid = s.cgid;
+    b.sem_perm.mode = s.mode as libc::c_ushort;
+    b.sem_perm.__seq = ((id & !kdipc_runtime::registry::ID_BIT) >> 15) as libc::c_ushort;
+    b.sem_otime = s.otime;
+    b.sem_ctime = s.ctime;
+    b.sem_nsems = s.nsems as _;
 }

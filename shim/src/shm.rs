@@ -16,7 +16,7 @@ use crate::ffi::{fail, guard, real_fn};
 use crate::IPC_KDIPC;
 
 /// `KDIPC_KEYS`, read without starting the runtime.
-static KEYS: Lazy<KeySet> = Lazy::new(|| match std::env::var("KDIPC_KEYS") {
+pub(crate) static KEYS: Lazy<KeySet> = Lazy::new(|| match std::env::var("KDIPC_KEYS") {
     Ok(v) => KeySet::parse(&v).unwrap_or_else(|e| {
         eprintln!("kdipc: {e}; no key is distributed");
         KeySet::None
@@ -25,7 +25,7 @@ static KEYS: Lazy<KeySet> = Lazy::new(|| match std::env::var("KDIPC_KEYS") {
 });
 
 /// The node, started on first use; hands its pages back at `exit`.
-fn the_node() -> Result<&'static NodeHandle, Errno> {
+pub(crate) fn the_node() -> Result<&'static NodeHandle, Errno> {
     static AT_EXIT: std::sync::Once = std::sync::Once::new();
     let n = node::node()?;
     AT_EXIT.call_once(|| {
