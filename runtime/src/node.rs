@@ -725,7 +725,11 @@ async fn connect(config: &Config) -> Result<(State, mpsc::UnboundedReceiver<Inbo
                 Some(Inbound::Msg { msg: Msg::Reply { id: 0, reply: Reply::Registered { node } }, .. }) => break node,
                 Some(Inbound::Msg { from, conn, msg }) => early.push((from, conn, msg)),
                 Some(Inbound::Lost { .. } | Inbound::Gone { .. }) | None => {
-                    return Err(format!("cannot reach the nameserver at {}", config.nameserver))
+                    return Err(format!(
+                        "the nameserver at {} closed the connection or cannot be reached \
+                         (another KDIPC version, or other credentials? see its log)",
+                        config.nameserver
+                    ))
                 }
             },
             _ = &mut deadline => return Err(format!("no answer from the nameserver at {}", config.nameserver)),

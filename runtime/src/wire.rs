@@ -10,7 +10,7 @@ use crate::protocol::{CoherenceMsg, NodeId};
 use crate::registry::{Call, Reply};
 
 /// Bumped on every incompatible change of [`Msg`].
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 /// Largest frame accepted (a page plus headroom, or a registry answer).
 pub const MAX_FRAME: usize = 1 << 20;
 
