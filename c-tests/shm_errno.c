@@ -27,7 +27,8 @@
  * they print one `skip` line instead.
  *
  * All keys are KEYBASE + 0 .. 63.  Everything created is removed at
- * exit, also after a failure.  Exit status 0, or 2 on a setup error.
+ * exit, also after a failure.  The last cases run in an atexit handler;
+ * the last line is `exit-done`.  Exit status 0, or 2 on a setup error.
  */
 #define _GNU_SOURCE
 #include <grp.h>
@@ -761,6 +762,28 @@ static void perm_cases(void)
     munmap(mapped, 2 * PAGE_SIZE);
 }
 
+/*
+ * At exit, in an atexit handler registered before the first shmget (so it
+ * runs after any handler registered later): the program's attaches are
+ * still there, and the calls still work.
+ */
+static int exit_id = -1;
+static char *exit_addr;
+
+static void exit_cases(void)
+{
+    if (exit_id >= 0) {
+        strcpy(exit_addr, "bye");
+        line("exit-write: ret=0 errno=0 data=%s", strcmp(exit_addr, "bye") == 0 ? "written" : "lost");
+        stat_case("exit-stat", exit_id);
+        dt("exit-dt", exit_addr);
+        ctl("exit-rmid", exit_id, IPC_RMID, NULL);
+        stat_case("exit-stat-gone", exit_id);
+        line("exit-done: ret=0 errno=0");
+    }
+    cleanup();
+}
+
 int main(int argc, char **argv)
 {
     if (argc != 2 && !(argc == 5 && strcmp(argv[2], "nocap") == 0))
@@ -770,11 +793,11 @@ int main(int argc, char **argv)
         die("KEYBASE must be positive and leave room for %d keys", KEYS);
     self = getpid();
     self_argv0 = argv[0];
+    atexit(exit_cases);
     if (argc == 5) {
         nocap_cases((int)parse_long("ID", argv[3]), (int)parse_long("ID", argv[4]));
         return 0;
     }
-    atexit(cleanup);
     find_area();
 
     int id = get_cases();
@@ -784,7 +807,8 @@ int main(int argc, char **argv)
     perm_cases();
     ctl("final-rmid", id, IPC_RMID, NULL);
     stat_case("final-stat", id);
-    cleanup();
+    exit_id = must_get(40, 4096, IPC_CREAT | 0600);
+    exit_addr = must_at(exit_id, NULL, 0);
     line("done: ret=0 errno=0");
-    return 0;
+    return 0; /* exit_cases follows */
 }

@@ -398,6 +398,10 @@ impl State {
 
     fn call_as(&mut self, id: u64, call: Call) -> oneshot::Receiver<Reply> {
         let (tx, rx) = oneshot::channel();
+        if self.closing {
+            // The node has shut down: the caller gets an error at once.
+            return rx;
+        }
         self.calls.insert(id, tx);
         self.transport.send(MANAGER, Msg::Call { id, call });
         rx

@@ -26,14 +26,17 @@ pub(crate) static KEYS: Lazy<KeySet> = Lazy::new(|| match std::env::var("KDIPC_K
 
 /// The node, started on first use; hands its pages back at `exit`.
 pub(crate) fn the_node() -> Result<&'static NodeHandle, Errno> {
-    static AT_EXIT: std::sync::Once = std::sync::Once::new();
-    let n = node::node()?;
-    AT_EXIT.call_once(|| {
-        // SAFETY: registering a plain extern "C" function.
-        unsafe { libc::atexit(at_exit) };
-    });
-    Ok(n)
+    node::node()
 }
+
+/// Runs `at_exit` when the library is finalized: at `exit`, after every
+/// `atexit` handler of the program. An `atexit` registration would run
+/// before the handlers the program registered before its first
+/// distributed call, which then (as on Linux) still expect their attaches
+/// mapped and their `shmdt`/`shmctl` calls to work.
+#[used]
+#[link_section = ".fini_array"]
+static AT_EXIT: extern "C" fn() = at_exit;
 
 extern "C" fn at_exit() {
     let _ = std::panic::catch_unwind(|| {
