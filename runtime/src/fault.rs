@@ -54,14 +54,113 @@ static SLOTS: [FaultSlot; MAX_FAULTS] = [SLOT_INIT; MAX_FAULTS];
 
 /// The runtime thread's eventfd.
 static EVENT_FD: AtomicI32 = AtomicI32::new(-1);
-/// The `SIGSEGV` disposition before ours.
-static PREVIOUS: OnceLock<Previous> = OnceLock::new();
+/// Whether our handler is installed.
+static INSTALLED: OnceLock<()> = OnceLock::new();
 
-struct Previous(libc::sigaction);
-// SAFETY: a `sigaction` is plain data (a function address, a mask, flags);
-// it is written once before our handler is installed and only read after.
-unsafe impl Sync for Previous {}
-unsafe impl Send for Previous {}
+/// libc's `sigaction`: the shim exports its own, which a call from inside
+/// this library would reach.
+static REAL_SIGACTION: AtomicUsize = AtomicUsize::new(0);
+
+type SigactionFn = unsafe extern "C" fn(libc::c_int, *const libc::sigaction, *mut libc::sigaction) -> libc::c_int;
+
+/// Calls libc's `sigaction`, whatever this library exports. Async-signal-
+/// safe once `resolve_real_sigaction` ran.
+///
+/// # Safety
+/// As for `sigaction(2)`.
+pub unsafe fn real_sigaction(
+    sig: libc::c_int,
+    act: *const libc::sigaction,
+    old: *mut libc::sigaction,
+) -> libc::c_int {
+    let mut p = REAL_SIGACTION.load(Ordering::Acquire);
+    if p == 0 {
+        // Not `libc::sigaction`: from inside this library that symbol is
+        // the shim's own hook. (dlsym is not async-signal-safe; this runs
+        // once, normally long before any handler.)
+        resolve_real_sigaction();
+        p = REAL_SIGACTION.load(Ordering::Acquire);
+        if p == 0 {
+            // SAFETY: errno is thread-local.
+            unsafe { *libc::__errno_location() = libc::ENOSYS };
+            return -1;
+        }
+    }
+    // SAFETY: `p` is libc's sigaction, found by dlsym(RTLD_NEXT).
+    unsafe { std::mem::transmute::<usize, SigactionFn>(p)(sig, act, old) }
+}
+
+fn resolve_real_sigaction() {
+    // SAFETY: dlsym with RTLD_NEXT and a NUL-terminated name only reads.
+    let p = unsafe { libc::dlsym(libc::RTLD_NEXT, c"sigaction".as_ptr()) };
+    if !p.is_null() {
+        REAL_SIGACTION.store(p as usize, Ordering::Release);
+    }
+}
+
+/// The program's own `SIGSEGV` disposition (the one before ours, or the one
+/// it set since through `sigaction`/`signal`, which the shim interposes):
+/// faults that are not ours go there. Two slots, so that the handler can
+/// read one while the other is written; `ACTIVE` says which is current.
+struct ProgramAction {
+    slots: [std::cell::UnsafeCell<std::mem::MaybeUninit<libc::sigaction>>; 2],
+    active: AtomicUsize,
+    writing: AtomicBool,
+}
+
+// SAFETY: a slot is written only by the holder of `writing` and only while
+// it is not the active one; readers copy the active slot (see `get`).
+unsafe impl Sync for ProgramAction {}
+
+static PROGRAM: ProgramAction = ProgramAction {
+    slots: [
+        std::cell::UnsafeCell::new(std::mem::MaybeUninit::zeroed()),
+        std::cell::UnsafeCell::new(std::mem::MaybeUninit::zeroed()),
+    ],
+    active: AtomicUsize::new(0),
+    writing: AtomicBool::new(false),
+};
+
+impl ProgramAction {
+    /// The current disposition (a copy). Async-signal-safe.
+    fn get(&self) -> libc::sigaction {
+        let i = self.active.load(Ordering::Acquire);
+        // SAFETY: the active slot is initialized (zeroed = SIG_DFL at
+        // first) and not being written (writers write the other one).
+        unsafe { (*self.slots[i].get()).assume_init() }
+    }
+
+    /// Replaces it; returns the previous one.
+    fn set(&self, new: &libc::sigaction) -> libc::sigaction {
+        while self.writing.swap(true, Ordering::Acquire) {
+            std::hint::spin_loop();
+        }
+        let old = self.get();
+        let next = 1 - self.active.load(Ordering::Relaxed);
+        // SAFETY: we hold `writing` and `next` is not the active slot.
+        unsafe { (*self.slots[next].get()).write(*new) };
+        self.active.store(next, Ordering::Release);
+        self.writing.store(false, Ordering::Release);
+        old
+    }
+}
+
+/// Whether faults on distributed pages are being served (our handler is
+/// installed): the shim then keeps it in front of the program's.
+pub fn installed() -> bool {
+    INSTALLED.get().is_some()
+}
+
+/// The program's `SIGSEGV` disposition, as `sigaction(2)` reports it.
+pub fn program_action() -> libc::sigaction {
+    PROGRAM.get()
+}
+
+/// The program sets its `SIGSEGV` disposition: it takes the faults that
+/// are not ours. Returns the previous one.
+pub fn set_program_action(new: &libc::sigaction) -> libc::sigaction {
+    PROGRAM.set(new)
+}
 
 /// Registers an application view `[start, start+len)`; returns its slot.
 /// Callers serialize registrations (the runtime thread does them all).
@@ -95,9 +194,10 @@ pub fn find_view(addr: usize) -> Option<(usize, bool)> {
 /// Installs the handler (once per process) and sets the runtime's eventfd.
 pub fn install(eventfd: i32) -> std::io::Result<()> {
     EVENT_FD.store(eventfd, Ordering::Release);
-    if PREVIOUS.get().is_some() {
+    if installed() {
         return Ok(());
     }
+    resolve_real_sigaction();
     // SAFETY: an all-zero sigaction is a valid value to be filled in.
     let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
     // SAFETY: as above.
@@ -111,13 +211,14 @@ pub fn install(eventfd: i32) -> std::io::Result<()> {
     // SAFETY: `new.sa_mask` is a valid sigset to initialize.
     unsafe { libc::sigemptyset(&mut new.sa_mask) };
     // SAFETY: both pointers are to valid sigaction structs; reading the old
-    // disposition first so that PREVIOUS is set before our handler can run.
-    if unsafe { libc::sigaction(libc::SIGSEGV, std::ptr::null(), &mut old) } != 0 {
+    // disposition first so that it is kept before our handler can run.
+    if unsafe { real_sigaction(libc::SIGSEGV, std::ptr::null(), &mut old) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
-    let _ = PREVIOUS.set(Previous(old));
+    PROGRAM.set(&old);
+    let _ = INSTALLED.set(());
     // SAFETY: as above; `handler` is async-signal-safe (see module doc).
-    if unsafe { libc::sigaction(libc::SIGSEGV, &new, std::ptr::null_mut()) } != 0 {
+    if unsafe { real_sigaction(libc::SIGSEGV, &new, std::ptr::null_mut()) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
@@ -277,9 +378,9 @@ fn wait_for_page(addr: usize, write: bool) -> bool {
 
 /// A fault that is not ours: to the previous handler, or the default.
 fn chain(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
-    let prev = PREVIOUS.get().map(|p| &p.0);
-    match prev {
-        Some(p) if p.sa_sigaction != libc::SIG_DFL && p.sa_sigaction != libc::SIG_IGN => {
+    let p = PROGRAM.get();
+    match p {
+        p if p.sa_sigaction != libc::SIG_DFL && p.sa_sigaction != libc::SIG_IGN => {
             if p.sa_flags & libc::SA_SIGINFO != 0 {
                 // SAFETY: the program installed this SA_SIGINFO handler for
                 // SIGSEGV; we call it as the kernel would have.
@@ -301,7 +402,7 @@ fn chain(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
             unsafe {
                 let mut dfl: libc::sigaction = std::mem::zeroed();
                 dfl.sa_sigaction = libc::SIG_DFL;
-                libc::sigaction(sig, &dfl, std::ptr::null_mut());
+                real_sigaction(sig, &dfl, std::ptr::null_mut());
                 if (*info).si_code <= 0 {
                     libc::raise(sig);
                 }

@@ -731,8 +731,14 @@ async fn connect(config: &Config) -> Result<(State, mpsc::UnboundedReceiver<Inbo
                 Some(Inbound::Lost { .. } | Inbound::Gone { .. }) | None => {
                     return Err(format!(
                         "the nameserver at {} closed the connection or cannot be reached \
-                         (another KDIPC version, or other credentials? see its log)",
-                        config.nameserver
+                         (another KDIPC version, or other credentials? see its log{})",
+                        config.nameserver,
+                        if config.auto {
+                            "; a nameserver started by an older build is stopped with \
+                             `pkill -f 'kdipc nameserver'`"
+                        } else {
+                            ""
+                        }
                     ))
                 }
             },

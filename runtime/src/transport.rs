@@ -283,6 +283,13 @@ async fn writer(
                 Ok(c) => {
                     info!(node = to, %addr, "connected");
                     tokio::spawn(read_streams(c.clone(), shared.clone(), inbound.clone()));
+                    // Whoever closes it, the node hears that the peer is gone.
+                    let (watch, lost) = (c.clone(), inbound.clone());
+                    tokio::spawn(async move {
+                        let why = watch.closed().await;
+                        debug!(node = to, "connection closed: {why}");
+                        let _ = lost.send(Inbound::Lost { node: Some(to), conn: watch });
+                    });
                     shared
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())

@@ -49,6 +49,13 @@ impl FromErr for libc::c_int {
     }
 }
 
+/// `signal`'s `SIG_ERR`.
+impl FromErr for libc::sighandler_t {
+    fn failure() -> Self {
+        libc::SIG_ERR
+    }
+}
+
 impl FromErr for *mut libc::c_void {
     fn failure() -> Self {
         usize::MAX as *mut libc::c_void // (void *) -1

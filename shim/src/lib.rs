@@ -10,9 +10,11 @@
 mod ffi;
 mod sem;
 mod shm;
+mod signals;
 
 pub use sem::{semctl, semget, semop, semtimedop};
 pub use shm::{shmat, shmctl, shmdt, shmget};
+pub use signals::{pthread_sigmask, sigaction, signal, sigprocmask};
 
 /// The flag bit that marks an object as distributed in new code
 /// (`IPC_KDIPC` in `c-tests/kdipc.h`); stripped before any kernel call.

@@ -158,3 +158,30 @@ fn emulated_hosts_pattern_litmus_peterson() {
     litmus(&c, "iriw", 4, iters(20_000, 100_000));
     peterson(&c, iters(20_000, 100_000));
 }
+
+/// A program with its own `SIGSEGV` handler (installed after attaching)
+/// recovers from its own faults, and a program that blocks `SIGSEGV` still
+/// gets its distributed pages.
+#[test]
+fn own_sigsegv_handler_and_blocked_sigsegv_keep_working() {
+    let c = Cluster::local();
+    let outs = c.run_ranks("ownhandler", 2, &[support::fresh_key(), "200".into()], T);
+    all_ok(&outs, "ownhandler");
+    for o in &outs {
+        assert!(o.stdout.contains("handled=200"), "{}", o.stdout);
+    }
+}
+
+/// A shell under the shim (it installs handlers and masks signals) works:
+/// users export LD_PRELOAD in their shell.
+#[test]
+fn a_shell_under_the_shim_runs_unchanged() {
+    let out = std::process::Command::new("sh")
+        .args(["-c", "trap 'echo trapped' USR1; kill -USR1 $$; echo done"])
+        .env("LD_PRELOAD", support::lib())
+        .env("KDIPC_KEYS", "all")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "trapped\ndone\n");
+}
