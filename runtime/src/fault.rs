@@ -61,7 +61,8 @@ static INSTALLED: OnceLock<()> = OnceLock::new();
 /// this library would reach.
 static REAL_SIGACTION: AtomicUsize = AtomicUsize::new(0);
 
-type SigactionFn = unsafe extern "C" fn(libc::c_int, *const libc::sigaction, *mut libc::sigaction) -> libc::c_int;
+type SigactionFn =
+    unsafe extern "C" fn(libc::c_int, *const libc::sigaction, *mut libc::sigaction) -> libc::c_int;
 
 /// Calls libc's `sigaction`, whatever this library exports. Async-signal-
 /// safe once `resolve_real_sigaction` ran.
@@ -162,6 +163,16 @@ pub fn set_program_action(new: &libc::sigaction) -> libc::sigaction {
     PROGRAM.set(new)
 }
 
+/// Number of registered views: system call hooks skip every check while
+/// it is 0.
+static NVIEWS: AtomicUsize = AtomicUsize::new(0);
+/// One past the highest view slot ever used: scans stop there.
+static HIGH: AtomicUsize = AtomicUsize::new(0);
+
+fn views() -> &'static [ViewSlot] {
+    &VIEWS[..HIGH.load(Ordering::Acquire)]
+}
+
 /// Registers an application view `[start, start+len)`; returns its slot.
 /// Callers serialize registrations (the runtime thread does them all).
 pub fn register_view(start: usize, len: usize, readonly: bool) -> Option<usize> {
@@ -170,6 +181,8 @@ pub fn register_view(start: usize, len: usize, readonly: bool) -> Option<usize> 
             v.len.store(len, Ordering::Relaxed);
             v.readonly.store(readonly, Ordering::Relaxed);
             v.start.store(start, Ordering::Release);
+            HIGH.fetch_max(i + 1, Ordering::AcqRel);
+            NVIEWS.fetch_add(1, Ordering::Release);
             return Some(i);
         }
     }
@@ -178,11 +191,44 @@ pub fn register_view(start: usize, len: usize, readonly: bool) -> Option<usize> 
 
 pub fn unregister_view(slot: usize) {
     VIEWS[slot].start.store(0, Ordering::Release);
+    NVIEWS.fetch_sub(1, Ordering::Release);
 }
+
+/// Brings in every distributed page of `[addr, addr+len)` (for `write`
+/// access, or read), so that a system call can copy to or from it: the
+/// kernel does not fault on our behalf and would return `EFAULT`. Returns
+/// whether any page of the range is distributed. Not for signal handlers.
+pub fn prefault(addr: usize, len: usize, write: bool) -> bool {
+    if len == 0 || NVIEWS.load(Ordering::Acquire) == 0 {
+        return false;
+    }
+    let end = addr.saturating_add(len);
+    let mut any = false;
+    for v in views() {
+        let start = v.start.load(Ordering::Acquire);
+        if start == 0 {
+            continue;
+        }
+        let vend = start + v.len.load(Ordering::Relaxed);
+        let (lo, hi) = (addr.max(start), end.min(vend));
+        if lo >= hi || (write && v.readonly.load(Ordering::Relaxed)) {
+            continue;
+        }
+        any = true;
+        let mut page = lo & !(PAGE_SIZE - 1);
+        while page < hi {
+            wait_for_page(page, write);
+            page += PAGE_SIZE;
+        }
+    }
+    any
+}
+
+const PAGE_SIZE: usize = crate::protocol::PAGE_SIZE;
 
 /// The view containing `addr`: (start, readonly).
 pub fn find_view(addr: usize) -> Option<(usize, bool)> {
-    for v in VIEWS.iter() {
+    for v in views() {
         let start = v.start.load(Ordering::Acquire);
         if start != 0 && addr >= start && addr - start < v.len.load(Ordering::Relaxed) {
             return Some((start, v.readonly.load(Ordering::Relaxed)));
@@ -363,8 +409,12 @@ fn wait_for_page(addr: usize, write: bool) -> bool {
     slot.write.store(write, Ordering::Relaxed);
     slot.state.store(POSTED, Ordering::Release);
     let one: u64 = 1;
-    // SAFETY: write(2) is async-signal-safe; the buffer is 8 valid bytes.
-    unsafe { libc::write(EVENT_FD.load(Ordering::Acquire), &one as *const u64 as *const libc::c_void, 8) };
+    // SAFETY: the write(2) system call is async-signal-safe; the buffer is
+    // 8 valid bytes. (A raw system call: `libc::write` from inside this
+    // library would be the shim's own hook.)
+    unsafe {
+        libc::syscall(libc::SYS_write, EVENT_FD.load(Ordering::Acquire), &one as *const u64, 8usize);
+    }
     let result = loop {
         let s = slot.state.load(Ordering::Acquire);
         if s == DONE || s == FAILED {

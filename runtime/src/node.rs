@@ -685,7 +685,7 @@ async fn run(
                 let Ok(mut guard) = r else { break };
                 let mut buf = [0u8; 8];
                 // SAFETY: reading 8 bytes into an 8-byte buffer.
-                let n = unsafe { libc::read(efd.as_raw_fd(), buf.as_mut_ptr() as *mut libc::c_void, 8) };
+                let n = unsafe { libc::syscall(libc::SYS_read, efd.as_raw_fd(), buf.as_mut_ptr(), 8usize) };
                 if n < 0 {
                     guard.clear_ready();
                 }

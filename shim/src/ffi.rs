@@ -49,6 +49,12 @@ impl FromErr for libc::c_int {
     }
 }
 
+impl FromErr for libc::ssize_t {
+    fn failure() -> Self {
+        -1
+    }
+}
+
 /// `signal`'s `SIG_ERR`.
 impl FromErr for libc::sighandler_t {
     fn failure() -> Self {

@@ -8,10 +8,12 @@
 //! [`ffi::guard`], which turns a panic into `ENOMEM` and -1.
 
 mod ffi;
+mod io;
 mod sem;
 mod shm;
 mod signals;
 
+pub use io::{pread, pread64, pwrite, pwrite64, read, readv, recv, recvfrom, send, sendto, write, writev};
 pub use sem::{semctl, semget, semop, semtimedop};
 pub use shm::{shmat, shmctl, shmdt, shmget};
 pub use signals::{pthread_sigmask, sigaction, signal, sigprocmask};

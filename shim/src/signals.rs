@@ -90,7 +90,8 @@ pub unsafe extern "C" fn sigprocmask(
         // SAFETY: the caller's contract.
         let own = unsafe { without_segv(how, set) };
         let set = own.as_ref().map_or(set, |s| s as *const libc::sigset_t);
-        let f = real_fn!(sigprocmask: fn(libc::c_int, *const libc::sigset_t, *mut libc::sigset_t) -> libc::c_int);
+        let f =
+            real_fn!(sigprocmask: fn(libc::c_int, *const libc::sigset_t, *mut libc::sigset_t) -> libc::c_int);
         // SAFETY: libc's sigprocmask with the program's arguments.
         unsafe { f(how, set, oldset) }
     })
@@ -110,8 +111,7 @@ pub unsafe extern "C" fn pthread_sigmask(
         // SAFETY: the caller's contract.
         let own = unsafe { without_segv(how, set) };
         let set = own.as_ref().map_or(set, |s| s as *const libc::sigset_t);
-        let f =
-            real_fn!(pthread_sigmask: fn(libc::c_int, *const libc::sigset_t, *mut libc::sigset_t) -> libc::c_int);
+        let f = real_fn!(pthread_sigmask: fn(libc::c_int, *const libc::sigset_t, *mut libc::sigset_t) -> libc::c_int);
         // SAFETY: libc's pthread_sigmask with the program's arguments.
         unsafe { f(how, set, oldset) }
     });

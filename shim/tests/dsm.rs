@@ -185,3 +185,13 @@ fn a_shell_under_the_shim_runs_unchanged() {
     assert!(out.status.success(), "{out:?}");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "trapped\ndone\n");
 }
+
+/// `read`, `write`, `readv`, `recv`, `send` on buffers in distributed pages
+/// that are not present, or held by another process: right bytes, no
+/// `EFAULT`.
+#[test]
+fn system_calls_copy_to_and_from_distributed_pages() {
+    let c = Cluster::local();
+    let outs = c.run_ranks("syscalls", 2, &[support::fresh_key(), "8".into()], T);
+    all_ok(&outs, "syscalls");
+}
