@@ -53,10 +53,19 @@ pub async fn serve(
     while let Some(m) = irx.recv().await {
         match m {
             Inbound::Msg { from, conn, msg } => s.handle(from, &conn, msg),
-            Inbound::Gone { node } => s.node_gone(node),
+            Inbound::Gone { node } => {
+                warn!(node, "node unreachable");
+                s.node_gone(node)
+            }
             Inbound::Lost { node, conn } => {
                 let node = node.or_else(|| s.by_conn.get(&conn.stable_id()).copied());
                 if let Some(n) = node {
+                    // A process that exits closes its connection itself;
+                    // anything else (time-out, reset) is a node lost.
+                    match conn.close_reason() {
+                        Some(quinn::ConnectionError::ApplicationClosed(_)) => info!(node = n, "node left"),
+                        why => warn!(node = n, "node lost: {}", why.map_or("unknown".into(), |e| e.to_string())),
+                    }
                     s.node_gone(n);
                 }
             }
@@ -167,7 +176,6 @@ impl Server {
         if self.nodes.remove(&node).is_none() {
             return;
         }
-        warn!(node, "node left");
         self.by_conn.retain(|_, n| *n != node);
         self.transport.forget(node);
         for e in self.registry.node_gone(node) {
