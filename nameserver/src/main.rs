@@ -1,11 +1,20 @@
 //! `kdipc`: the nameserver and the command line.
+//!
+//! Exit status: 0 success; 1 the command failed (an object could not be
+//! removed, no nameserver to ask); 2 bad arguments (one `kdipc: ...` line
+//! on stderr). `kdipc run` exits with the status of its worst rank.
 
 use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
+use kdipc_runtime::config::Config;
+use kdipc_runtime::node::NodeHandle;
+use kdipc_runtime::registry::{Errno, SHM_DEST};
+use kdipc_runtime::semaphores::SemctlArg;
 use kdipc_runtime::{certs, config, nameserver, node};
 
 const USAGE: &str = "\
@@ -15,14 +24,79 @@ commands:
   nameserver [--listen ADDR] [--cert-dir DIR] [--daemon]
                      run a nameserver (default 127.0.0.1:7350, credentials in
                      KDIPC_CERT_DIR or /tmp/kdipc-UID, made if missing)
-  run -n N [--tag-output] -- PROG ARGS...
+  run -n N [--tag-output] [--] PROG ARGS...
                      start N copies of PROG under the shim with an embedded
                      nameserver and ephemeral credentials; each copy gets
                      KDIPC_RANK and KDIPC_NPROCS, and {rank} in ARGS is
                      replaced by its rank
-  ipcs               list distributed segments (util-linux ipcs layout)
+  ipcs [-m|-s|-a]    list distributed segments and semaphore sets
+                     (util-linux ipcs layout)
+  ipcrm [-m ID] [-s ID] [-M KEY] [-S KEY] ...
+                     remove distributed segments and semaphore sets
   certs init DIR     make a cluster CA and node credentials in DIR
-  help               this text
+  help [COMMAND]     this text, or a command's
+
+`kdipc COMMAND --help` describes a command.
+";
+
+const NAMESERVER_USAGE: &str = "\
+usage: kdipc nameserver [--listen ADDR] [--cert-dir DIR] [--daemon]
+
+Runs a nameserver: the registry of distributed segments and semaphore sets,
+their owner and the home of every page.
+  --listen ADDR    UDP address:port to listen on (default 127.0.0.1:7350)
+  --cert-dir DIR   cluster credentials (default KDIPC_CERT_DIR, else
+                   /tmp/kdipc-UID); made if missing
+  --daemon         start a detached nameserver unless one listens on ADDR,
+                   log to DIR/nameserver.log, and return once it listens
+";
+
+const RUN_USAGE: &str = "\
+usage: kdipc run -n N [--tag-output] [--] PROG ARGS...
+
+Starts N copies of PROG under the shim (LD_PRELOAD=libkdipc.so beside kdipc)
+with an embedded nameserver and ephemeral credentials in a private directory,
+like mpirun. Each copy gets KDIPC_RANK and KDIPC_NPROCS, and `{rank}` in
+PROG and ARGS is replaced by its rank.
+  -n, --np N       number of copies
+  --tag-output     prefix every line of output with `[RANK] `
+
+Exit status: the worst copy's (128+SIG for one killed by signal SIG).
+Ctrl-C (SIGINT), SIGTERM or SIGHUP are passed on to every copy (SIGKILL
+after 5 s); nothing is left behind: no process, no directory, no object.
+";
+
+const IPCS_USAGE: &str = "\
+usage: kdipc ipcs [-m|-s|-a]
+
+Lists the distributed objects of the nameserver (KDIPC_NAMESERVER and
+KDIPC_CERT_DIR, else the one on 127.0.0.1:7350; none is started), in
+util-linux ipcs layout plus one column:
+  -m, --shmems       shared memory segments; `away` is the number of pages
+                     a node other than the nameserver (their home) owns
+  -s, --semaphores   semaphore sets; `node` is the node that owns the set
+  -a, --all          both (the default)
+";
+
+const IPCRM_USAGE: &str = "\
+usage: kdipc ipcrm [-m ID] [-s ID] [-M KEY] [-S KEY] ...
+
+Removes distributed objects (IPC_RMID), as util-linux ipcrm; IDs and KEYs
+are decimal or 0x hexadecimal, and options may be repeated.
+  -m, --shmem-id ID         the segment with id ID
+  -s, --semaphore-id ID     the semaphore set with id ID
+  -M, --shmem-key KEY       the segment with key KEY
+  -S, --semaphore-key KEY   the semaphore set with key KEY
+
+A segment goes when its last process detaches. Exit status 1 if any
+removal failed.
+";
+
+const CERTS_USAGE: &str = "\
+usage: kdipc certs init DIR
+
+Makes a cluster CA and node credentials in DIR (copy DIR to every host and
+point KDIPC_CERT_DIR at it).
 ";
 
 fn main() -> ExitCode {
@@ -40,11 +114,9 @@ fn main() -> ExitCode {
         Some("nameserver") => cmd_nameserver(&args[1..]),
         Some("run") => cmd_run(&args[1..]),
         Some("ipcs") => cmd_ipcs(&args[1..]),
+        Some("ipcrm") => cmd_ipcrm(&args[1..]),
         Some("certs") => cmd_certs(&args[1..]),
-        Some("help") | Some("--help") | Some("-h") => {
-            print!("{USAGE}");
-            Ok(ExitCode::SUCCESS)
-        }
+        Some("help") | Some("--help") | Some("-h") => cmd_help(&args[1..]),
         Some(other) => Err(format!("unknown command {other:?} (try kdipc --help)")),
         None => Err("missing command (try kdipc --help)".into()),
     };
@@ -57,8 +129,33 @@ fn main() -> ExitCode {
     }
 }
 
+fn cmd_help(args: &[String]) -> Result<ExitCode, String> {
+    let text = match args.first().map(String::as_str) {
+        None => USAGE,
+        Some("nameserver") => NAMESERVER_USAGE,
+        Some("run") => RUN_USAGE,
+        Some("ipcs") => IPCS_USAGE,
+        Some("ipcrm") => IPCRM_USAGE,
+        Some("certs") => CERTS_USAGE,
+        Some(other) => return Err(format!("help: unknown command {other:?}")),
+    };
+    print!("{text}");
+    Ok(ExitCode::SUCCESS)
+}
+
 fn wants_help(args: &[String]) -> bool {
     args.iter().any(|a| a == "--help" || a == "-h")
+}
+
+fn help(text: &str) -> Result<ExitCode, String> {
+    print!("{text}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The command failed (not a usage error): one line, exit 1.
+fn failure(msg: &str) -> Result<ExitCode, String> {
+    eprintln!("kdipc: {msg}");
+    Ok(ExitCode::FAILURE)
 }
 
 fn value<'a>(args: &'a [String], i: &mut usize, flag: &str) -> Result<&'a str, String> {
@@ -67,16 +164,17 @@ fn value<'a>(args: &'a [String], i: &mut usize, flag: &str) -> Result<&'a str, S
 }
 
 fn cmd_certs(args: &[String]) -> Result<ExitCode, String> {
+    if wants_help(args) {
+        return help(CERTS_USAGE);
+    }
     match args {
-        [init, dir] if init == "init" => {
-            certs::init(Path::new(dir)).map_err(|e| e.to_string())?;
-            println!("cluster credentials written to {dir}");
-            Ok(ExitCode::SUCCESS)
-        }
-        _ if wants_help(args) => {
-            println!("usage: kdipc certs init DIR");
-            Ok(ExitCode::SUCCESS)
-        }
+        [init, dir] if init == "init" => match certs::init(Path::new(dir)) {
+            Ok(()) => {
+                println!("cluster credentials written to {dir}");
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => failure(&format!("certs init {dir}: {e}")),
+        },
         _ => Err("usage: kdipc certs init DIR".into()),
     }
 }
@@ -106,8 +204,7 @@ fn ensure_certs(dir: &Path) -> Result<(), String> {
 
 fn cmd_nameserver(args: &[String]) -> Result<ExitCode, String> {
     if wants_help(args) {
-        println!("usage: kdipc nameserver [--listen ADDR] [--cert-dir DIR] [--daemon]");
-        return Ok(ExitCode::SUCCESS);
+        return help(NAMESERVER_USAGE);
     }
     let mut listen: SocketAddr = config::DEFAULT_NAMESERVER.parse().expect("literal");
     let mut cert_dir =
@@ -117,29 +214,43 @@ fn cmd_nameserver(args: &[String]) -> Result<ExitCode, String> {
     while i < args.len() {
         match args[i].as_str() {
             "--listen" => {
-                let v = value(args, &mut i, "--listen")?;
-                listen = v.parse().map_err(|_| format!("--listen: not an address:port: {v:?}"))?;
+                let v = value(args, &mut i, "nameserver: --listen")?;
+                listen =
+                    v.parse().map_err(|_| format!("nameserver: --listen: not an address:port: {v:?}"))?;
             }
-            "--cert-dir" => cert_dir = value(args, &mut i, "--cert-dir")?.into(),
+            "--cert-dir" => cert_dir = value(args, &mut i, "nameserver: --cert-dir")?.into(),
             "--daemon" => daemon = true,
             other => return Err(format!("nameserver: unknown argument {other:?}")),
         }
         i += 1;
     }
-    ensure_certs(&cert_dir)?;
-    if daemon {
-        return daemonize(listen, &cert_dir);
+    if let Err(e) = ensure_certs(&cert_dir) {
+        return failure(&e);
     }
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
-    rt.block_on(nameserver::serve(listen, &cert_dir, |a| eprintln!("kdipc nameserver listening on {a}")))?;
-    Ok(ExitCode::SUCCESS)
+    let res = if daemon {
+        daemonize(listen, &cert_dir)
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())
+            .and_then(|rt| {
+                rt.block_on(nameserver::serve(listen, &cert_dir, |a| {
+                    eprintln!("kdipc nameserver listening on {a}")
+                }))
+            })
+    };
+    match res {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(e) => failure(&e),
+    }
 }
 
 /// Starts a detached nameserver unless one already listens; returns once it
 /// does.
-fn daemonize(listen: SocketAddr, cert_dir: &Path) -> Result<ExitCode, String> {
+fn daemonize(listen: SocketAddr, cert_dir: &Path) -> Result<(), String> {
     if node::udp_port_in_use(listen) {
-        return Ok(ExitCode::SUCCESS);
+        return Ok(());
     }
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let log = std::fs::OpenOptions::new()
@@ -150,7 +261,7 @@ fn daemonize(listen: SocketAddr, cert_dir: &Path) -> Result<ExitCode, String> {
     let mut cmd = Command::new(exe);
     cmd.args(["nameserver", "--listen", &listen.to_string(), "--cert-dir"])
         .arg(cert_dir)
-        .stdin(std::process::Stdio::null())
+        .stdin(Stdio::null())
         .stdout(log.try_clone().map_err(|e| e.to_string())?)
         .stderr(log)
         .env_remove("LD_PRELOAD");
@@ -165,12 +276,12 @@ fn daemonize(listen: SocketAddr, cert_dir: &Path) -> Result<ExitCode, String> {
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
         if node::udp_port_in_use(listen) {
-            return Ok(ExitCode::SUCCESS);
+            return Ok(());
         }
         if let Ok(Some(status)) = child.try_wait() {
             // Lost a race with another starter: fine if someone listens.
             if node::udp_port_in_use(listen) {
-                return Ok(ExitCode::SUCCESS);
+                return Ok(());
             }
             return Err(format!("the nameserver exited at start ({status}); see {}", cert_dir.display()));
         }
@@ -179,33 +290,223 @@ fn daemonize(listen: SocketAddr, cert_dir: &Path) -> Result<ExitCode, String> {
     Err("the nameserver did not start listening in time".into())
 }
 
-fn cmd_ipcs(args: &[String]) -> Result<ExitCode, String> {
-    if wants_help(args) {
-        println!("usage: kdipc ipcs   (uses KDIPC_NAMESERVER / KDIPC_CERT_DIR)");
-        return Ok(ExitCode::SUCCESS);
+/// A node of this process for `ipcs`/`ipcrm`, connected to the configured
+/// nameserver; never starts one.
+fn connect() -> Result<NodeHandle, String> {
+    let mut cfg = Config::from_env()?;
+    let local = cfg.nameserver.ip().is_loopback();
+    if (cfg.auto && !certs::exists(&cfg.cert_dir)) || (local && !node::udp_port_in_use(cfg.nameserver)) {
+        let hint = if cfg.auto { " (kdipc starts none; set KDIPC_NAMESERVER and KDIPC_CERT_DIR)" } else { "" };
+        return Err(format!("no nameserver at {}{hint}", cfg.nameserver));
     }
-    let n = node::node().map_err(|e| format!("cannot reach the nameserver (errno {})", e.0))?;
-    let list = n.list().map_err(|e| format!("errno {}", e.0))?;
-    println!("\n------ Shared Memory Segments (KDIPC) --------");
-    println!(
-        "{:<10} {:<10} {:<10} {:<10} {:<10} {:<6} {:<12}",
-        "key", "shmid", "owner", "perms", "bytes", "nattch", "status"
-    );
-    for (id, s) in list {
-        let dest = if s.mode & kdipc_runtime::registry::SHM_DEST != 0 { "dest" } else { "" };
+    cfg.auto = false;
+    NodeHandle::connect(cfg.clone())
+        .map_err(|e| format!("cannot reach the nameserver at {}: {e}", cfg.nameserver))
+}
+
+/// Runs `f` with a node connected to the nameserver, then shuts the node
+/// down; gives up after a while (a nameserver that lost our connection
+/// never answers).
+fn with_node<T: Send + 'static>(f: impl FnOnce(&NodeHandle) -> T + Send + 'static) -> Result<T, String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let r = connect().map(|n| {
+            let r = f(&n);
+            n.shutdown(Duration::from_secs(2));
+            r
+        });
+        let _ = tx.send(r);
+    });
+    rx.recv_timeout(Duration::from_secs(20)).map_err(|_| "no answer from the nameserver".to_string())?
+}
+
+/// `getpwuid`'s name for `uid`.
+fn user_name(uid: u32) -> Option<String> {
+    // SAFETY: a zeroed passwd is a valid out-parameter.
+    let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0 as libc::c_char; 16384];
+    let mut res: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: every pointer is to a live local of the given size.
+    let r = unsafe { libc::getpwuid_r(uid, &mut pw, buf.as_mut_ptr(), buf.len(), &mut res) };
+    if r != 0 || res.is_null() || pw.pw_name.is_null() {
+        return None;
+    }
+    // SAFETY: getpwuid_r succeeded: pw_name points into `buf`, NUL-terminated.
+    Some(unsafe { std::ffi::CStr::from_ptr(pw.pw_name) }.to_string_lossy().into_owned())
+}
+
+/// The owner column of util-linux `ipcs`: `%-10.10s` name or `%-10u` uid.
+fn owner(uid: u32) -> String {
+    match user_name(uid) {
+        Some(n) => format!("{:<10.10}", n),
+        None => format!("{uid:<10}"),
+    }
+}
+
+fn cmd_ipcs(args: &[String]) -> Result<ExitCode, String> {
+    let (mut shm, mut sem) = (false, false);
+    for a in args {
+        match a.as_str() {
+            "-h" | "--help" => return help(IPCS_USAGE),
+            "-m" | "--shmems" => shm = true,
+            "-s" | "--semaphores" => sem = true,
+            "-a" | "--all" => (shm, sem) = (true, true),
+            other => return Err(format!("ipcs: unknown argument {other:?} (try kdipc ipcs --help)")),
+        }
+    }
+    if !shm && !sem {
+        (shm, sem) = (true, true);
+    }
+    let (segs, sets) = match with_node(|n| n.ipc_list()) {
+        Ok(Ok(l)) => l,
+        Ok(Err(Errno(e))) => return failure(&format!("ipcs: {}", std::io::Error::from_raw_os_error(e))),
+        Err(e) => return failure(&format!("ipcs: {e}")),
+    };
+    if shm {
+        print!("\n------ Shared Memory Segments --------\n");
         println!(
-            "0x{:08x} {:<10} {:<10} {:<10o} {:<10} {:<6} {:<12}",
-            s.key as u32,
-            id,
-            s.uid,
-            s.mode & 0o777,
-            s.size,
-            s.nattch,
-            dest
+            "{:<10} {:<10} {:<10} {:<10} {:<10} {:<10} {:<13} away",
+            "key", "shmid", "owner", "perms", "bytes", "nattch", "status"
         );
+        for (id, s, away) in segs {
+            let dest = if s.mode & SHM_DEST != 0 { "dest" } else { " " };
+            println!(
+                "0x{:08x} {:<10} {} {:<10o} {:<10} {:<10} {:<6} {:<6} {}",
+                s.key as u32,
+                id,
+                owner(s.uid),
+                s.mode & 0o777,
+                s.size,
+                s.nattch,
+                dest,
+                " ",
+                away
+            );
+        }
+    }
+    if sem {
+        print!("\n------ Semaphore Arrays --------\n");
+        println!("{:<10} {:<10} {:<10} {:<10} {:<10} node", "key", "semid", "owner", "perms", "nsems");
+        for (id, s) in sets {
+            println!(
+                "0x{:08x} {:<10} {} {:<10o} {:<10} nameserver",
+                s.key as u32,
+                id,
+                owner(s.uid),
+                s.mode & 0o777,
+                s.nsems
+            );
+        }
     }
     println!();
     Ok(ExitCode::SUCCESS)
+}
+
+/// A number as util-linux reads keys: decimal or `0x` hexadecimal.
+fn parse_num(s: &str) -> Option<i64> {
+    let (neg, t) = match s.strip_prefix('-') {
+        Some(t) => (true, t),
+        None => (false, s),
+    };
+    let v = match t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+        Some(h) => i64::from_str_radix(h, 16).ok()?,
+        None => t.parse::<i64>().ok()?,
+    };
+    Some(if neg { -v } else { v })
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Target {
+    ShmId,
+    SemId,
+    ShmKey,
+    SemKey,
+}
+
+fn cmd_ipcrm(args: &[String]) -> Result<ExitCode, String> {
+    if wants_help(args) {
+        return help(IPCRM_USAGE);
+    }
+    let mut todo: Vec<(Target, i32, String)> = Vec::new();
+    let mut i = 0;
+    while i < args.len() {
+        let a = args[i].as_str();
+        let (flag, inline) = match a.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f, Some(v)),
+            _ if a.len() > 2 && a.starts_with('-') && !a.starts_with("--") => (&a[..2], Some(&a[2..])),
+            _ => (a, None),
+        };
+        let target = match flag {
+            "-m" | "--shmem-id" => Target::ShmId,
+            "-s" | "--semaphore-id" => Target::SemId,
+            "-M" | "--shmem-key" => Target::ShmKey,
+            "-S" | "--semaphore-key" => Target::SemKey,
+            _ => return Err(format!("ipcrm: unknown argument {a:?} (try kdipc ipcrm --help)")),
+        };
+        let v = match inline {
+            Some(v) => v,
+            None => value(args, &mut i, &format!("ipcrm: {flag}"))?,
+        };
+        let n = parse_num(v);
+        let num = match target {
+            Target::ShmId | Target::SemId => {
+                n.filter(|n| (0..=i32::MAX as i64).contains(n)).map(|n| n as i32)
+            }
+            _ => n.filter(|n| (i32::MIN as i64..=u32::MAX as i64).contains(n)).map(|n| n as u32 as i32),
+        };
+        let what = if matches!(target, Target::ShmId | Target::SemId) { "id" } else { "key" };
+        let num = num.ok_or_else(|| format!("ipcrm: {flag}: bad {what} {v:?}"))?;
+        todo.push((target, num, v.to_string()));
+        i += 1;
+    }
+    if todo.is_empty() {
+        return Err("ipcrm: nothing to remove (try kdipc ipcrm --help)".into());
+    }
+    let res = with_node(move |n| {
+        let mut failed = false;
+        for (target, num, text) in todo {
+            if let Err(msg) = remove(n, target, num) {
+                eprintln!("ipcrm: {msg} ({text})");
+                failed = true;
+            }
+        }
+        failed
+    });
+    match res {
+        Ok(false) => Ok(ExitCode::SUCCESS),
+        Ok(true) => Ok(ExitCode::FAILURE),
+        Err(e) => failure(&format!("ipcrm: {e}")),
+    }
+}
+
+/// Removes one object; the error is util-linux's message.
+fn remove(n: &NodeHandle, target: Target, num: i32) -> Result<(), String> {
+    let iskey = matches!(target, Target::ShmKey | Target::SemKey);
+    let what = if iskey { "key" } else { "id" };
+    let id = if iskey {
+        if num == libc::IPC_PRIVATE {
+            return Err("illegal key".into());
+        }
+        let found = if target == Target::ShmKey { n.shmget(num, 0, 0) } else { n.semget(num, 0, 0) };
+        found.map_err(|Errno(e)| match e {
+            libc::EACCES => "permission denied for key".to_string(),
+            libc::EIDRM => "already removed key".into(),
+            libc::ENOENT => "invalid key".into(),
+            e => format!("key failed: {}", std::io::Error::from_raw_os_error(e)),
+        })?
+    } else {
+        num
+    };
+    let res = match target {
+        Target::ShmId | Target::ShmKey => n.remove(id),
+        Target::SemId | Target::SemKey => n.semctl(id, 0, libc::IPC_RMID, SemctlArg::None).map(|_| ()),
+    };
+    res.map_err(|Errno(e)| match e {
+        libc::EACCES | libc::EPERM => format!("permission denied for {what}"),
+        libc::EINVAL => format!("invalid {what}"),
+        libc::EIDRM => format!("already removed {what}"),
+        e => format!("{what} failed: {}", std::io::Error::from_raw_os_error(e)),
+    })
 }
 
 fn cmd_run(args: &[String]) -> Result<ExitCode, String> {
@@ -214,24 +515,24 @@ fn cmd_run(args: &[String]) -> Result<ExitCode, String> {
     let mut i = 0;
     while i < args.len() {
         match args[i].as_str() {
-            "-n" | "--np" => {
-                let v = value(args, &mut i, "-n")?;
-                n = Some(v.parse().ok().filter(|&k| k > 0).ok_or_else(|| format!("-n: bad count {v:?}"))?);
+            "-n" | "--np" | "-np" => {
+                let v = value(args, &mut i, "run: -n")?;
+                n = Some(
+                    v.parse().ok().filter(|&k| k > 0).ok_or_else(|| format!("run: -n: bad count {v:?}"))?,
+                );
             }
             "--tag-output" => tag = true,
-            "--help" | "-h" => {
-                println!("usage: kdipc run -n N [--tag-output] -- PROG ARGS...");
-                return Ok(ExitCode::SUCCESS);
-            }
+            "--help" | "-h" => return help(RUN_USAGE),
             "--" => {
                 i += 1;
                 break;
             }
-            other => return Err(format!("run: unknown argument {other:?}")),
+            other if other.starts_with('-') => return Err(format!("run: unknown argument {other:?}")),
+            _ => break,
         }
         i += 1;
     }
-    let n = n.ok_or("run: -n N is required")?;
+    let n = n.ok_or("run: -n N is required (try kdipc run --help)")?;
     let prog = &args[i..];
     if prog.is_empty() {
         return Err("run: no program given (kdipc run -n N -- PROG ARGS)".into());
@@ -239,12 +540,24 @@ fn cmd_run(args: &[String]) -> Result<ExitCode, String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let lib = exe.with_file_name("libkdipc.so");
     if !lib.is_file() {
-        return Err(format!("{} not found (cargo build --release)", lib.display()));
+        return failure(&format!("run: {} not found (cargo build --release)", lib.display()));
     }
-    let dir = private_temp_dir()?;
+    // From here on a stop request is remembered, not fatal: what was made
+    // is cleaned up.
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: installing a handler that only stores to an atomic.
+        unsafe { libc::signal(sig, on_stop as *const () as libc::sighandler_t) };
+    }
+    let dir = match private_temp_dir() {
+        Ok(d) => d,
+        Err(e) => return failure(&format!("run: {e}")),
+    };
     let res = run_with(n, tag, prog, &lib, &dir);
     let _ = std::fs::remove_dir_all(&dir);
-    res
+    match res {
+        Ok(code) => Ok(code),
+        Err(e) => failure(&format!("run: {e}")),
+    }
 }
 
 fn private_temp_dir() -> Result<PathBuf, String> {
@@ -260,10 +573,52 @@ fn private_temp_dir() -> Result<PathBuf, String> {
     Ok(PathBuf::from(unsafe { std::ffi::OsString::from_encoded_bytes_unchecked(tmpl) }))
 }
 
-static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// The stop signal received (0: none), passed on to every rank.
+static STOP: AtomicI32 = AtomicI32::new(0);
 
-extern "C" fn on_stop(_: libc::c_int) {
-    STOP.store(true, std::sync::atomic::Ordering::SeqCst);
+extern "C" fn on_stop(sig: libc::c_int) {
+    STOP.store(sig, Ordering::SeqCst);
+}
+
+/// Signals the process group of every rank still running.
+fn signal_ranks(children: &[Child], done: &[bool], sig: i32) {
+    for (c, d) in children.iter().zip(done) {
+        if !d {
+            // SAFETY: signalling the process group of our own child (its
+            // pid: the child is not reaped yet, so the id is still ours).
+            unsafe { libc::kill(-(c.id() as i32), sig) };
+        }
+    }
+}
+
+/// Copies `src` line by line to stdout or stderr, prefixed with `[rank] `.
+fn tag_lines(
+    src: impl std::io::Read + Send + 'static,
+    rank: usize,
+    to_stderr: bool,
+    done: std::sync::mpsc::Sender<()>,
+) {
+    std::thread::spawn(move || {
+        use std::io::{BufRead, Write};
+        let mut r = std::io::BufReader::new(src);
+        let mut line = Vec::new();
+        while matches!(r.read_until(b'\n', &mut line), Ok(k) if k > 0) {
+            if line.last() != Some(&b'\n') {
+                line.push(b'\n');
+            }
+            let mut out = Vec::with_capacity(line.len() + 8);
+            out.extend_from_slice(format!("[{rank}] ").as_bytes());
+            out.extend_from_slice(&line);
+            let _ = if to_stderr {
+                std::io::stderr().lock().write_all(&out)
+            } else {
+                let mut o = std::io::stdout().lock();
+                o.write_all(&out).and_then(|_| o.flush())
+            };
+            line.clear();
+        }
+        let _ = done.send(());
+    });
 }
 
 fn run_with(n: usize, tag: bool, prog: &[String], lib: &Path, dir: &Path) -> Result<ExitCode, String> {
@@ -286,13 +641,15 @@ fn run_with(n: usize, tag: bool, prog: &[String], lib: &Path, dir: &Path) -> Res
     });
     let addr =
         rx.recv_timeout(Duration::from_secs(10)).map_err(|_| "embedded nameserver did not start")??;
-    // SAFETY: installing a handler that only stores to an atomic.
-    unsafe {
-        libc::signal(libc::SIGINT, on_stop as *const () as libc::sighandler_t);
-        libc::signal(libc::SIGTERM, on_stop as *const () as libc::sighandler_t);
-    }
-    let mut children = Vec::new();
+    // SAFETY: getpid has no preconditions.
+    let me = unsafe { libc::getpid() };
+    let (out_tx, out_rx) = std::sync::mpsc::channel();
+    let mut children: Vec<Child> = Vec::new();
+    let mut readers = 0;
     for rank in 0..n {
+        if STOP.load(Ordering::SeqCst) != 0 {
+            break;
+        }
         let argv: Vec<String> = prog.iter().map(|a| a.replace("{rank}", &rank.to_string())).collect();
         let mut cmd = Command::new(&argv[0]);
         cmd.args(&argv[1..])
@@ -302,32 +659,57 @@ fn run_with(n: usize, tag: bool, prog: &[String], lib: &Path, dir: &Path) -> Res
             .env("KDIPC_RANK", rank.to_string())
             .env("KDIPC_NPROCS", n.to_string())
             .process_group(0);
-        if tag {
-            cmd.stdout(std::process::Stdio::piped());
-        }
-        let mut child = cmd.spawn().map_err(|e| format!("{}: {e}", argv[0]))?;
-        if let Some(out) = child.stdout.take() {
-            std::thread::spawn(move || {
-                use std::io::BufRead;
-                for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
-                    println!("[{rank}] {line}");
+        // SAFETY: prctl, getppid and _exit are async-signal-safe.
+        unsafe {
+            cmd.pre_exec(move || {
+                // If kdipc run dies (even by SIGKILL), so does the rank.
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                if libc::getppid() != me {
+                    libc::_exit(137);
                 }
+                Ok(())
             });
+        }
+        if tag {
+            cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        }
+        let mut child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => {
+                let done = vec![false; children.len()];
+                signal_ranks(&children, &done, libc::SIGKILL);
+                for c in &mut children {
+                    let _ = c.wait();
+                }
+                return Err(format!("{}: {e}", argv[0]));
+            }
+        };
+        if let Some(out) = child.stdout.take() {
+            tag_lines(out, rank, false, out_tx.clone());
+            readers += 1;
+        }
+        if let Some(err) = child.stderr.take() {
+            tag_lines(err, rank, true, out_tx.clone());
+            readers += 1;
         }
         children.push(child);
     }
     let mut worst = 0i32;
-    let mut left = children.len();
     let mut done = vec![false; children.len()];
-    while left > 0 {
-        if STOP.load(std::sync::atomic::Ordering::SeqCst) {
-            for (c, d) in children.iter().zip(&done) {
-                if !d {
-                    // SAFETY: signalling the process group of our own child.
-                    unsafe { libc::kill(-(c.id() as i32), libc::SIGTERM) };
-                }
+    let mut left = children.len();
+    let mut stopped: Option<(i32, Instant)> = None;
+    let mut killed = false;
+    loop {
+        let sig = STOP.swap(0, Ordering::SeqCst);
+        if sig != 0 {
+            signal_ranks(&children, &done, sig);
+            stopped.get_or_insert((sig, Instant::now()));
+        }
+        if let Some((_, t)) = stopped {
+            if !killed && t.elapsed() > Duration::from_secs(5) {
+                signal_ranks(&children, &done, libc::SIGKILL);
+                killed = true;
             }
-            STOP.store(false, std::sync::atomic::Ordering::SeqCst);
         }
         for (k, c) in children.iter_mut().enumerate() {
             if done[k] {
@@ -338,13 +720,30 @@ fn run_with(n: usize, tag: bool, prog: &[String], lib: &Path, dir: &Path) -> Res
                 done[k] = true;
                 left -= 1;
                 let code = st.code().unwrap_or_else(|| 128 + st.signal().unwrap_or(0));
-                if code != 0 {
+                if code != 0 && stopped.is_none() {
                     eprintln!("kdipc run: rank {k} exited with {st}");
                 }
                 worst = worst.max(code);
             }
         }
+        if left == 0 {
+            break;
+        }
         std::thread::sleep(Duration::from_millis(5));
+    }
+    // The last lines of tagged output (a rank's left-over background
+    // process may hold its pipe: do not wait for that forever).
+    let deadline = Instant::now() + Duration::from_secs(2);
+    for _ in 0..readers {
+        if out_rx.recv_timeout(deadline.saturating_duration_since(Instant::now())).is_err() {
+            break;
+        }
+    }
+    if let Some((sig, _)) = stopped {
+        if children.len() < n {
+            // Stopped while starting: report the signal.
+            worst = worst.max(128 + sig);
+        }
     }
     Ok(ExitCode::from(worst.clamp(0, 255) as u8))
 }

@@ -64,7 +64,9 @@ pub async fn serve(
                     // anything else (time-out, reset) is a node lost.
                     match conn.close_reason() {
                         Some(quinn::ConnectionError::ApplicationClosed(_)) => info!(node = n, "node left"),
-                        why => warn!(node = n, "node lost: {}", why.map_or("unknown".into(), |e| e.to_string())),
+                        why => {
+                            warn!(node = n, "node lost: {}", why.map_or("unknown".into(), |e| e.to_string()))
+                        }
                     }
                     s.node_gone(n);
                 }
@@ -94,6 +96,10 @@ impl Server {
                 self.nodes.insert(node, addr);
             }
             (Some(node), Msg::Call { id, call: Call::Sem(c) }) => self.sem_call(node, id, c),
+            (Some(node), Msg::Call { id, call: Call::IpcList }) => {
+                let reply = self.ipc_list(node);
+                self.transport.send(node, Msg::Reply { id, reply });
+            }
             (Some(node), Msg::Call { id, call }) if !matches!(call, Call::Register { .. }) => {
                 let (reply, effect) = self.registry.call(node, call);
                 self.effect(effect);
@@ -136,6 +142,10 @@ impl Server {
                 let waiter = Waiter { node, pid, token };
                 Some(Reply::Cancelled(self.sems.cancel(&waiter, now)))
             }
+            SemCall::Exit { pid } => {
+                self.sems.process_exit(node, pid, now);
+                Some(Reply::Ok)
+            }
             SemCall::Ctl { id: sid, semnum, cmd, arg, cred } => {
                 match self.sems.semctl(sid, semnum, cmd, arg, &cred, now) {
                     Ok(r) => Some(Reply::SemCtl(r)),
@@ -149,6 +159,16 @@ impl Server {
         if let Some(reply) = reply {
             self.transport.send(node, Msg::Reply { id, reply });
         }
+    }
+
+    /// Every segment with its pages away from home, and every semaphore
+    /// set (`kdipc ipcs`).
+    fn ipc_list(&mut self, node: NodeId) -> Reply {
+        let shm = match self.registry.call(node, Call::ShmList).0 {
+            Reply::List(v) => v.into_iter().map(|(id, s)| (id, s, self.manager.pages_away(id))).collect(),
+            _ => Vec::new(),
+        };
+        Reply::IpcList { shm, sem: self.sems.list() }
     }
 
     fn flush_sem_completions(&mut self) {

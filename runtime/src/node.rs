@@ -216,6 +216,24 @@ impl NodeHandle {
         }
     }
 
+    /// A node of its own for `config`, outside the process's `node()` (the
+    /// `kdipc` command: no nameserver is started unless `config.auto`).
+    pub fn connect(config: Config) -> Result<NodeHandle, String> {
+        start(config)
+    }
+
+    /// Every distributed segment (with the pages a node other than the home
+    /// owns) and semaphore set, by id.
+    #[allow(clippy::type_complexity)]
+    pub fn ipc_list(
+        &self,
+    ) -> Result<(Vec<(i32, ShmStat, u32)>, Vec<(i32, crate::semaphores::SemStat)>), Errno> {
+        match self.call(Call::IpcList)? {
+            Reply::IpcList { shm, sem } => Ok((shm, sem)),
+            _ => Err(EINVAL),
+        }
+    }
+
     pub fn semget(&self, key: i32, nsems: i32, flags: i32) -> Result<i32, Errno> {
         match self.call(Call::Sem(SemCall::Get { key, nsems, flags, cred: Cred::current() }))? {
             Reply::Id(id) => Ok(id),
@@ -808,6 +826,11 @@ async fn command(state: Shared, lock: Rc<tokio::sync::Mutex<()>>, c: Command) {
                     warn!("detaching at exit: {e:?}");
                 }
             }
+            // SEM_UNDO applies before the process is gone (its parent's
+            // waitpid must see it applied, as with the kernel).
+            let pid = Cred::current().pid;
+            let rx = state.borrow_mut().call(Call::Sem(SemCall::Exit { pid }));
+            let _ = rx.await;
             // Peers learn at once that this node is gone (a read request
             // sent here by a stale hint then goes to the manager).
             state.borrow_mut().closing = true;

@@ -160,6 +160,9 @@ pub enum Call {
     ShmTotals,
     /// Every segment (for `kdipc ipcs`).
     ShmList,
+    /// Every segment and semaphore set, with what the manager knows (for
+    /// `kdipc ipcs`; answered by the nameserver, not the registry).
+    IpcList,
 }
 
 /// Registry answers.
@@ -185,6 +188,12 @@ pub enum Reply {
     List(Vec<(i32, ShmStat)>),
     Ok,
     Err(Errno),
+    /// `IpcList`: segments (id, stat, pages owned by a node other than the
+    /// home) and semaphore sets (id, stat), by id.
+    IpcList {
+        shm: Vec<(i32, ShmStat, u32)>,
+        sem: Vec<(i32, crate::semaphores::SemStat)>,
+    },
 }
 
 struct Segment {
@@ -296,7 +305,9 @@ impl Registry {
     /// Answers a call from `node`.
     pub fn call(&mut self, node: NodeId, call: Call) -> (Reply, Effect) {
         let res = match call {
-            Call::Register { .. } | Call::Sem(_) => return (Reply::Err(EINVAL), Effect::None),
+            Call::Register { .. } | Call::Sem(_) | Call::IpcList => {
+                return (Reply::Err(EINVAL), Effect::None)
+            }
             Call::ShmGet { key, size, flags, cred } => self.get(key, size, flags, &cred),
             Call::ShmAttach { id, readonly, exec, cred } => self.attach(node, id, readonly, exec, &cred),
             Call::ShmDetach { id, failed_attach, cred } => self.detach(node, id, failed_attach, &cred),

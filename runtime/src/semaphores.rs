@@ -125,6 +125,11 @@ const EIDRM: Errno = Errno(libc::EIDRM);
 /// Semaphore calls (node → the set's owner, the nameserver).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum SemCall {
+    /// The process exits: its `SEM_UNDO` adjustments apply now, before its
+    /// parent can see it gone (answered `Ok`).
+    Exit {
+        pid: i32,
+    },
     Get {
         key: i32,
         nsems: i32,

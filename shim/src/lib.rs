@@ -12,6 +12,7 @@ mod io;
 mod sem;
 mod shm;
 mod signals;
+mod user;
 
 pub use io::{pread, pread64, pwrite, pwrite64, read, readv, recv, recvfrom, send, sendto, write, writev};
 pub use sem::{semctl, semget, semop, semtimedop};

@@ -12,10 +12,10 @@ use kdipc_runtime::semaphores::{SemOp, SemStat, SemctlArg, SemctlReply};
 
 use crate::ffi::{fail, guard, real_fn};
 use crate::shm::{the_node, KEYS};
+use crate::user::{copy_in, copy_in_slice, copy_out, copy_out_slice};
 use crate::IPC_KDIPC;
 
 const EINVAL: Errno = Errno(libc::EINVAL);
-const EFAULT: Errno = Errno(libc::EFAULT);
 
 /// Hook for libc::semget.
 #[cfg_attr(not(test), no_mangle)]
@@ -87,30 +87,23 @@ unsafe fn distributed_semop(
     timeout: *const libc::timespec,
 ) -> libc::c_int {
     let run = || -> Result<(), Errno> {
-        // The kernel's order: nsops < 1 → EINVAL, > SEMOPM → E2BIG (checked
-        // at the owner too), then it copies the array (EFAULT), then the
-        // time-out (EINVAL for a bad one).
+        // The kernel's order: the time-out is copied first (EFAULT), then
+        // nsops < 1 → EINVAL, > SEMOPM → E2BIG (checked at the owner too),
+        // the array is copied (EFAULT), then the time-out is checked
+        // (EINVAL).
+        let t = if timeout.is_null() { None } else { Some(copy_in(timeout)?) };
         if nsops < 1 {
             return Err(EINVAL);
         }
         if nsops > kdipc_runtime::semaphores::SEMOPM {
             return Err(Errno(libc::E2BIG));
         }
-        if sops.is_null() {
-            return Err(EFAULT);
-        }
-        // SAFETY: the program passed `nsops` sembufs at `sops`.
-        let raw = unsafe { std::slice::from_raw_parts(sops, nsops) };
+        let raw = copy_in_slice(sops as *const libc::sembuf, nsops)?;
         let ops = raw.iter().map(|b| SemOp { num: b.sem_num, op: b.sem_op, flg: b.sem_flg }).collect();
-        let timeout = if timeout.is_null() {
-            None
-        } else {
-            // SAFETY: non-null, the program's timespec.
-            let t = unsafe { *timeout };
-            if t.tv_sec < 0 || !(0..1_000_000_000).contains(&t.tv_nsec) {
-                return Err(EINVAL);
-            }
-            Some(Duration::new(t.tv_sec as u64, t.tv_nsec as u32))
+        let timeout = match t {
+            None => None,
+            Some(t) if t.tv_sec < 0 || !(0..1_000_000_000).contains(&t.tv_nsec) => return Err(EINVAL),
+            Some(t) => Some(Duration::new(t.tv_sec as u64, t.tv_nsec as u32)),
         };
         the_node()?.semop(semid, ops, timeout)
     };
@@ -150,19 +143,10 @@ fn distributed_semctl(id: i32, semnum: i32, cmd: i32, arg: usize) -> Result<libc
                 SemctlReply::Stat { stat, .. } => stat.nsems as usize,
                 _ => return Err(EINVAL),
             };
-            if arg == 0 {
-                return Err(EFAULT);
-            }
-            // SAFETY: for SETALL the program passes `nsems` values at `arg`.
-            let vals = unsafe { std::slice::from_raw_parts(arg as *const u16, nsems) };
-            SemctlArg::Array(vals.to_vec())
+            SemctlArg::Array(copy_in_slice(arg as *const u16, nsems)?)
         }
         libc::IPC_SET => {
-            if arg == 0 {
-                return Err(EFAULT);
-            }
-            // SAFETY: for IPC_SET the program passes a semid_ds at `arg`.
-            let p = unsafe { &(*(arg as *const libc::semid_ds)).sem_perm };
+            let p = copy_in(arg as *const libc::semid_ds)?.sem_perm;
             SemctlArg::Perm { uid: p.uid, gid: p.gid, mode: p.mode as u32 }
         }
         _ => SemctlArg::None,
@@ -171,32 +155,21 @@ fn distributed_semctl(id: i32, semnum: i32, cmd: i32, arg: usize) -> Result<libc
         SemctlReply::Ok => Ok(0),
         SemctlReply::Value(v) => Ok(v),
         SemctlReply::All(vals) => {
-            if arg == 0 {
-                return Err(EFAULT);
-            }
-            // SAFETY: for GETALL the program passes room for `nsems` values.
-            unsafe { std::ptr::copy_nonoverlapping(vals.as_ptr(), arg as *mut u16, vals.len()) };
+            copy_out_slice(arg as *mut u16, &vals)?;
             Ok(0)
         }
         SemctlReply::Stat { ret, stat } => {
-            if arg == 0 {
-                return Err(EFAULT);
-            }
-            // SAFETY: for IPC_STAT the program passes a semid_ds at `arg`.
-            unsafe { fill_semid_ds(arg as *mut libc::semid_ds, id, &stat) };
+            copy_out(arg as *mut libc::semid_ds, &semid_ds(id, &stat))?;
             Ok(ret)
         }
         SemctlReply::Info { ret, .. } => Ok(ret),
     }
 }
 
-/// Writes the public fields of the program's `semid_ds`.
-///
-/// # Safety
-/// `buf` points to a writable `semid_ds`.
-unsafe fn fill_semid_ds(buf: *mut libc::semid_ds, id: i32, s: &SemStat) {
-    // SAFETY: the caller's contract.
-    let b = unsafe { &mut *buf };
+/// A `semid_ds` as the kernel fills it: every other byte zero.
+fn semid_ds(id: i32, s: &SemStat) -> libc::semid_ds {
+    // SAFETY: all-zero bytes are a valid semid_ds.
+    let mut b: libc::semid_ds = unsafe { std::mem::zeroed() };
     b.sem_perm.__key = s.key;
     b.sem_perm.uid = s.uid;
     b.sem_perm.gid = s.gid;
@@ -207,4 +180,5 @@ unsafe fn fill_semid_ds(buf: *mut libc::semid_ds, id: i32, s: &SemStat) {
     b.sem_otime = s.otime;
     b.sem_ctime = s.ctime;
     b.sem_nsems = s.nsems as _;
+    b
 }

@@ -13,6 +13,7 @@ use kdipc_runtime::registry::{is_distributed_id, Cred, Errno, CAP_IPC_LOCK};
 use once_cell::sync::Lazy;
 
 use crate::ffi::{fail, guard, real_fn};
+use crate::user::{copy_in, copy_out};
 use crate::IPC_KDIPC;
 
 /// `KDIPC_KEYS`, read without starting the runtime.
@@ -230,73 +231,4 @@ fn id_mapped(map: &str, id: u32) -> bool {
             _ => false,
         }
     })
-}
-
-/// `copy_to_user`: `EFAULT` where the kernel would fail, instead of a crash.
-fn copy_out<T>(dst: *mut T, src: &T) -> Result<(), Errno> {
-    let len = std::mem::size_of::<T>();
-    match in_one_view(dst as usize, len) {
-        // A read-only attach: the kernel cannot write there either.
-        Some(true) => Err(Errno(libc::EFAULT)),
-        Some(false) => {
-            // SAFETY: the whole range lies in a read-write distributed view
-            // of ours; the fault handler serves the write (which
-            // process_vm_writev would not fault in).
-            unsafe { std::ptr::write_unaligned(dst, std::ptr::read(src)) };
-            Ok(())
-        }
-        None => {
-            let local = libc::iovec { iov_base: src as *const T as *mut libc::c_void, iov_len: len };
-            let remote = libc::iovec { iov_base: dst as *mut libc::c_void, iov_len: len };
-            // SAFETY: process_vm_writev checks the remote (our own) range
-            // and fails with EFAULT instead of faulting.
-            let r = unsafe { libc::process_vm_writev(libc::getpid(), &local, 1, &remote, 1, 0) };
-            vm_result(r, len, || {
-                // SAFETY: process_vm_writev is unavailable (seccomp): the
-                // old way, a plain write to what the program passed.
-                unsafe { std::ptr::write_unaligned(dst, std::ptr::read(src)) }
-            })
-        }
-    }
-}
-
-/// `copy_from_user`: `EFAULT` where the kernel would fail.
-fn copy_in<T: Copy>(src: *const T) -> Result<T, Errno> {
-    let len = std::mem::size_of::<T>();
-    if in_one_view(src as usize, len).is_some() {
-        // SAFETY: the range lies in a distributed view; the fault handler
-        // serves the read.
-        return Ok(unsafe { std::ptr::read_unaligned(src) });
-    }
-    let mut out = std::mem::MaybeUninit::<T>::uninit();
-    let local = libc::iovec { iov_base: out.as_mut_ptr() as *mut libc::c_void, iov_len: len };
-    let remote = libc::iovec { iov_base: src as *mut libc::c_void, iov_len: len };
-    // SAFETY: process_vm_readv checks the remote (our own) range and fails
-    // with EFAULT instead of faulting; it writes `len` bytes into `out`.
-    let r = unsafe { libc::process_vm_readv(libc::getpid(), &local, 1, &remote, 1, 0) };
-    // SAFETY: on the fallback path, a plain read of what the program passed.
-    vm_result(r, len, || out.write(unsafe { std::ptr::read_unaligned(src) }))?;
-    // SAFETY: filled by process_vm_readv (all `len` bytes) or the fallback.
-    Ok(unsafe { out.assume_init() })
-}
-
-/// The result of `process_vm_readv/writev` of `len` bytes: done, `EFAULT`,
-/// or (the call is not allowed here) `fallback`.
-fn vm_result<R>(r: isize, len: usize, fallback: impl FnOnce() -> R) -> Result<(), Errno> {
-    if r == len as isize {
-        return Ok(());
-    }
-    let e = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
-    if r >= 0 || e == libc::EFAULT {
-        return Err(Errno(libc::EFAULT));
-    }
-    fallback();
-    Ok(())
-}
-
-/// `Some(readonly)` if `[addr, addr + len)` lies inside one distributed view.
-fn in_one_view(addr: usize, len: usize) -> Option<bool> {
-    let (start, readonly) = fault::find_view(addr)?;
-    let last = addr.checked_add(len - 1)?;
-    fault::find_view(last).filter(|&(s, _)| s == start).map(|_| readonly)
 }

@@ -77,6 +77,12 @@ impl Manager {
         self.segs.get(&seg).is_some_and(|ps| ps.iter().all(|p| p.owner.is_none() && p.readers.is_empty()))
     }
 
+    /// How many pages of the segment a node other than the home owns
+    /// (for `kdipc ipcs`).
+    pub fn pages_away(&self, seg: SegId) -> u32 {
+        self.segs.get(&seg).map_or(0, |ps| ps.iter().filter(|p| p.owner.is_some()).count() as u32)
+    }
+
     /// The home copy of a page, if the home owns it.
     pub fn home_copy(&self, seg: SegId, page: PageIdx) -> Option<&Payload> {
         let p = self.segs.get(&seg)?.get(page as usize)?;
