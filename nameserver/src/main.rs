@@ -296,7 +296,8 @@ fn connect() -> Result<NodeHandle, String> {
     let mut cfg = Config::from_env()?;
     let local = cfg.nameserver.ip().is_loopback();
     if (cfg.auto && !certs::exists(&cfg.cert_dir)) || (local && !node::udp_port_in_use(cfg.nameserver)) {
-        let hint = if cfg.auto { " (kdipc starts none; set KDIPC_NAMESERVER and KDIPC_CERT_DIR)" } else { "" };
+        let hint =
+            if cfg.auto { " (kdipc starts none; set KDIPC_NAMESERVER and KDIPC_CERT_DIR)" } else { "" };
         return Err(format!("no nameserver at {}{hint}", cfg.nameserver));
     }
     cfg.auto = false;
@@ -317,7 +318,8 @@ fn with_node<T: Send + 'static>(f: impl FnOnce(&NodeHandle) -> T + Send + 'stati
         });
         let _ = tx.send(r);
     });
-    rx.recv_timeout(Duration::from_secs(20)).map_err(|_| "no answer from the nameserver".to_string())?
+    rx.recv_timeout(Duration::from_secs(20))
+        .map_err(|_| "no answer from the nameserver (another KDIPC version? see its log)".to_string())?
 }
 
 /// `getpwuid`'s name for `uid`.

@@ -7,6 +7,7 @@
 //! | `KDIPC_BIND` | `127.0.0.1:0` when the nameserver is on loopback, else `0.0.0.0:0` | this node's QUIC address |
 //! | `KDIPC_KEYS` | none | keys distributed in unmodified programs: `all` or `0x1000-0x1fff,42` |
 //! | `KDIPC_HOLD_US` | `100` | minimum time a granted page stays before it is given away |
+//! | `KDIPC_SPIN_US` | `0` | how long a faulting thread spins before it sleeps |
 //! | `KDIPC_LOG` | `warn` | log filter (`RUST_LOG` syntax), to stderr |
 //! | `KDIPC_BIN` | `kdipc` beside `libkdipc.so` | the `kdipc` binary, to start a nameserver on demand |
 
@@ -83,6 +84,7 @@ pub struct Config {
     pub bind: SocketAddr,
     pub keys: KeySet,
     pub hold_us: u64,
+    pub spin_us: u64,
 }
 
 /// The private directory for credentials when none is configured.
@@ -113,7 +115,11 @@ impl Config {
             Some(h) => h.parse().map_err(|_| format!("KDIPC_HOLD_US: not a number: {h:?}"))?,
             None => 100,
         };
-        Ok(Config { nameserver, auto, cert_dir, bind, keys, hold_us })
+        let spin_us = match var("KDIPC_SPIN_US") {
+            Some(h) => h.parse().map_err(|_| format!("KDIPC_SPIN_US: not a number: {h:?}"))?,
+            None => 0,
+        };
+        Ok(Config { nameserver, auto, cert_dir, bind, keys, hold_us, spin_us })
     }
 }
 

@@ -52,6 +52,15 @@ const SLOT_INIT: FaultSlot =
     FaultSlot { state: AtomicU32::new(FREE), addr: AtomicUsize::new(0), write: AtomicBool::new(false) };
 static SLOTS: [FaultSlot; MAX_FAULTS] = [SLOT_INIT; MAX_FAULTS];
 
+/// Iterations a faulting thread spins before it sleeps.
+static SPIN_ITERS: AtomicUsize = AtomicUsize::new(0);
+
+/// Sets how long a faulting thread spins before it sleeps on the futex.
+pub fn set_spin(us: u64) {
+    // About 30 ns per `pause` on current x86 cores.
+    SPIN_ITERS.store((us as usize).saturating_mul(33), Ordering::Relaxed);
+}
+
 /// The runtime thread's eventfd.
 static EVENT_FD: AtomicI32 = AtomicI32::new(-1);
 /// Whether our handler is installed.
@@ -415,10 +424,18 @@ fn wait_for_page(addr: usize, write: bool) -> bool {
     unsafe {
         libc::syscall(libc::SYS_write, EVENT_FD.load(Ordering::Acquire), &one as *const u64, 8usize);
     }
+    // Spin a little first (`KDIPC_SPIN_US`): a page that comes back
+    // quickly then costs no futex wake-up.
+    let mut spins = SPIN_ITERS.load(Ordering::Relaxed);
     let result = loop {
         let s = slot.state.load(Ordering::Acquire);
         if s == DONE || s == FAILED {
             break s;
+        }
+        if spins > 0 {
+            spins -= 1;
+            std::hint::spin_loop();
+            continue;
         }
         futex_wait(&slot.state, s);
     };

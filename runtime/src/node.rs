@@ -579,8 +579,13 @@ impl State {
     /// A connection was lost or a node could not be reached.
     fn peer_lost(&mut self, node: Option<NodeId>) {
         match node {
-            Some(MANAGER) if !self.closing => error!("lost the connection to the nameserver"),
-            Some(MANAGER) => {}
+            Some(MANAGER) => {
+                if !self.closing {
+                    error!("lost the connection to the nameserver");
+                }
+                // Calls waiting for it fail now rather than never.
+                self.calls.clear();
+            }
             Some(n) => {
                 self.transport.forget(n);
                 let mut out = Vec::new();
@@ -674,6 +679,7 @@ async fn run(
         return;
     }
     fault::membarrier_register();
+    fault::set_spin(config.spin_us);
     // SAFETY: the AsyncFd owns the descriptor until it is dropped, and
     // nothing else closes it.
     let efd = match unsafe { AsyncFd::register(efd) } {
