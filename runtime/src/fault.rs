@@ -27,11 +27,17 @@ pub struct ViewSlot {
     start: AtomicUsize,
     len: AtomicUsize,
     readonly: AtomicBool,
+    /// The segment's id (for a forked child, which attaches again).
+    seg: AtomicI32,
 }
 
 #[allow(clippy::declare_interior_mutable_const)]
-const VIEW_INIT: ViewSlot =
-    ViewSlot { start: AtomicUsize::new(0), len: AtomicUsize::new(0), readonly: AtomicBool::new(false) };
+const VIEW_INIT: ViewSlot = ViewSlot {
+    start: AtomicUsize::new(0),
+    len: AtomicUsize::new(0),
+    readonly: AtomicBool::new(false),
+    seg: AtomicI32::new(0),
+};
 static VIEWS: [ViewSlot; MAX_VIEWS] = [VIEW_INIT; MAX_VIEWS];
 
 const FREE: u32 = 0;
@@ -184,11 +190,12 @@ fn views() -> &'static [ViewSlot] {
 
 /// Registers an application view `[start, start+len)`; returns its slot.
 /// Callers serialize registrations (the runtime thread does them all).
-pub fn register_view(start: usize, len: usize, readonly: bool) -> Option<usize> {
+pub fn register_view(start: usize, len: usize, readonly: bool, seg: i32) -> Option<usize> {
     for (i, v) in VIEWS.iter().enumerate() {
         if v.start.load(Ordering::Acquire) == 0 {
             v.len.store(len, Ordering::Relaxed);
             v.readonly.store(readonly, Ordering::Relaxed);
+            v.seg.store(seg, Ordering::Relaxed);
             v.start.store(start, Ordering::Release);
             HIGH.fetch_max(i + 1, Ordering::AcqRel);
             NVIEWS.fetch_add(1, Ordering::Release);
@@ -201,6 +208,25 @@ pub fn register_view(start: usize, len: usize, readonly: bool) -> Option<usize> 
 pub fn unregister_view(slot: usize) {
     VIEWS[slot].start.store(0, Ordering::Release);
     NVIEWS.fetch_sub(1, Ordering::Release);
+}
+
+/// Every registered view (segment, start, length, read-only), forgotten:
+/// a forked child takes them over and attaches them again.
+pub fn take_views() -> Vec<(i32, usize, usize, bool)> {
+    let mut out = Vec::new();
+    for v in views() {
+        let start = v.start.swap(0, Ordering::AcqRel);
+        if start != 0 {
+            out.push((
+                v.seg.load(Ordering::Relaxed),
+                start,
+                v.len.load(Ordering::Relaxed),
+                v.readonly.load(Ordering::Relaxed),
+            ));
+        }
+    }
+    NVIEWS.store(0, Ordering::Release);
+    out
 }
 
 /// Brings in every distributed page of `[addr, addr+len)` (for `write`

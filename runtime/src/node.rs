@@ -16,7 +16,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use once_cell::sync::OnceCell;
+use std::sync::atomic::{AtomicPtr, Ordering};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, info, warn};
@@ -71,15 +71,34 @@ pub struct NodeHandle {
     pub config: Config,
 }
 
-static NODE: OnceCell<Result<NodeHandle, String>> = OnceCell::new();
+/// The node of this process (leaked; a forked child replaces it).
+static NODE: AtomicPtr<Result<NodeHandle, String>> = AtomicPtr::new(std::ptr::null_mut());
+static NODE_INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn current() -> Option<&'static Result<NodeHandle, String>> {
+    let p = NODE.load(Ordering::Acquire);
+    // SAFETY: a non-null NODE was leaked from a Box and is never freed.
+    (!p.is_null()).then(|| unsafe { &*p })
+}
 
 /// The node of this process, started on first use.
 pub fn node() -> Result<&'static NodeHandle, Errno> {
-    let n = NODE.get_or_init(|| {
-        crate::config::init_logging();
-        let config = Config::from_env()?;
-        start(config)
-    });
+    let n = match current() {
+        Some(n) => n,
+        None => {
+            let _g = NODE_INIT.lock().unwrap_or_else(|e| e.into_inner());
+            match current() {
+                Some(n) => n,
+                None => {
+                    crate::config::init_logging();
+                    let r = Config::from_env().and_then(start);
+                    let leaked: &'static mut Result<NodeHandle, String> = Box::leak(Box::new(r));
+                    NODE.store(leaked, Ordering::Release);
+                    leaked
+                }
+            }
+        }
+    };
     n.as_ref().map_err(|e| {
         static ONCE: std::sync::Once = std::sync::Once::new();
         ONCE.call_once(|| eprintln!("kdipc: cannot start: {e}"));
@@ -89,7 +108,50 @@ pub fn node() -> Result<&'static NodeHandle, Errno> {
 
 /// The node, if it was started.
 pub fn started() -> Option<&'static NodeHandle> {
-    NODE.get().and_then(|r| r.as_ref().ok())
+    current().and_then(|r| r.as_ref().ok())
+}
+
+/// In the child of `fork`: the parent's runtime thread does not exist
+/// here. The child becomes a node of its own: its distributed views are
+/// replaced, at the same addresses, by views of its own that start
+/// `PROT_NONE` and fetch pages like any node's, and it attaches every
+/// segment again (the child counts in `shm_nattch`, as with the kernel).
+pub fn after_fork_in_child() {
+    if current().is_none() {
+        return;
+    }
+    let views = fault::take_views();
+    for &(_, start, len, _) in &views {
+        // SAFETY: replacing our own mapping of the parent's memory with an
+        // inaccessible one, so that nothing the parent writes is seen here
+        // without the protocol.
+        unsafe {
+            libc::mmap(
+                start as *mut libc::c_void,
+                len,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
+                -1,
+                0,
+            );
+        }
+    }
+    // The parent's handle leaks: its channel leads to a thread that is not
+    // here.
+    NODE.store(std::ptr::null_mut(), Ordering::Release);
+    if views.is_empty() {
+        return; // Started again on the next distributed call.
+    }
+    let Ok(n) = node() else {
+        eprintln!("kdipc: the child of fork could not start its node; its distributed memory is gone");
+        return;
+    };
+    for (seg, start, _, readonly) in views {
+        let flags = libc::SHM_REMAP | if readonly { libc::SHM_RDONLY } else { 0 };
+        if let Err(e) = n.shmat(seg, start, flags) {
+            eprintln!("kdipc: the child of fork could not attach segment {seg} again (errno {})", e.0);
+        }
+    }
 }
 
 fn start(config: Config) -> Result<NodeHandle, String> {
@@ -123,13 +185,15 @@ fn drain_eventfd(fd: i32) {
 
 /// Waits until `fd` is readable: `Err(EINTR)` when a signal handler ran,
 /// `Err(EAGAIN)` after `timeout`.
-fn wait_readable(fd: i32, timeout: Option<Duration>) -> Result<(), Errno> {
+fn wait_readable(fd: i32, timeout: Option<Duration>, mask: &libc::sigset_t) -> Result<(), Errno> {
     let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
     let ts = timeout
         .map(|t| libc::timespec { tv_sec: t.as_secs() as libc::time_t, tv_nsec: t.subsec_nanos() as _ });
     let tsp = ts.as_ref().map_or(std::ptr::null(), |t| t as *const libc::timespec);
-    // SAFETY: one valid pollfd; `tsp` is null or points to a live timespec.
-    let r = unsafe { libc::ppoll(&mut pfd, 1, tsp, std::ptr::null()) };
+    // SAFETY: one valid pollfd; `tsp` is null or points to a live timespec;
+    // `mask` is a valid sigset (the program's mask, restored atomically for
+    // the wait, so that no signal slips in between).
+    let r = unsafe { libc::ppoll(&mut pfd, 1, tsp, mask) };
     if r > 0 {
         return Ok(());
     }
@@ -139,6 +203,35 @@ fn wait_readable(fd: i32, timeout: Option<Duration>) -> Result<(), Errno> {
     match std::io::Error::last_os_error().raw_os_error() {
         Some(libc::EINTR) => Err(Errno(libc::EINTR)),
         _ => Err(ENOMEM),
+    }
+}
+
+/// Every signal a program handles, blocked for as long as this lives.
+struct BlockedSignals {
+    old: libc::sigset_t,
+}
+
+impl BlockedSignals {
+    fn new() -> Self {
+        // SAFETY: sigset operations on local, valid sigsets; setting this
+        // thread's mask (faults stay deliverable).
+        unsafe {
+            let mut all: libc::sigset_t = std::mem::zeroed();
+            let mut old: libc::sigset_t = std::mem::zeroed();
+            libc::sigfillset(&mut all);
+            for s in [libc::SIGSEGV, libc::SIGBUS, libc::SIGILL, libc::SIGFPE] {
+                libc::sigdelset(&mut all, s);
+            }
+            libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut old);
+            BlockedSignals { old }
+        }
+    }
+}
+
+impl Drop for BlockedSignals {
+    fn drop(&mut self) {
+        // SAFETY: restoring the mask saved in `new`.
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &self.old, std::ptr::null_mut()) };
     }
 }
 
@@ -261,6 +354,23 @@ impl NodeHandle {
         if fd < 0 {
             return Err(ENOMEM);
         }
+        // Signals stay blocked from here until the wait, which unblocks them
+        // atomically: a signal that arrives in between interrupts the wait
+        // instead of being lost before it.
+        let blocked = BlockedSignals::new();
+        let r = self.semop_blocked(id, ops, timeout, fd, &blocked.old);
+        drop(blocked);
+        r
+    }
+
+    fn semop_blocked(
+        &self,
+        id: i32,
+        ops: Vec<SemOp>,
+        timeout: Option<Duration>,
+        fd: i32,
+        mask: &libc::sigset_t,
+    ) -> Result<(), Errno> {
         let cred = Cred::current();
         let pid = cred.pid;
         let id_call = next_call_id();
@@ -280,7 +390,7 @@ impl NodeHandle {
             let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
             let interrupted = match left {
                 Some(l) if l.is_zero() => Some(Errno(libc::EAGAIN)),
-                _ => wait_readable(fd, left).err(),
+                _ => wait_readable(fd, left, mask).err(),
             };
             let Some(why) = interrupted else { continue };
             // Withdraw it at the owner, unless it completed meanwhile.
@@ -945,7 +1055,7 @@ fn map_view(
         drop_if_unused(st, id);
         return Err(EINVAL);
     }
-    let Some(slot) = fault::register_view(at, maplen, readonly) else {
+    let Some(slot) = fault::register_view(at, maplen, readonly, id) else {
         // SAFETY: as above.
         unsafe { libc::munmap(p, maplen) };
         drop_if_unused(st, id);

@@ -9,12 +9,14 @@
 
 mod ffi;
 mod io;
+mod process;
 mod sem;
 mod shm;
 mod signals;
 mod user;
 
 pub use io::{pread, pread64, pwrite, pwrite64, read, readv, recv, recvfrom, send, sendto, write, writev};
+pub use process::{_Exit, _exit, fork};
 pub use sem::{semctl, semget, semop, semtimedop};
 pub use shm::{shmat, shmctl, shmdt, shmget};
 pub use signals::{pthread_sigmask, sigaction, signal, sigprocmask};

@@ -39,7 +39,7 @@ pub(crate) fn the_node() -> Result<&'static NodeHandle, Errno> {
 #[link_section = ".fini_array"]
 static AT_EXIT: extern "C" fn() = at_exit;
 
-extern "C" fn at_exit() {
+pub(crate) extern "C" fn at_exit() {
     let _ = std::panic::catch_unwind(|| {
         if let Some(n) = node::started() {
             n.shutdown(std::time::Duration::from_secs(10));

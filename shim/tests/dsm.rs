@@ -195,3 +195,16 @@ fn system_calls_copy_to_and_from_distributed_pages() {
     let outs = c.run_ranks("syscalls", 2, &[support::fresh_key(), "8".into()], T);
     all_ok(&outs, "syscalls");
 }
+
+/// The classic pattern: a parent creates a segment and a semaphore set,
+/// forks workers that fill a share each and post (then `_exit`), waits,
+/// checks every byte; children then `exec` a checker that attaches by key
+/// and by the id passed in argv.
+#[test]
+fn fork_workers_then_exec_checkers() {
+    let c = Cluster::local();
+    let key = support::fresh_key();
+    let o = c.run("forkers", &[&key, "4", "16"], T);
+    o.assert_ok("forkers");
+    assert!(o.stdout.contains("checkers ok"), "{}", o.stdout);
+}
