@@ -12,7 +12,7 @@ use kdipc_runtime::semaphores::{SemOp, SemStat, SemctlArg, SemctlReply};
 
 use crate::ffi::{fail, guard, real_fn};
 use crate::shm::{the_node, KEYS};
-use crate::user::{copy_in, copy_in_slice, copy_out, copy_out_slice};
+use crate::user::{copy_in, copy_in_slice, copy_out, copy_out_slice, ipc_perm};
 use crate::IPC_KDIPC;
 
 const EINVAL: Errno = Errno(libc::EINVAL);
@@ -170,13 +170,7 @@ fn distributed_semctl(id: i32, semnum: i32, cmd: i32, arg: usize) -> Result<libc
 fn semid_ds(id: i32, s: &SemStat) -> libc::semid_ds {
     // SAFETY: all-zero bytes are a valid semid_ds.
     let mut b: libc::semid_ds = unsafe { std::mem::zeroed() };
-    b.sem_perm.__key = s.key;
-    b.sem_perm.uid = s.uid;
-    b.sem_perm.gid = s.gid;
-    b.sem_perm.cuid = s.cuid;
-    b.sem_perm.cgid = s.cgid;
-    b.sem_perm.mode = s.mode as libc::c_ushort;
-    b.sem_perm.__seq = ((id & !kdipc_runtime::registry::ID_BIT) >> 15) as libc::c_ushort;
+    b.sem_perm = ipc_perm(id, s.key, (s.uid, s.gid), (s.cuid, s.cgid), s.mode);
     b.sem_otime = s.otime;
     b.sem_ctime = s.ctime;
     b.sem_nsems = s.nsems as _;

@@ -13,7 +13,7 @@ use kdipc_runtime::registry::{is_distributed_id, Cred, Errno, CAP_IPC_LOCK};
 use once_cell::sync::Lazy;
 
 use crate::ffi::{fail, guard, real_fn};
-use crate::user::{copy_in, copy_out};
+use crate::user::{copy_in, copy_out, ipc_perm};
 use crate::IPC_KDIPC;
 
 /// `KDIPC_KEYS`, read without starting the runtime.
@@ -157,13 +157,7 @@ fn ctl(n: &NodeHandle, id: i32, cmd: i32, buf: *mut libc::shmid_ds) -> Result<li
             // The kernel fills a zeroed struct and copies all of it.
             // SAFETY: shmid_ds is plain data; all zeroes is a valid value.
             let mut b: libc::shmid_ds = unsafe { std::mem::zeroed() };
-            b.shm_perm.__key = s.key;
-            b.shm_perm.uid = s.uid;
-            b.shm_perm.gid = s.gid;
-            b.shm_perm.cuid = s.cuid;
-            b.shm_perm.cgid = s.cgid;
-            b.shm_perm.mode = s.mode as libc::c_ushort;
-            b.shm_perm.__seq = ((id & !kdipc_runtime::registry::ID_BIT) >> 15) as libc::c_ushort;
+            b.shm_perm = ipc_perm(id, s.key, (s.uid, s.gid), (s.cuid, s.cgid), s.mode);
             b.shm_segsz = s.size as libc::size_t;
             b.shm_atime = s.atime;
             b.shm_dtime = s.dtime;

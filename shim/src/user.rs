@@ -103,3 +103,15 @@ pub fn copy_in_slice<T: Copy>(src: *const T, n: usize) -> Result<Vec<T>, Errno> 
 pub fn copy_out_slice<T: Copy>(dst: *mut T, src: &[T]) -> Result<(), Errno> {
     src.iter().enumerate().try_for_each(|(i, v)| copy_out(dst.wrapping_add(i), v))
 }
+
+/// The `ipc_perm` the kernel reports for an object (every other byte zero).
+pub fn ipc_perm(id: i32, key: i32, owner: (u32, u32), creator: (u32, u32), mode: u32) -> libc::ipc_perm {
+    // SAFETY: ipc_perm is plain data; all zeroes is a valid value.
+    let mut p: libc::ipc_perm = unsafe { std::mem::zeroed() };
+    p.__key = key;
+    (p.uid, p.gid) = owner;
+    (p.cuid, p.cgid) = creator;
+    p.mode = mode as libc::c_ushort;
+    p.__seq = ((id & !kdipc_runtime::registry::ID_BIT) >> 15) as libc::c_ushort;
+    p
+}
