@@ -124,6 +124,14 @@ pub fn load(dir: &Path) -> Result<TlsConfigs, CertError> {
     let mut transport = quinn::TransportConfig::default();
     transport.keep_alive_interval(Some(std::time::Duration::from_secs(1)));
     transport.max_idle_timeout(Some(std::time::Duration::from_secs(5).try_into().map_err(|e| tls(&e))?));
+    // A page is 4 KiB: start at the largest datagram any Ethernet path
+    // carries (1500-byte MTU, IPv6) instead of 1200, and let path MTU
+    // discovery go up to jumbo frames (loopback, some LANs), so that a page
+    // takes 1–3 datagrams instead of 4.
+    transport.initial_mtu(1452);
+    let mut mtu = quinn::MtuDiscoveryConfig::default();
+    mtu.upper_bound(8952);
+    transport.mtu_discovery_config(Some(mtu));
     let transport = Arc::new(transport);
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(server));
     server.transport_config(transport.clone());

@@ -4,6 +4,7 @@
 pub mod certs;
 pub mod config;
 pub mod fault;
+pub mod interrupts;
 pub mod nameserver;
 pub mod node;
 pub mod protocol;

@@ -185,15 +185,13 @@ fn drain_eventfd(fd: i32) {
 
 /// Waits until `fd` is readable: `Err(EINTR)` when a signal handler ran,
 /// `Err(EAGAIN)` after `timeout`.
-fn wait_readable(fd: i32, timeout: Option<Duration>, mask: &libc::sigset_t) -> Result<(), Errno> {
+fn wait_readable(fd: i32, timeout: Option<Duration>) -> Result<(), Errno> {
     let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
     let ts = timeout
         .map(|t| libc::timespec { tv_sec: t.as_secs() as libc::time_t, tv_nsec: t.subsec_nanos() as _ });
     let tsp = ts.as_ref().map_or(std::ptr::null(), |t| t as *const libc::timespec);
-    // SAFETY: one valid pollfd; `tsp` is null or points to a live timespec;
-    // `mask` is a valid sigset (the program's mask, restored atomically for
-    // the wait, so that no signal slips in between).
-    let r = unsafe { libc::ppoll(&mut pfd, 1, tsp, mask) };
+    // SAFETY: one valid pollfd; `tsp` is null or points to a live timespec.
+    let r = unsafe { libc::ppoll(&mut pfd, 1, tsp, std::ptr::null()) };
     if r > 0 {
         return Ok(());
     }
@@ -203,35 +201,6 @@ fn wait_readable(fd: i32, timeout: Option<Duration>, mask: &libc::sigset_t) -> R
     match std::io::Error::last_os_error().raw_os_error() {
         Some(libc::EINTR) => Err(Errno(libc::EINTR)),
         _ => Err(ENOMEM),
-    }
-}
-
-/// Every signal a program handles, blocked for as long as this lives.
-struct BlockedSignals {
-    old: libc::sigset_t,
-}
-
-impl BlockedSignals {
-    fn new() -> Self {
-        // SAFETY: sigset operations on local, valid sigsets; setting this
-        // thread's mask (faults stay deliverable).
-        unsafe {
-            let mut all: libc::sigset_t = std::mem::zeroed();
-            let mut old: libc::sigset_t = std::mem::zeroed();
-            libc::sigfillset(&mut all);
-            for s in [libc::SIGSEGV, libc::SIGBUS, libc::SIGILL, libc::SIGFPE] {
-                libc::sigdelset(&mut all, s);
-            }
-            libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut old);
-            BlockedSignals { old }
-        }
-    }
-}
-
-impl Drop for BlockedSignals {
-    fn drop(&mut self) {
-        // SAFETY: restoring the mask saved in `new`.
-        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &self.old, std::ptr::null_mut()) };
     }
 }
 
@@ -354,23 +323,9 @@ impl NodeHandle {
         if fd < 0 {
             return Err(ENOMEM);
         }
-        // Signals stay blocked from here until the wait, which unblocks them
-        // atomically: a signal that arrives in between interrupts the wait
-        // instead of being lost before it.
-        let blocked = BlockedSignals::new();
-        let r = self.semop_blocked(id, ops, timeout, fd, &blocked.old);
-        drop(blocked);
-        r
-    }
-
-    fn semop_blocked(
-        &self,
-        id: i32,
-        ops: Vec<SemOp>,
-        timeout: Option<Duration>,
-        fd: i32,
-        mask: &libc::sigset_t,
-    ) -> Result<(), Errno> {
+        // A handler that runs in this thread from here on interrupts the
+        // wait, even one that runs before the wait begins.
+        let handled = crate::interrupts::handled();
         let cred = Cred::current();
         let pid = cred.pid;
         let id_call = next_call_id();
@@ -390,7 +345,8 @@ impl NodeHandle {
             let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
             let interrupted = match left {
                 Some(l) if l.is_zero() => Some(Errno(libc::EAGAIN)),
-                _ => wait_readable(fd, left, mask).err(),
+                _ if crate::interrupts::handled() != handled => Some(Errno(libc::EINTR)),
+                _ => wait_readable(fd, left).err(),
             };
             let Some(why) = interrupted else { continue };
             // Withdraw it at the owner, unless it completed meanwhile.

@@ -10,7 +10,7 @@
 //! instead of reaching our handler. Before any distributed attach, every
 //! call goes to libc unchanged.
 
-use kdipc_runtime::fault;
+use kdipc_runtime::{fault, interrupts};
 
 use crate::ffi::{guard, real_fn};
 
@@ -38,8 +38,18 @@ pub unsafe extern "C" fn sigaction(
             }
             return 0;
         }
-        // SAFETY: libc's sigaction with the program's arguments.
-        unsafe { fault::real_sigaction(signum, act, oldact) }
+        // Other signals: the program's handler behind the trampoline that
+        // lets a distributed semop see it ran (EINTR).
+        // SAFETY: non-null, the program's sigaction.
+        let ours = (!act.is_null()).then(|| interrupts::wrap(signum, unsafe { &*act }));
+        let act = ours.as_ref().map_or(act, |a| a as *const libc::sigaction);
+        // SAFETY: libc's sigaction with the program's (or our wrapped) action.
+        let r = unsafe { fault::real_sigaction(signum, act, oldact) };
+        if r == 0 && !oldact.is_null() {
+            // SAFETY: non-null, the program's buffer, just filled.
+            interrupts::unwrap(signum, unsafe { &mut *oldact });
+        }
+        r
     })
 }
 
@@ -47,16 +57,22 @@ pub unsafe extern "C" fn sigaction(
 #[cfg_attr(not(test), no_mangle)]
 pub extern "C" fn signal(signum: libc::c_int, handler: libc::sighandler_t) -> libc::sighandler_t {
     guard(|| {
-        if signum == libc::SIGSEGV && fault::installed() {
-            // SAFETY: a zeroed sigaction is valid to fill in.
-            let mut act: libc::sigaction = unsafe { std::mem::zeroed() };
-            act.sa_sigaction = handler;
-            act.sa_flags = libc::SA_RESTART;
-            return fault::set_program_action(&act).sa_sigaction;
+        // As glibc's signal: sigaction with SA_RESTART and the signal
+        // itself masked during its handler (through our hook, so that a
+        // SIGSEGV handler is chained and other handlers are counted).
+        // SAFETY: a zeroed sigaction is valid to fill in.
+        let mut act: libc::sigaction = unsafe { std::mem::zeroed() };
+        act.sa_sigaction = handler;
+        act.sa_flags = libc::SA_RESTART;
+        // SAFETY: a valid sigset inside `act`.
+        unsafe { libc::sigaddset(&mut act.sa_mask, signum) };
+        // SAFETY: as above.
+        let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+        // SAFETY: valid pointers to local structs.
+        if unsafe { sigaction(signum, &act, &mut old) } != 0 {
+            return libc::SIG_ERR;
         }
-        let f = real_fn!(signal: fn(libc::c_int, libc::sighandler_t) -> libc::sighandler_t);
-        // SAFETY: libc's signal with the program's arguments.
-        unsafe { f(signum, handler) }
+        old.sa_sigaction
     })
 }
 
