@@ -123,12 +123,6 @@ impl Transport {
         ));
     }
 
-    /// Dials `addr` (the nameserver) before any id is known and sends on it
-    /// as node `to`.
-    pub fn connect_as(&mut self, to: NodeId, addr: SocketAddr) {
-        self.addrs.insert(to, addr);
-    }
-
     pub fn close(&self) {
         self.endpoint.close(0u32.into(), b"bye");
     }

@@ -71,12 +71,6 @@ impl Manager {
         Some(Holders { owner: p.owner, readers: p.readers.clone() })
     }
 
-    /// Whether the home owns every page of the segment and nobody holds a
-    /// copy (the segment is at rest).
-    pub fn at_home(&self, seg: SegId) -> bool {
-        self.segs.get(&seg).is_some_and(|ps| ps.iter().all(|p| p.owner.is_none() && p.readers.is_empty()))
-    }
-
     /// How many pages of the segment a node other than the home owns
     /// (for `kdipc ipcs`).
     pub fn pages_away(&self, seg: SegId) -> u32 {

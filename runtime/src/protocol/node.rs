@@ -133,10 +133,6 @@ impl NodeProtocol {
         self.waiting.retain(|&(s, _)| s != seg);
     }
 
-    pub fn is_attached(&self, seg: SegId) -> bool {
-        self.segs.contains_key(&seg)
-    }
-
     fn page(&self, seg: SegId, page: PageIdx) -> Option<&NodePage> {
         self.segs.get(&seg).and_then(|s| s.pages.get(page as usize))
     }
