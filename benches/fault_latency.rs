@@ -29,6 +29,9 @@ fn field(line: &str, key: &str) -> f64 {
 
 fn main() {
     let pages: usize = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(2000);
+    // Each access is timed on its own: no read-ahead hiding the round
+    // trips (the nodes inherit this environment).
+    std::env::set_var("KDIPC_READAHEAD", "0");
     let cluster = support::Cluster::local();
     let (udp50, udp99) = udp_rtt(5000);
     let certs = std::env::temp_dir().join(format!("kdipc-bench-certs-{}", std::process::id()));

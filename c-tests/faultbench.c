@@ -30,19 +30,6 @@ static int cmp_u64(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
-/* A barrier that sleeps while it waits, so that the waiting rank leaves
- * the CPU to the runtime threads being measured. */
-static void sleepy_barrier(struct barrier *b)
-{
-    b->epoch++;
-    uint64_t target = b->epoch * b->nprocs;
-    __atomic_fetch_add(&b->shared->arrived, 1, __ATOMIC_SEQ_CST);
-    while (__atomic_load_n(&b->shared->arrived, __ATOMIC_SEQ_CST) < target) {
-        struct timespec ts = { 0, 2000000 };
-        nanosleep(&ts, NULL);
-    }
-}
-
 static inline uint64_t now_ns(void)
 {
     struct timespec ts;
@@ -71,7 +58,7 @@ int main(int argc, char **argv)
         die("out of memory");
 #define PAGE(i) ((volatile uint64_t *)(seg + (size_t)((i) + 1) * PAGE_SIZE))
 
-    sleepy_barrier(&b);
+    barrier_wait_sleeping(&b);
     if (a.rank == 1) {
         uint64_t sum = 0;
         for (long i = 0; i < pages; i++) {
@@ -83,11 +70,11 @@ int main(int argc, char **argv)
             fail("zero pages were not zero");
         report("zero-read", lat, pages);
     }
-    sleepy_barrier(&b);
+    barrier_wait_sleeping(&b);
     if (a.rank == 0)
         for (long i = 0; i < pages; i++)
             *PAGE(i) = (uint64_t)i + 1;
-    sleepy_barrier(&b);
+    barrier_wait_sleeping(&b);
     if (a.rank == 1) {
         for (long i = 0; i < pages; i++) {
             uint64_t t = now_ns();
@@ -105,7 +92,7 @@ int main(int argc, char **argv)
         report("write-inval", lat, pages);
     }
     /* (A holds every page for reading since B's reads.) */
-    sleepy_barrier(&b);
+    barrier_wait_sleeping(&b);
     if (a.rank == 0) {
         for (long i = 0; i < pages; i++) {
             uint64_t t = now_ns();
@@ -114,7 +101,7 @@ int main(int argc, char **argv)
         }
         report("write-fetch", lat, pages);
     }
-    sleepy_barrier(&b);
+    barrier_wait_sleeping(&b);
     if (a.rank == 0)
         remove_segment(id);
     return 0;

@@ -8,6 +8,7 @@
 //! | `KDIPC_KEYS` | none | keys distributed in unmodified programs: `all` or `0x1000-0x1fff,42` |
 //! | `KDIPC_HOLD_US` | `100` | minimum time a granted page stays before it is given away |
 //! | `KDIPC_SPIN_US` | `0` | how long a faulting thread spins before it sleeps |
+//! | `KDIPC_READAHEAD` | `32` | most pages requested ahead of a run of faults on neighbouring pages (0: none) |
 //! | `KDIPC_LOG` | `warn` | log filter (`RUST_LOG` syntax), to stderr |
 //! | `KDIPC_BIN` | `kdipc` beside `libkdipc.so` | the `kdipc` binary, to start a nameserver on demand |
 
@@ -85,6 +86,8 @@ pub struct Config {
     pub keys: KeySet,
     pub hold_us: u64,
     pub spin_us: u64,
+    /// Most pages fetched ahead of a run of neighbouring faults.
+    pub readahead: u32,
 }
 
 /// The private directory for credentials when none is configured.
@@ -119,7 +122,11 @@ impl Config {
             Some(h) => h.parse().map_err(|_| format!("KDIPC_SPIN_US: not a number: {h:?}"))?,
             None => 0,
         };
-        Ok(Config { nameserver, auto, cert_dir, bind, keys, hold_us, spin_us })
+        let readahead = match var("KDIPC_READAHEAD") {
+            Some(h) => h.parse().map_err(|_| format!("KDIPC_READAHEAD: not a number: {h:?}"))?,
+            None => 32,
+        };
+        Ok(Config { nameserver, auto, cert_dir, bind, keys, hold_us, spin_us, readahead })
     }
 }
 

@@ -388,6 +388,38 @@ struct Segment {
     /// The runtime view.
     rt: *mut u8,
     views: Vec<View>,
+    ra: ReadAhead,
+}
+
+/// Detects runs of faults on neighbouring pages, like the kernel's file
+/// read-ahead: after three faults in a run, each new fault also requests
+/// the next pages (the same access mode), a window that doubles with the
+/// run up to `KDIPC_READAHEAD` pages. Faults then keep several requests in
+/// flight instead of one round trip per page. A fault elsewhere ends the
+/// run.
+#[derive(Default)]
+struct ReadAhead {
+    /// The last fault: page and mode.
+    last: Option<(PageIdx, bool)>,
+    /// Faults in the current run, after the first.
+    run: u32,
+}
+
+impl ReadAhead {
+    /// Records a fault; returns how many pages after it to request too.
+    fn next(&mut self, page: PageIdx, write: bool, max: u32) -> u32 {
+        let window = |run: u32| if run < 2 { 0 } else { (1u32 << run.min(16)).min(max) };
+        self.run = match self.last {
+            // Forward, within the window already requested plus a small
+            // stride (a column walk touches every other page).
+            Some((last, w)) if w == write && page > last && page - last <= window(self.run) + 4 => {
+                self.run + 1
+            }
+            _ => 0,
+        };
+        self.last = Some((page, write));
+        window(self.run)
+    }
 }
 
 impl Segment {
@@ -457,6 +489,8 @@ struct State {
     me: NodeId,
     started: Instant,
     protocol: NodeProtocol,
+    /// Most pages requested ahead of a run of faults (`KDIPC_READAHEAD`).
+    readahead: u32,
     transport: Transport,
     segs: HashMap<SegId, Segment>,
     calls: HashMap<u64, oneshot::Sender<Reply>>,
@@ -600,6 +634,7 @@ impl State {
             if let Ok(false) = present {
                 self.waiters.entry((seg, page)).or_default().push((slot, write));
             }
+            self.read_ahead(seg, page, write, now, &mut out);
             // Open the page (apply) before waking the thread.
             self.apply(&mut out);
             match present {
@@ -609,6 +644,21 @@ impl State {
                     error!("fault: {e}");
                     fault::complete(slot, true);
                 }
+            }
+        }
+    }
+
+    /// Requests the pages after a fault in a run (see [`ReadAhead`]); no
+    /// thread waits for them, they open when they arrive.
+    fn read_ahead(&mut self, seg: SegId, page: PageIdx, write: bool, now: u64, out: &mut Vec<Action>) {
+        let Some(s) = self.segs.get_mut(&seg) else { return };
+        let n = s.ra.next(page, write, self.readahead);
+        let need = if write { Access::Write } else { Access::Read };
+        let end = page.saturating_add(n).min(s.npages - 1);
+        for p in page + 1..=end {
+            if self.protocol.access(seg, p) < need && !self.protocol.is_pending(seg, p) {
+                // Errors (a page being released) only mean: not this one.
+                let _ = self.protocol.fault(seg, p, write, now, out);
             }
         }
     }
@@ -841,6 +891,7 @@ async fn connect(config: &Config) -> Result<(State, mpsc::UnboundedReceiver<Inbo
         me,
         started: Instant::now(),
         protocol: NodeProtocol::new(me, config.hold_us),
+        readahead: config.readahead,
         transport,
         segs: HashMap::new(),
         calls: HashMap::new(),
@@ -1064,7 +1115,7 @@ fn new_segment(npages: u32, maplen: usize) -> Result<Segment, Errno> {
     if rt == libc::MAP_FAILED {
         return Err(ENOMEM);
     }
-    Ok(Segment { npages, maplen, _fd: fd, rt: rt as *mut u8, views: Vec::new() })
+    Ok(Segment { npages, maplen, _fd: fd, rt: rt as *mut u8, views: Vec::new(), ra: ReadAhead::default() })
 }
 
 /// `shmdt` of a distributed view starting at `addr`.

@@ -29,8 +29,9 @@ struct NodePage {
     copyset: Vec<NodeId>,
     /// When owner: the page's version (one more per writer).
     version: u64,
-    /// Where to send a read request: the probable owner.
-    hint: NodeId,
+    /// Where to send a read request: the probable owner, when this node
+    /// has learnt one for this page.
+    hint: Option<NodeId>,
     pending: Option<Pending>,
     /// Highest version named by an `Invalidate` received: bytes served at
     /// an older version are stale.
@@ -52,7 +53,7 @@ impl NodePage {
             owner: false,
             copyset: Vec::new(),
             version: 0,
-            hint: MANAGER,
+            hint: None,
             pending: None,
             inval_version: 0,
             hold_until: 0,
@@ -82,6 +83,11 @@ pub struct NodeProtocol {
     segs: HashMap<SegId, PageSet>,
     /// Pages with queued requests or deferred invalidations.
     waiting: BTreeSet<(SegId, PageIdx)>,
+    /// Per segment, the node that last sent this node a page: the guess for
+    /// pages without a hint of their own (a node that wrote one page of a
+    /// region usually wrote its neighbours; a wrong guess costs one hop, the
+    /// guessed node forwards the request to the manager).
+    recent: HashMap<SegId, NodeId>,
 }
 
 /// A page, its handlers' context, and the set of pages with work waiting.
@@ -113,7 +119,7 @@ impl Ctx<'_> {
 impl NodeProtocol {
     /// `hold`: minimum time a granted page stays before it is given away.
     pub fn new(me: NodeId, hold: u64) -> Self {
-        NodeProtocol { me, hold, segs: HashMap::new(), waiting: BTreeSet::new() }
+        NodeProtocol { me, hold, segs: HashMap::new(), waiting: BTreeSet::new(), recent: HashMap::new() }
     }
 
     pub fn id(&self) -> NodeId {
@@ -130,6 +136,7 @@ impl NodeProtocol {
     /// Stops tracking a segment whose pages were all released.
     pub fn forget(&mut self, seg: SegId) {
         self.segs.remove(&seg);
+        self.recent.remove(&seg);
         self.waiting.retain(|&(s, _)| s != seg);
     }
 
@@ -182,6 +189,7 @@ impl NodeProtocol {
         now: u64,
         out: &mut Vec<Action>,
     ) -> Result<bool, ProtocolError> {
+        let guess = self.recent.get(&seg).copied().unwrap_or(MANAGER);
         let (p, mut cx, _) = self.parts(seg, page, now, out)?;
         let need = if write { Access::Write } else { Access::Read };
         if p.access >= need {
@@ -218,7 +226,7 @@ impl NodeProtocol {
             });
             return Ok(false);
         }
-        let to = if write { MANAGER } else { p.hint };
+        let to = if write { MANAGER } else { p.hint.unwrap_or(guess) };
         p.pending = Some(Pending { write, asked: to, ..Pending::default() });
         cx.send(to, CoherenceMsg::Request { seg, page, write, requester: me });
         Ok(false)
@@ -239,6 +247,11 @@ impl NodeProtocol {
                 // knows the owner.
                 out.push(Action::Send { to: MANAGER, msg });
                 return Ok(());
+            }
+        }
+        if let CoherenceMsg::Data { .. } = msg {
+            if from != MANAGER && self.segs.contains_key(&seg) {
+                self.recent.insert(seg, from);
             }
         }
         let (p, mut cx, waiting) = self.parts(seg, page, now, out)?;
@@ -285,8 +298,9 @@ impl NodeProtocol {
                     // Served before a write that has already invalidated
                     // this node: stale. Ask again, from the new writer.
                     let me = cx.me;
-                    pend.asked = p.hint;
-                    cx.send(p.hint, CoherenceMsg::Request { seg, page, write: false, requester: me });
+                    let to = p.hint.unwrap_or(MANAGER);
+                    pend.asked = to;
+                    cx.send(to, CoherenceMsg::Request { seg, page, write: false, requester: me });
                     return Ok(());
                 }
                 pend.have_data = true;
@@ -331,10 +345,11 @@ impl NodeProtocol {
     /// go to the manager instead, and it is nobody's probable owner.
     pub fn peer_gone(&mut self, node: NodeId, out: &mut Vec<Action>) {
         let me = self.me;
+        self.recent.retain(|_, n| *n != node);
         for (&seg, set) in self.segs.iter_mut() {
             for (i, p) in set.pages.iter_mut().enumerate() {
-                if p.hint == node {
-                    p.hint = MANAGER;
+                if p.hint == Some(node) {
+                    p.hint = Some(MANAGER);
                 }
                 if let Some(pend) = p.pending.as_mut().filter(|q| !q.write && !q.have_data && q.asked == node)
                 {
@@ -505,7 +520,7 @@ fn serve(p: &mut NodePage, cx: &mut Ctx, msg: CoherenceMsg) -> Result<(), Protoc
                 cx.out.push(Action::SendPage { seg, page, to, acks, version, keep: Access::Invalid });
             }
             p.owner = false;
-            p.hint = to;
+            p.hint = Some(to);
         }
         CoherenceMsg::DropReader { node, .. } => {
             p.copyset.retain(|&r| r != node);
@@ -526,7 +541,7 @@ fn invalidate(p: &mut NodePage, cx: &mut Ctx, msg: CoherenceMsg) -> Result<(), P
     }
     p.inval_version = p.inval_version.max(version);
     cx.set_access(p, Access::Invalid);
-    p.hint = ack_to;
+    p.hint = Some(ack_to);
     cx.send(ack_to, CoherenceMsg::InvAck { seg: cx.seg, page: cx.page });
     Ok(())
 }
@@ -550,10 +565,10 @@ fn complete(
         p.owner = true;
         p.version = pend.version;
         p.copyset.clear();
-        p.hint = cx.me;
+        p.hint = Some(cx.me);
         cx.set_access(p, Access::Write);
     } else {
-        p.hint = pend.from;
+        p.hint = Some(pend.from);
         cx.set_access(p, Access::Read);
     }
     p.hold_until = cx.now + cx.hold;
