@@ -9,6 +9,7 @@
 //! | `KDIPC_HOLD_US` | `100` | minimum time a granted page stays before it is given away |
 //! | `KDIPC_SPIN_US` | `0` | how long a faulting thread spins before it sleeps |
 //! | `KDIPC_READAHEAD` | `32` | most pages requested ahead of a run of faults on neighbouring pages (0: none) |
+//! | `KDIPC_SEM_LEND` | `3` | (nameserver) consecutive operations of one node after which a semaphore set is lent to it (0: never) |
 //! | `KDIPC_LOG` | `warn` | log filter (`RUST_LOG` syntax), to stderr |
 //! | `KDIPC_BIN` | `kdipc` beside `libkdipc.so` | the `kdipc` binary, to start a nameserver on demand |
 

@@ -9,7 +9,7 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::protocol::{Action, Manager, NodeId, MANAGER};
-use crate::registry::{Call, Effect, Errno, Registry, Reply};
+use crate::registry::{now_secs, Call, Effect, Errno, Registry, Reply};
 use crate::semaphores::{SemCall, SemRegistry, SemopOutcome, Waiter};
 use crate::transport::{bad, Inbound, Transport};
 use crate::wire::Msg;
@@ -17,8 +17,13 @@ use crate::wire::Msg;
 struct Server {
     transport: Transport,
     registry: Registry,
-    /// Every distributed semaphore set (the nameserver owns them all).
+    /// Every distributed semaphore set: the nameserver is their home and
+    /// runs their operations, except while a set is lent to the one node
+    /// that uses it.
     sems: SemRegistry,
+    /// Calls on a lent set, in arrival order, waiting for it to come back
+    /// (it was recalled when the first arrived).
+    deferred: HashMap<i32, Vec<(NodeId, u64, SemCall)>>,
     manager: Manager,
     /// Registered nodes and where they listen.
     nodes: HashMap<NodeId, SocketAddr>,
@@ -44,7 +49,14 @@ pub async fn serve(
     let mut s = Server {
         transport,
         registry: Registry::new(),
-        sems: SemRegistry::new(),
+        sems: {
+            let mut r = SemRegistry::new();
+            if let Some(n) = std::env::var("KDIPC_SEM_LEND").ok().and_then(|v| v.parse().ok()) {
+                r.set_lend_after(n);
+            }
+            r
+        },
+        deferred: HashMap::new(),
         manager: Manager::new(),
         nodes: HashMap::new(),
         by_conn: HashMap::new(),
@@ -96,6 +108,21 @@ impl Server {
                 self.nodes.insert(node, addr);
             }
             (Some(node), Msg::Call { id, call: Call::Sem(c) }) => self.sem_call(node, id, c),
+            (Some(node), Msg::SemSync { id, state }) => {
+                // A sync that crossed the set's return is simply late.
+                if self.sems.lent_to(id) == Some(node) && !self.sems.update(id, node, state, false) {
+                    bad(conn, &format!("semaphore set {id}: values from node {node} do not fit"));
+                }
+            }
+            (Some(node), Msg::SemReturn { id, state }) => {
+                if !self.sems.update(id, node, state, true) {
+                    return bad(
+                        conn,
+                        &format!("semaphore set {id} returned by node {node}, which did not hold it"),
+                    );
+                }
+                self.replay(id);
+            }
             (Some(node), Msg::Call { id, call: Call::IpcList }) => {
                 let reply = self.ipc_list(node);
                 self.transport.send(node, Msg::Reply { id, reply });
@@ -124,6 +151,31 @@ impl Server {
     /// complete.
     fn sem_call(&mut self, node: NodeId, id: u64, c: SemCall) {
         let now = now_secs();
+        let target = match &c {
+            SemCall::Op { id, .. } | SemCall::Ctl { id, .. } => Some(*id),
+            _ => None,
+        };
+        if let Some(sid) = target {
+            if let Some(borrower) = self.sems.lent_to(sid) {
+                let q = self.deferred.entry(sid).or_default();
+                if q.is_empty() {
+                    self.transport.send(borrower, Msg::SemRecall { id: sid });
+                }
+                q.push((node, id, c));
+                return;
+            }
+        }
+        if let SemCall::Cancel { token, .. } = c {
+            // An operation still waiting for its set to come back is
+            // withdrawn here.
+            for q in self.deferred.values_mut() {
+                if let Some(i) = q.iter().position(|(n, cid, _)| *n == node && *cid == token) {
+                    q.remove(i);
+                    self.transport.send(node, Msg::Reply { id, reply: Reply::Cancelled(true) });
+                    return;
+                }
+            }
+        }
         let reply = match c {
             SemCall::Get { key, nsems, flags, cred } => match self.sems.semget(key, nsems, flags, &cred, now)
             {
@@ -133,7 +185,15 @@ impl Server {
             SemCall::Op { id: sid, ops, cred } => {
                 let waiter = Waiter { node, pid: cred.pid, token: id };
                 match self.sems.semop(sid, &ops, waiter, &cred, now) {
-                    SemopOutcome::Done => Some(Reply::Ok),
+                    SemopOutcome::Done => {
+                        let others_wait = self.deferred.get(&sid).is_some_and(|q| !q.is_empty());
+                        if !others_wait {
+                            if let Some(state) = self.sems.lend(sid, node) {
+                                self.transport.send(node, Msg::SemLend { id: sid, state });
+                            }
+                        }
+                        Some(Reply::Ok)
+                    }
                     SemopOutcome::Err(e) => Some(Reply::Err(e)),
                     SemopOutcome::Blocked => None,
                 }
@@ -143,6 +203,11 @@ impl Server {
                 Some(Reply::Cancelled(self.sems.cancel(&waiter, now)))
             }
             SemCall::Exit { pid } => {
+                for q in self.deferred.values_mut() {
+                    q.retain(|(n, _, c)| {
+                        !(*n == node && matches!(c, SemCall::Op { cred, .. } if cred.pid == pid))
+                    });
+                }
                 self.sems.process_exit(node, pid, now);
                 Some(Reply::Ok)
             }
@@ -201,12 +266,29 @@ impl Server {
         for e in self.registry.node_gone(node) {
             self.effect(e);
         }
+        for q in self.deferred.values_mut() {
+            q.retain(|(n, _, _)| *n != node);
+        }
+        // The sets lent to it come home as it last reported them.
+        let reclaimed = self.sems.reclaim(node);
         // Its SEM_UNDO adjustments apply, its blocked operations go.
         self.sems.node_gone(node, now_secs());
         self.flush_sem_completions();
+        for id in reclaimed {
+            warn!(node, id, "semaphore set lent to a lost node taken back as it last reported it");
+            self.replay(id);
+        }
     }
-}
 
-fn now_secs() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+    /// Runs the calls that waited for set `id` to come home, in order;
+    /// they stay listed until run, so that the set is lent again only
+    /// after the last.
+    fn replay(&mut self, id: i32) {
+        while let Some((n, cid, c)) =
+            self.deferred.get_mut(&id).filter(|q| !q.is_empty()).map(|q| q.remove(0))
+        {
+            self.sem_call(n, cid, c);
+        }
+        self.deferred.remove(&id);
+    }
 }

@@ -26,8 +26,10 @@ use crate::fault;
 use crate::protocol::{
     Access, Action, CoherenceMsg, NodeId, NodeProtocol, PageIdx, Payload, SegId, MANAGER, PAGE_SIZE,
 };
-use crate::registry::{Call, Cred, Errno, Reply, ShmStat};
-use crate::semaphores::{SemCall, SemOp, SemctlArg, SemctlReply};
+use crate::registry::{now_secs, Call, Cred, Errno, Reply, ShmStat};
+use crate::semaphores::{
+    SemCall, SemOp, SemRegistry, SemctlArg, SemctlReply, SemopOutcome, SetState, Waiter,
+};
 use crate::transport::{Inbound, Transport};
 use crate::wire::Msg;
 
@@ -62,13 +64,65 @@ enum Command {
         addr: usize,
         reply: crossbeam::channel::Sender<Result<(), Errno>>,
     },
+    /// A lent semaphore set goes back to the nameserver.
+    SemReturn {
+        id: i32,
+        state: SetState,
+    },
     Shutdown(crossbeam::channel::Sender<()>),
+}
+
+/// How often a node tells the nameserver the values of the semaphore sets
+/// lent to it.
+const SEM_SYNC: Duration = Duration::from_millis(5);
+
+/// This process's pid, cached (0: not yet known; a forked child resets it).
+static PID: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+/// Runs `f` with the calling thread's credentials. They are cached per
+/// thread and taken again when the effective uid or gid or the process
+/// changes (two system calls instead of five: a `semop` on a set lent here
+/// costs a few of them in all). A change of supplementary groups or
+/// capabilities alone is seen at the next change of uid or gid.
+fn with_cred<R>(f: impl FnOnce(&Cred) -> R) -> R {
+    thread_local! {
+        static CRED: RefCell<Option<Cred>> = const { RefCell::new(None) };
+    }
+    // SAFETY: these calls have no preconditions and cannot fail.
+    let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    let mut pid = PID.load(Ordering::Relaxed);
+    if pid == 0 {
+        // SAFETY: as above.
+        pid = unsafe { libc::getpid() };
+        PID.store(pid, Ordering::Relaxed);
+    }
+    CRED.with(|c| {
+        let mut c = c.borrow_mut();
+        if !c.as_ref().is_some_and(|k| k.uid == uid && k.gid == gid && k.pid == pid) {
+            *c = Some(Cred::current());
+        }
+        f(c.as_ref().expect("just set"))
+    })
+}
+
+/// The semaphore sets lent to this node, shared by the program's threads
+/// (which run their operations here, without the runtime thread) and the
+/// runtime thread (which takes them in and gives them back).
+type LocalSems = std::sync::Arc<std::sync::Mutex<SemRegistry>>;
+
+fn lock_sems(sems: &LocalSems) -> std::sync::MutexGuard<'_, SemRegistry> {
+    // A panic while holding it left no half-applied operation (the
+    // registry changes nothing before it has decided).
+    sems.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The program's side of the node.
 pub struct NodeHandle {
     cmds: mpsc::UnboundedSender<Command>,
     pub config: Config,
+    /// This node's id.
+    me: NodeId,
+    sems: LocalSems,
 }
 
 /// The node of this process (leaked; a forked child replaces it).
@@ -139,6 +193,7 @@ pub fn after_fork_in_child() {
     // The parent's handle leaks: its channel leads to a thread that is not
     // here.
     NODE.store(std::ptr::null_mut(), Ordering::Release);
+    PID.store(0, Ordering::Relaxed);
     if views.is_empty() {
         return; // Started again on the next distributed call.
     }
@@ -158,6 +213,8 @@ fn start(config: Config) -> Result<NodeHandle, String> {
     let (tx, rx) = mpsc::unbounded_channel();
     let (ready_tx, ready_rx) = crossbeam::channel::bounded(1);
     let cfg = config.clone();
+    let sems = LocalSems::default();
+    let rt_sems = sems.clone();
     std::thread::Builder::new()
         .name("kdipc-runtime".into())
         .spawn(move || {
@@ -170,11 +227,11 @@ fn start(config: Config) -> Result<NodeHandle, String> {
                 }
             };
             let local = tokio::task::LocalSet::new();
-            local.block_on(&rt, run(cfg, rx, ready_tx));
+            local.block_on(&rt, run(cfg, rx, ready_tx, rt_sems));
         })
         .map_err(|e| e.to_string())?;
-    ready_rx.recv().map_err(|_| "runtime thread died".to_string())??;
-    Ok(NodeHandle { cmds: tx, config })
+    let me = ready_rx.recv().map_err(|_| "runtime thread died".to_string())??;
+    Ok(NodeHandle { cmds: tx, config, me, sems })
 }
 
 fn drain_eventfd(fd: i32) {
@@ -326,9 +383,12 @@ impl NodeHandle {
         // A handler that runs in this thread from here on interrupts the
         // wait, even one that runs before the wait begins.
         let handled = crate::interrupts::handled();
+        let id_call = next_call_id();
+        if let Some(r) = self.local_semop(id, &ops, id_call) {
+            return r;
+        }
         let cred = Cred::current();
         let pid = cred.pid;
-        let id_call = next_call_id();
         let (tx, rx) = crossbeam::channel::bounded(1);
         let call = Call::Sem(SemCall::Op { id, ops, cred });
         self.cmds.send(Command::Waitable { id: id_call, call, reply: tx, notify: fd }).map_err(|_| ENOMEM)?;
@@ -359,6 +419,36 @@ impl NodeHandle {
                     let r = rx.recv().map_err(|_| ENOMEM)?;
                     drain_eventfd(fd);
                     return answer(r);
+                }
+            }
+        }
+    }
+
+    /// `semop` on a set lent to this node, run here in the calling thread;
+    /// `None` when the set is not here (any more: an operation that would
+    /// wait sends it home, where other nodes' operations can complete it).
+    fn local_semop(&self, id: i32, ops: &[SemOp], token: u64) -> Option<Result<(), Errno>> {
+        let mut local = lock_sems(&self.sems);
+        if !local.holds(id) {
+            return None;
+        }
+        let now = now_secs();
+        let outcome = with_cred(|cred| {
+            let waiter = Waiter { node: self.me, pid: cred.pid, token };
+            let r = local.semop(id, ops, waiter, cred, now);
+            if r == SemopOutcome::Blocked {
+                local.cancel(&waiter, now);
+            }
+            r
+        });
+        match outcome {
+            SemopOutcome::Done => Some(Ok(())),
+            SemopOutcome::Err(e) => Some(Err(e)),
+            SemopOutcome::Blocked => {
+                let state = local.give_back(id)?;
+                match self.cmds.send(Command::SemReturn { id, state }) {
+                    Ok(()) => None,
+                    Err(_) => Some(Err(ENOMEM)),
                 }
             }
         }
@@ -491,6 +581,10 @@ struct State {
     protocol: NodeProtocol,
     /// Most pages requested ahead of a run of faults (`KDIPC_READAHEAD`).
     readahead: u32,
+    /// Semaphore sets lent to this node.
+    sems: LocalSems,
+    /// Their values as the nameserver last heard them.
+    synced: HashMap<i32, SetState>,
     transport: Transport,
     segs: HashMap<SegId, Segment>,
     calls: HashMap<u64, oneshot::Sender<Reply>>,
@@ -686,8 +780,37 @@ impl State {
                     self.transport.set_addr(node, addr);
                 }
             }
-            Msg::Call { .. } | Msg::Hello { .. } => {
-                crate::transport::bad(conn, "unexpected message at a node")
+            Msg::SemLend { id, state } if from == Some(MANAGER) => {
+                self.synced.insert(id, state.clone());
+                lock_sems(&self.sems).adopt(id, state);
+            }
+            Msg::SemRecall { id } if from == Some(MANAGER) => {
+                // Not held: it came back already (would have blocked here).
+                if let Some(state) = lock_sems(&self.sems).give_back(id) {
+                    self.transport.send(MANAGER, Msg::SemReturn { id, state });
+                }
+            }
+            Msg::Call { .. }
+            | Msg::Hello { .. }
+            | Msg::SemLend { .. }
+            | Msg::SemRecall { .. }
+            | Msg::SemReturn { .. }
+            | Msg::SemSync { .. } => crate::transport::bad(conn, "unexpected message at a node"),
+        }
+    }
+
+    /// Tells the nameserver the values of the sets lent here that changed
+    /// since it last heard: if this node dies, they go home as reported.
+    fn sync_sems(&mut self) {
+        let sems = self.sems.clone();
+        let local = lock_sems(&sems);
+        let ids = local.ids();
+        self.synced.retain(|id, _| ids.contains(id));
+        for id in ids {
+            let Some(now) = local.state_of(id) else { continue };
+            if self.synced.get(&id) != Some(&now) {
+                self.transport.send(MANAGER, Msg::SemSync { id, state: now.clone() });
+                self.synced.insert(id, now);
             }
         }
     }
@@ -772,9 +895,10 @@ fn kdipc_binary() -> std::path::PathBuf {
 async fn run(
     config: Config,
     mut cmds: mpsc::UnboundedReceiver<Command>,
-    ready: crossbeam::channel::Sender<Result<(), String>>,
+    ready: crossbeam::channel::Sender<Result<NodeId, String>>,
+    sems: LocalSems,
 ) {
-    let state = match connect(&config).await {
+    let state = match connect(&config, sems).await {
         Ok(s) => s,
         Err(e) => {
             let _ = ready.send(Err(e));
@@ -805,10 +929,13 @@ async fn run(
             return;
         }
     };
-    let _ = ready.send(Ok(()));
+    let _ = ready.send(Ok(state.me));
     let state: Shared = Rc::new(RefCell::new(state));
     let attach_lock = Rc::new(tokio::sync::Mutex::new(()));
+    let mut sync = tokio::time::interval(SEM_SYNC);
+    sync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        let lent = !lock_sems(&state.borrow().sems).is_empty();
         let wake = state.borrow().wake_at;
         let sleep = async {
             match wake {
@@ -839,15 +966,26 @@ async fn run(
                 }
             }
             c = cmds.recv() => {
-                let Some(c) = c else { break };
-                tokio::task::spawn_local(command(state.clone(), attach_lock.clone(), c));
+                match c {
+                    None => break,
+                    Some(Command::SemReturn { id, state: set }) => {
+                        state.borrow_mut().transport.send(MANAGER, Msg::SemReturn { id, state: set })
+                    }
+                    Some(c) => {
+                        tokio::task::spawn_local(command(state.clone(), attach_lock.clone(), c));
+                    }
+                }
             }
             _ = sleep => state.borrow_mut().timeout(),
+            _ = sync.tick(), if lent => state.borrow_mut().sync_sems(),
         }
     }
 }
 
-async fn connect(config: &Config) -> Result<(State, mpsc::UnboundedReceiver<Inbound>), String> {
+async fn connect(
+    config: &Config,
+    sems: LocalSems,
+) -> Result<(State, mpsc::UnboundedReceiver<Inbound>), String> {
     if config.auto {
         // Blocking here is fine: nothing else runs on this thread yet.
         ensure_nameserver(config)?;
@@ -892,6 +1030,8 @@ async fn connect(config: &Config) -> Result<(State, mpsc::UnboundedReceiver<Inbo
         started: Instant::now(),
         protocol: NodeProtocol::new(me, config.hold_us),
         readahead: config.readahead,
+        sems,
+        synced: HashMap::new(),
         transport,
         segs: HashMap::new(),
         calls: HashMap::new(),
@@ -940,6 +1080,8 @@ async fn command(state: Shared, lock: Rc<tokio::sync::Mutex<()>>, c: Command) {
             let _g = lock.lock().await;
             let _ = reply.send(detach(&state, addr).await);
         }
+        // Sent at once by the run loop, before any later command.
+        Command::SemReturn { .. } => {}
         Command::Shutdown(reply) => {
             let _g = lock.lock().await;
             let addrs: Vec<usize> =
@@ -952,6 +1094,18 @@ async fn command(state: Shared, lock: Rc<tokio::sync::Mutex<()>>, c: Command) {
             // SEM_UNDO applies before the process is gone (its parent's
             // waitpid must see it applied, as with the kernel).
             let pid = Cred::current().pid;
+            {
+                // Undo on the sets lent here, which then go home.
+                let mut st = state.borrow_mut();
+                let sems = st.sems.clone();
+                let mut local = lock_sems(&sems);
+                local.process_exit(st.me, pid, now_secs());
+                for id in local.ids() {
+                    if let Some(set) = local.give_back(id) {
+                        st.transport.send(MANAGER, Msg::SemReturn { id, state: set });
+                    }
+                }
+            }
             let rx = state.borrow_mut().call(Call::Sem(SemCall::Exit { pid }));
             let _ = rx.await;
             // Peers learn at once that this node is gone (a read request

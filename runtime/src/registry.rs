@@ -222,7 +222,8 @@ pub struct Registry {
     enough_memory: fn(u64) -> bool,
 }
 
-fn now_secs() -> i64 {
+/// Seconds since the epoch (`shm_ctime`, `sem_otime`, …).
+pub fn now_secs() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
 }
 

@@ -251,6 +251,28 @@ pub enum SemctlReply {
     Info { ret: i32, info: SemInfo },
 }
 
+/// A set lent to the node that uses it alone (see the module
+/// documentation, "Where a set runs"), as it travels there and back.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetState {
+    pub key: i32,
+    pub uid: u32,
+    pub gid: u32,
+    pub cuid: u32,
+    pub cgid: u32,
+    pub mode: u32,
+    pub otime: i64,
+    pub ctime: i64,
+    /// `(semval, sempid)` of every semaphore.
+    pub sems: Vec<(i32, i32)>,
+    /// `SEM_UNDO` adjustments, per process (the borrower's only).
+    pub undo: Vec<((NodeId, i32), Vec<(u16, i32)>)>,
+}
+
+/// Consecutive operations by one node, completed at once at the home, after
+/// which the set is lent to that node (the default of `KDIPC_SEM_LEND`).
+pub const LEND_AFTER: u32 = 3;
+
 #[derive(Clone, Copy, Default)]
 struct Sem {
     val: i32,
@@ -298,9 +320,29 @@ struct SemSet {
     /// process has an entry from its first `SEM_UNDO` operation on the set
     /// on, as in Linux (where it makes `exit` set `sem_otime`).
     undo: BTreeMap<Proc, BTreeMap<u16, i32>>,
+    /// At the home: the node the set is lent to (its values, `otime` and
+    /// undo adjustments are there until it comes back).
+    lent: Option<NodeId>,
+    /// The node of the last operations, and how many in a row.
+    streak: (NodeId, u32),
 }
 
 impl SemSet {
+    fn state(&self) -> SetState {
+        SetState {
+            key: self.key,
+            uid: self.uid,
+            gid: self.gid,
+            cuid: self.cuid,
+            cgid: self.cgid,
+            mode: self.mode,
+            otime: self.otime,
+            ctime: self.ctime,
+            sems: self.sems.iter().map(|s| (s.val, s.pid)).collect(),
+            undo: self.undo.iter().map(|(&p, m)| (p, m.iter().map(|(&n, &a)| (n, a)).collect())).collect(),
+        }
+    }
+
     fn stat(&self) -> SemStat {
         SemStat {
             key: self.key,
@@ -573,6 +615,8 @@ pub struct SemRegistry {
     /// Every queued operation, and its set.
     waiting: HashMap<Waiter, i32>,
     completed: Vec<(Waiter, Result<(), Errno>)>,
+    /// See [`LEND_AFTER`]; 0: never lend.
+    lend_after: u32,
 }
 
 impl Default for SemRegistry {
@@ -590,7 +634,13 @@ impl SemRegistry {
             used_sems: 0,
             waiting: HashMap::new(),
             completed: Vec::new(),
+            lend_after: LEND_AFTER,
         }
+    }
+
+    /// Lends a set after `n` consecutive operations of one node (0: never).
+    pub fn set_lend_after(&mut self, n: u32) {
+        self.lend_after = n;
     }
 
     /// `semget(key, nsems, flags)`: the set's id.
@@ -640,6 +690,8 @@ impl SemRegistry {
             sems: vec![Sem::default(); nsems as usize],
             queue: Vec::new(),
             undo: BTreeMap::new(),
+            lent: None,
+            streak: (0, 0),
         };
         self.sets.insert(id, set);
         if key != libc::IPC_PRIVATE {
@@ -676,6 +728,14 @@ impl SemRegistry {
             return Err(EINVAL);
         }
         let set = self.sets.get_mut(&id).ok_or(EINVAL)?;
+        if set.lent.is_some() {
+            // The caller must get the set back first (`lent_to`).
+            return Err(EINVAL);
+        }
+        set.streak = match set.streak {
+            (n, k) if n == waiter.node => (n, k.saturating_add(1)),
+            _ => (waiter.node, 1),
+        };
         let proc = (waiter.node, waiter.pid);
         if ops.iter().any(|op| op.flg & SEM_UNDO != 0) {
             set.undo.entry(proc).or_default(); // Linux's find_alloc_undo
@@ -750,7 +810,7 @@ impl SemRegistry {
 
     fn processes_gone(&mut self, gone: impl Fn(Proc) -> bool, now: i64) -> Vec<Waiter> {
         let mut withdrawn = Vec::new();
-        for set in self.sets.values_mut() {
+        for set in self.sets.values_mut().filter(|s| s.lent.is_none()) {
             let queued = set.queue.len();
             set.queue.retain(|p| {
                 let keep = !gone((p.waiter.node, p.waiter.pid));
@@ -778,6 +838,111 @@ impl SemRegistry {
             self.waiting.remove(w);
         }
         withdrawn
+    }
+
+    /// The node set `id` is lent to.
+    pub fn lent_to(&self, id: i32) -> Option<NodeId> {
+        self.sets.get(&id).and_then(|s| s.lent)
+    }
+
+    /// At the home, after an operation by `node` completed: lends the set
+    /// to `node` when the last [`LEND_AFTER`] (or as set) operations were all its own,
+    /// nothing waits, and no other process has undo adjustments on it
+    /// (nothing but the borrower then needs the set while it is away).
+    pub fn lend(&mut self, id: i32, node: NodeId) -> Option<SetState> {
+        let set = self.sets.get_mut(&id)?;
+        let alone = self.lend_after > 0 && set.streak.0 == node && set.streak.1 >= self.lend_after;
+        if !alone || set.lent.is_some() || !set.queue.is_empty() || set.undo.keys().any(|p| p.0 != node) {
+            return None;
+        }
+        set.lent = Some(node);
+        Some(set.state())
+    }
+
+    /// At the home: news of the set lent to `from`: its values now (the
+    /// borrower sends them every few milliseconds while it holds it), or,
+    /// `returned`, as it comes back. False (nothing changed) when it is
+    /// not lent to `from` or `state` does not fit it.
+    pub fn update(&mut self, id: i32, from: NodeId, state: SetState, returned: bool) -> bool {
+        let Some(set) = self.sets.get_mut(&id) else { return false };
+        let fits = state.sems.len() == set.sems.len()
+            && state.sems.iter().all(|&(v, _)| (0..=SEMVMX).contains(&v))
+            && state
+                .undo
+                .iter()
+                .all(|(p, adj)| p.0 == from && adj.iter().all(|&(n, _)| (n as usize) < set.sems.len()));
+        if set.lent != Some(from) || !fits {
+            return false;
+        }
+        if returned {
+            set.lent = None;
+            set.streak = (from, 0);
+        }
+        set.otime = state.otime;
+        set.sems = state.sems.iter().map(|&(val, pid)| Sem { val, pid }).collect();
+        set.undo = state.undo.into_iter().map(|(p, adj)| (p, adj.into_iter().collect())).collect();
+        true
+    }
+
+    /// At the home: `node`, which held the sets returned here, died. They
+    /// come home as last reported (the operations it ran after that were
+    /// its own: it is as if it died that much earlier), before its undo
+    /// adjustments apply (`node_gone`).
+    pub fn reclaim(&mut self, node: NodeId) -> Vec<i32> {
+        let mut ids = Vec::new();
+        for (&id, set) in self.sets.iter_mut().filter(|(_, s)| s.lent == Some(node)) {
+            set.lent = None;
+            set.streak = (node, 0);
+            ids.push(id);
+        }
+        ids
+    }
+
+    /// At the borrower: takes set `id` in, as lent by the home.
+    pub fn adopt(&mut self, id: i32, st: SetState) {
+        let set = SemSet {
+            key: st.key,
+            uid: st.uid,
+            gid: st.gid,
+            cuid: st.cuid,
+            cgid: st.cgid,
+            mode: st.mode,
+            otime: st.otime,
+            ctime: st.ctime,
+            sems: st.sems.iter().map(|&(val, pid)| Sem { val, pid }).collect(),
+            queue: Vec::new(),
+            undo: st.undo.into_iter().map(|(p, adj)| (p, adj.into_iter().collect())).collect(),
+            lent: None,
+            streak: (0, 0),
+        };
+        self.sets.insert(id, set);
+    }
+
+    /// At the borrower: whether it holds set `id`.
+    pub fn holds(&self, id: i32) -> bool {
+        self.sets.contains_key(&id)
+    }
+
+    /// At the borrower: gives set `id` back (nothing may wait on it).
+    pub fn give_back(&mut self, id: i32) -> Option<SetState> {
+        let set = self.sets.remove(&id)?;
+        debug_assert!(set.queue.is_empty());
+        Some(set.state())
+    }
+
+    /// At the borrower: the values of set `id` now (see `update`).
+    pub fn state_of(&self, id: i32) -> Option<SetState> {
+        self.sets.get(&id).map(SemSet::state)
+    }
+
+    /// Whether there is no set here.
+    pub fn is_empty(&self) -> bool {
+        self.sets.is_empty()
+    }
+
+    /// At the borrower: the ids of the sets it holds.
+    pub fn ids(&self) -> Vec<i32> {
+        self.sets.keys().copied().collect()
     }
 
     /// Every set, by id (for `kdipc ipcs`).

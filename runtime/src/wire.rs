@@ -8,9 +8,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::protocol::{CoherenceMsg, NodeId};
 use crate::registry::{Call, Reply};
+use crate::semaphores::SetState;
 
 /// Bumped on every incompatible change of [`Msg`].
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 4;
 /// Largest frame accepted (a page plus headroom, or a registry answer).
 pub const MAX_FRAME: usize = 1 << 20;
 
@@ -34,6 +35,16 @@ pub enum Msg {
     Reply { id: u64, reply: Reply },
     /// nameserver → node: where a node listens.
     PeerAddr { node: NodeId, addr: SocketAddr },
+    /// nameserver → node: semaphore set `id` is lent to you (before the
+    /// answer to the operation that made it so).
+    SemLend { id: i32, state: SetState },
+    /// nameserver → borrower: give set `id` back.
+    SemRecall { id: i32 },
+    /// borrower → nameserver: set `id` comes back.
+    SemReturn { id: i32, state: SetState },
+    /// borrower → nameserver: the values of set `id` now (while it holds
+    /// it, every few milliseconds when they changed).
+    SemSync { id: i32, state: SetState },
 }
 
 #[derive(Debug, thiserror::Error)]
