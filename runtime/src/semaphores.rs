@@ -266,7 +266,7 @@ pub struct SetState {
     /// `(semval, sempid)` of every semaphore.
     pub sems: Vec<(i32, i32)>,
     /// `SEM_UNDO` adjustments, per process (the borrower's only).
-    pub undo: Vec<((NodeId, i32), Vec<(u16, i32)>)>,
+    pub undo: Vec<(Proc, Vec<(u16, i32)>)>,
 }
 
 /// Consecutive operations by one node, completed at once at the home, after
@@ -280,8 +280,8 @@ struct Sem {
     pid: i32,
 }
 
-/// A process, as `SEM_UNDO` knows it.
-type Proc = (NodeId, i32);
+/// A process, as `SEM_UNDO` knows it: (node, pid).
+pub type Proc = (NodeId, i32);
 
 /// A queued operation.
 struct Pending {
