@@ -1,10 +1,13 @@
 /*
  * semundo.c - SEM_UNDO when the holder of a semaphore is killed.
  *
- *   semundo hold KEY    creates (IPC_EXCL) a set of 1 semaphore and sets it
- *                       to 1 (or gets the existing set, unchanged), takes it
- *                       with SEM_UNDO, prints "holding" and sleeps until
- *                       killed (the test sends SIGKILL)
+ *   semundo hold KEY [WARM]
+ *                       creates (IPC_EXCL) a set of 1 semaphore and sets it
+ *                       to 1 (or gets the existing set, unchanged), takes
+ *                       and gives it back WARM times (default 0; under KDIPC
+ *                       a set used by one process alone is lent to it),
+ *                       takes it with SEM_UNDO, prints "holding" and sleeps
+ *                       until killed (the test sends SIGKILL)
  *   semundo wait KEY    gets the set (retrying for up to 30 s until it
  *                       exists), takes the semaphore with a blocking semop,
  *                       prints "acquired after X.XXX s" (time spent in that
@@ -56,13 +59,19 @@ static int open_set(key_t key, int create)
 
 int main(int argc, char **argv)
 {
-    if (argc != 3)
-        die("usage: %s hold|wait|rm KEY", argv[0]);
+    if (argc != 3 && !(argc == 4 && strcmp(argv[1], "hold") == 0))
+        die("usage: %s hold KEY [WARM] | wait KEY | rm KEY", argv[0]);
     key_t key = (key_t)parse_long("KEY", argv[2]);
     const char *mode = argv[1];
 
     if (strcmp(mode, "hold") == 0) {
         int id = open_set(key, 1);
+        long warm = argc == 4 ? parse_long("WARM", argv[3]) : 0;
+        for (long i = 0; i < warm; i++) {
+            struct sembuf take = { 0, -1, SEM_UNDO }, give = { 0, 1, SEM_UNDO };
+            if (semop(id, &take, 1) != 0 || semop(id, &give, 1) != 0)
+                die("warm-up semop: %s", strerror(errno));
+        }
         struct sembuf s = { 0, -1, SEM_UNDO };
         if (semop(id, &s, 1) != 0)
             die("semop(-1, SEM_UNDO): %s", strerror(errno));

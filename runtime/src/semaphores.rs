@@ -1874,4 +1874,99 @@ mod tests {
         let bytes = postcard::to_allocvec(&(w(1, 2), out)).unwrap();
         assert_eq!(postcard::from_bytes::<(Waiter, SemopOutcome)>(&bytes).unwrap(), (w(1, 2), out));
     }
+
+    #[test]
+    fn a_set_is_lent_to_its_only_user_and_comes_back() {
+        let mut home = SemRegistry::new();
+        let id = new_set(&mut home, 2);
+        setval(&mut home, id, 0, 5);
+        let other = Waiter { node: 2, pid: 7, token: 1 };
+        // Node 2 then node 1 three times: lent after the third of node 1.
+        assert_eq!(home.semop(id, &[op(0, -1, 0)], other, &user(1000), NOW), SemopOutcome::Done);
+        for t in 0..2 {
+            assert_eq!(semop(&mut home, id, 42, t, &[op(0, -1, 0)]), SemopOutcome::Done);
+            assert_eq!(home.lend(id, 1), None);
+        }
+        assert_eq!(semop(&mut home, id, 42, 3, &[op(0, -1, SEM_UNDO)]), SemopOutcome::Done);
+        assert_eq!(home.lend(id, 2), None, "node 2 was not the last user");
+        let state = home.lend(id, 1).expect("lent to node 1");
+        assert_eq!(state.sems[0].0, 1);
+        assert_eq!(home.lent_to(id), Some(1));
+        // The home runs nothing on a lent set.
+        assert_eq!(home.semop(id, &[op(0, 1, 0)], other, &user(1000), NOW), SemopOutcome::Err(EINVAL));
+
+        let mut borrower = SemRegistry::new();
+        borrower.adopt(id, state);
+        assert_eq!(semop(&mut borrower, id, 42, 4, &[op(0, 1, SEM_UNDO), op(1, 2, 0)]), SemopOutcome::Done);
+        assert_eq!(
+            semop(&mut borrower, id, 42, 5, &[op(0, -9, IPC_NOWAIT)]),
+            SemopOutcome::Err(Errno(libc::EAGAIN))
+        );
+        let now = borrower.state_of(id).unwrap();
+        assert!(!home.update(id, 2, now.clone(), false), "only the borrower reports");
+        let mut bad = now.clone();
+        bad.sems.pop();
+        assert!(!home.update(id, 1, bad, false), "a report that does not fit the set");
+        assert!(home.update(id, 1, now, false));
+        assert_eq!(home.lent_to(id), Some(1));
+        let back = borrower.give_back(id).unwrap();
+        assert!(!borrower.holds(id));
+        assert!(home.update(id, 1, back, true));
+        assert_eq!(home.lent_to(id), None);
+        assert_eq!(getall(&mut home, id), vec![2, 2]);
+        // The undo adjustments came back with it: -1 then +1 = none.
+        home.process_exit(1, 42, NOW);
+        assert_eq!(getall(&mut home, id), vec![2, 2]);
+    }
+
+    #[test]
+    fn a_lent_set_whose_borrower_dies_comes_home_as_reported() {
+        let mut home = SemRegistry::new();
+        let id = new_set(&mut home, 1);
+        setval(&mut home, id, 0, 1);
+        for t in 0..3 {
+            assert_eq!(semop(&mut home, id, 42, t, &[op(0, -1, SEM_UNDO)]), SemopOutcome::Done);
+            assert_eq!(semop(&mut home, id, 42, 10 + t, &[op(0, 1, SEM_UNDO)]), SemopOutcome::Done);
+        }
+        let mut borrower = SemRegistry::new();
+        borrower.adopt(id, home.lend(id, 1).unwrap());
+        // It takes the semaphore, reports, and dies holding it.
+        assert_eq!(semop(&mut borrower, id, 42, 20, &[op(0, -1, SEM_UNDO)]), SemopOutcome::Done);
+        assert!(home.update(id, 1, borrower.state_of(id).unwrap(), false));
+        assert_eq!(home.reclaim(1), vec![id]);
+        assert_eq!(home.lent_to(id), None);
+        home.node_gone(1, NOW);
+        assert_eq!(getval(&mut home, id, 0), 1, "its undo gave the semaphore back");
+    }
+
+    #[test]
+    fn no_lending_while_others_wait_or_hold_undo() {
+        let mut home = SemRegistry::new();
+        let id = new_set(&mut home, 1);
+        let other = Waiter { node: 2, pid: 7, token: 1 };
+        // Another process's undo adjustment keeps the set at home.
+        assert_eq!(home.semop(id, &[op(0, 1, SEM_UNDO)], other, &user(1000), NOW), SemopOutcome::Done);
+        for t in 0..4 {
+            assert_eq!(
+                semop(&mut home, id, 42, t, &[op(0, 0, IPC_NOWAIT), op(0, 1, 0)]),
+                SemopOutcome::Err(Errno(libc::EAGAIN))
+            );
+        }
+        assert_eq!(home.lend(id, 1), None);
+        // A waiter keeps it at home too.
+        let id2 = new_set(&mut home, 1);
+        assert_eq!(home.semop(id2, &[op(0, -1, 0)], other, &user(1000), NOW), SemopOutcome::Blocked);
+        for t in 10..14 {
+            assert_eq!(semop(&mut home, id2, 42, t, &[op(0, 0, IPC_NOWAIT)]), SemopOutcome::Done);
+        }
+        assert_eq!(home.lend(id2, 1), None);
+        // And KDIPC_SEM_LEND=0 never lends.
+        let mut never = SemRegistry::new();
+        never.set_lend_after(0);
+        let id3 = new_set(&mut never, 1);
+        for t in 0..5 {
+            assert_eq!(semop(&mut never, id3, 42, t, &[op(0, 1, 0)]), SemopOutcome::Done);
+        }
+        assert_eq!(never.lend(id3, 1), None);
+    }
 }

@@ -257,6 +257,60 @@ fn sem_undo_releases_a_killed_holder() {
     c.run("semundo", &["rm", &key], Duration::from_secs(60)).assert_ok("semundo rm");
 }
 
+/// The holder first uses the set alone (so that it is lent to the holder's
+/// node and runs there), then holds it with SEM_UNDO and is SIGKILLed
+/// while the set is still lent to it; a process started afterwards (on
+/// another emulated host when root) must get the semaphore: the set came
+/// home as the dead node last reported it and the undo applied.
+#[test]
+fn sem_undo_releases_a_killed_holder_of_a_lent_set() {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let c = if root { Cluster::hosts(2) } else { Cluster::local() };
+    let key = support::fresh_key();
+    let prog = support::prog("semundo");
+    let mut holder = c
+        .command(0, &prog)
+        .args(["hold", &key, "500"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = line_reader(holder.stdout.take().unwrap());
+    let got = lines.recv_timeout(Duration::from_secs(60));
+    if got.as_deref() != Ok("holding") {
+        let _ = holder.kill();
+        let out = holder.wait_with_output().unwrap();
+        panic!("holder: {got:?} ({}); stderr:\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+    }
+    // Its node reports the set's values every 5 ms.
+    std::thread::sleep(Duration::from_millis(200));
+    holder.kill().unwrap();
+    let killed = Instant::now();
+    holder.wait().unwrap();
+    let waiter = c
+        .command(1, &prog)
+        .args(["wait", &key])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let w = wait_one(
+        &c,
+        waiter,
+        Duration::from_secs(30),
+        "the waiter (after the holder of the lent set was killed)",
+    );
+    w.assert_ok("waiter");
+    println!("waiter got the semaphore {:.3} s after the SIGKILL", killed.elapsed().as_secs_f64());
+    assert!(
+        c.ns_log().contains("taken back as it last reported it"),
+        "the set was not lent to the holder, so this test did not test lending; nameserver log:\n{}",
+        c.ns_log()
+    );
+    c.run("semundo", &["rm", &key], Duration::from_secs(60)).assert_ok("semundo rm");
+}
+
 /// Waits up to `timeout` for `child` (stdout and stderr piped); on time-out
 /// kills it and fails with its output and the nameserver log.
 fn wait_one(c: &Cluster, mut child: std::process::Child, timeout: Duration, what: &str) -> Outcome {
