@@ -31,7 +31,7 @@ commands:
                      replaced by its rank
   ipcs [-m|-s|-a]    list distributed segments and semaphore sets
                      (util-linux ipcs layout)
-  ipcrm [-m ID] [-s ID] [-M KEY] [-S KEY] ...
+  ipcrm [-m ID] [-s ID] [-M KEY] [-S KEY] [-a] ...
                      remove distributed segments and semaphore sets
   certs init DIR     make a cluster CA and node credentials in DIR
   help [COMMAND]     this text, or a command's
@@ -85,7 +85,7 @@ util-linux ipcs layout plus one column:
 ";
 
 const IPCRM_USAGE: &str = "\
-usage: kdipc ipcrm [-m ID] [-s ID] [-M KEY] [-S KEY] ...
+usage: kdipc ipcrm [-m ID] [-s ID] [-M KEY] [-S KEY] [-a] ...
 
 Removes distributed objects (IPC_RMID), as util-linux ipcrm; IDs and KEYs
 are decimal or 0x hexadecimal, and options may be repeated.
@@ -93,6 +93,8 @@ are decimal or 0x hexadecimal, and options may be repeated.
   -s, --semaphore-id ID     the semaphore set with id ID
   -M, --shmem-key KEY       the segment with key KEY
   -S, --semaphore-key KEY   the semaphore set with key KEY
+  -a, --all[=shm|sem|msg]   every segment and set (or every one of a kind;
+                            there are no distributed message queues)
 
 A segment goes when its last process detaches. Exit status 1 if any
 removal failed.
@@ -436,6 +438,8 @@ fn cmd_ipcrm(args: &[String]) -> Result<ExitCode, String> {
         return help(IPCRM_USAGE);
     }
     let mut todo: Vec<(Target, i32, String)> = Vec::new();
+    // -a: every segment, every set (after the named objects).
+    let (mut all, mut all_shm, mut all_sem) = (false, false, false);
     let mut i = 0;
     while i < args.len() {
         let a = args[i].as_str();
@@ -449,6 +453,20 @@ fn cmd_ipcrm(args: &[String]) -> Result<ExitCode, String> {
             "-s" | "--semaphore-id" => Target::SemId,
             "-M" | "--shmem-key" => Target::ShmKey,
             "-S" | "--semaphore-key" => Target::SemKey,
+            "-a" | "--all" => {
+                // util-linux: --all[=shm|msg|sem] (no distributed message
+                // queues exist: msg removes nothing).
+                all = true;
+                match inline {
+                    None => (all_shm, all_sem) = (true, true),
+                    Some("shm") => all_shm = true,
+                    Some("sem") => all_sem = true,
+                    Some("msg") => {}
+                    Some(v) => return Err(format!("ipcrm: {flag}: unknown resource type {v:?}")),
+                }
+                i += 1;
+                continue;
+            }
             _ => return Err(format!("ipcrm: unknown argument {a:?} (try kdipc ipcrm --help)")),
         };
         let v = match inline {
@@ -467,10 +485,23 @@ fn cmd_ipcrm(args: &[String]) -> Result<ExitCode, String> {
         todo.push((target, num, v.to_string()));
         i += 1;
     }
-    if todo.is_empty() {
+    if todo.is_empty() && !all {
         return Err("ipcrm: nothing to remove (try kdipc ipcrm --help)".into());
     }
     let res = with_node(move |n| {
+        if all_shm || all_sem {
+            match n.ipc_list() {
+                Ok((segs, sets)) => {
+                    let segs = segs.into_iter().filter(|_| all_shm).map(|(id, _, _)| (Target::ShmId, id));
+                    let sets = sets.into_iter().filter(|_| all_sem).map(|(id, _)| (Target::SemId, id));
+                    todo.extend(segs.chain(sets).map(|(t, id)| (t, id, id.to_string())));
+                }
+                Err(Errno(e)) => {
+                    eprintln!("ipcrm: {}", std::io::Error::from_raw_os_error(e));
+                    return true;
+                }
+            }
+        }
         let mut failed = false;
         for (target, num, text) in todo {
             if let Err(msg) = remove(n, target, num) {

@@ -110,6 +110,8 @@ fn every_command_has_help_and_refuses_bad_arguments() {
         &["ipcrm", "-s", "-1"],
         &["ipcrm", "-x", "5"],
         &["ipcrm", "5"],
+        &["ipcrm", "--all=queues"],
+        &["ipcrm", "-ax"],
         &["certs"],
         &["certs", "init"],
         &["certs", "bogus", "dir"],
@@ -370,6 +372,24 @@ fn ipcs_and_ipcrm_against_a_live_nameserver() {
     assert!(row(&on(&c, &["ipcs", "-s"]).stdout, &sem_key).is_none(), "-S in a failing ipcrm still removes");
     let o = on(&c, &["ipcrm", "-M", "0"]);
     assert_eq!((code(&o), o.stderr.trim()), (1, "ipcrm: illegal key (0)"), "{o:?}");
+
+    // -a: everything, or every object of one kind.
+    let keys: Vec<String> = (0..4).map(|_| support::fresh_key()).collect();
+    c.run("persist", &["write", &keys[0], "1"], TIMEOUT).assert_ok("persist write");
+    c.run("persist", &["write", &keys[1], "1"], TIMEOUT).assert_ok("persist write");
+    c.run("mksem", &[&keys[2], "1"], TIMEOUT).assert_ok("mksem");
+    c.run("mksem", &[&keys[3], "1"], TIMEOUT).assert_ok("mksem");
+    on(&c, &["ipcrm", "--all=sem"]).assert_ok("ipcrm --all=sem");
+    let o = on(&c, &["ipcs"]);
+    assert!(row(&o.stdout, &keys[0]).is_some() && row(&o.stdout, &keys[1]).is_some(), "{}", o.stdout);
+    assert_eq!(o.stdout.lines().count(), 9, "two segments left: {}", o.stdout);
+    c.run("mksem", &[&keys[2], "1"], TIMEOUT).assert_ok("mksem");
+    on(&c, &["ipcrm", "--all=msg"]).assert_ok("ipcrm --all=msg");
+    assert_eq!(on(&c, &["ipcs"]).stdout.lines().count(), 10, "--all=msg removes nothing");
+    let o = on(&c, &["ipcrm", "-a"]);
+    o.assert_ok("ipcrm -a");
+    assert!(o.stdout.is_empty() && o.stderr.is_empty(), "{o:?}");
+    assert_eq!(on(&c, &["ipcs"]).stdout.lines().count(), 7, "nothing left after ipcrm -a");
 }
 
 #[test]
