@@ -212,7 +212,17 @@ fn is_node(pid: u32) -> bool {
 
 #[test]
 fn ctrl_c_stops_every_rank_and_leaves_nothing_behind() {
-    let tmp = std::env::temp_dir().join(format!("kdipc-cli-test-{}", std::process::id()));
+    stop_leaves_nothing_behind(libc::SIGINT);
+}
+
+#[test]
+fn sigterm_stops_every_rank_and_leaves_nothing_behind() {
+    stop_leaves_nothing_behind(libc::SIGTERM);
+}
+
+/// `kdipc run` of two ranks busy on distributed memory, stopped by `sig`.
+fn stop_leaves_nothing_behind(sig: i32) {
+    let tmp = std::env::temp_dir().join(format!("kdipc-cli-test-{}-{sig}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).unwrap();
     // Two ranks busy on a distributed segment (pages moving) when stopped.
@@ -239,7 +249,7 @@ fn ctrl_c_stops_every_rank_and_leaves_nothing_behind() {
     assert!(std::net::UdpSocket::bind(ns).is_err(), "the embedded nameserver listens on {ns}");
 
     // SAFETY: signalling the child we spawned (not yet reaped).
-    unsafe { libc::kill(pid as i32, libc::SIGINT) };
+    unsafe { libc::kill(pid as i32, sig) };
     let t = Instant::now();
     let status = loop {
         if let Some(s) = child.try_wait().unwrap() {
@@ -247,11 +257,11 @@ fn ctrl_c_stops_every_rank_and_leaves_nothing_behind() {
         }
         if t.elapsed() > Duration::from_secs(5) {
             let _ = child.kill();
-            panic!("kdipc run still running 5 s after SIGINT");
+            panic!("kdipc run still running 5 s after signal {sig}");
         }
         std::thread::sleep(Duration::from_millis(10));
     };
-    assert_eq!(status.code(), Some(128 + libc::SIGINT), "{status}");
+    assert_eq!(status.code(), Some(128 + sig), "{status}");
     for r in &ranks {
         let alive = std::fs::read_to_string(format!("/proc/{r}/cmdline")).is_ok_and(|s| s.starts_with(sb));
         assert!(!alive, "rank process {r} survived");
