@@ -20,6 +20,43 @@
 #ifndef KDIPC_H
 #define KDIPC_H
 
+#include <stdlib.h>
+
 #define IPC_KDIPC 0x00100000
+
+/*
+ * This process's rank and the number of ranks, as the launcher gave them:
+ * KDIPC_RANK / KDIPC_NPROCS (kdipc run), else OMPI_COMM_WORLD_RANK /
+ * OMPI_COMM_WORLD_SIZE (Open MPI's mpirun), SLURM_PROCID / SLURM_NTASKS
+ * (srun), PMI_RANK / PMI_SIZE (MPICH's and Intel MPI's launchers), the first
+ * one set.  -1 when no launcher set one (or its value is not a number).
+ * The program need not call MPI: only the launcher's environment is read.
+ */
+static inline int kdipc_launcher_var_(const char *const names[4])
+{
+    for (int i = 0; i < 4; i++) {
+        const char *v = getenv(names[i]);
+        if (v != NULL && *v != '\0') {
+            char *end;
+            long n = strtol(v, &end, 10);
+            return *end == '\0' && n >= 0 && n <= 0x7fffffff ? (int)n : -1;
+        }
+    }
+    return -1;
+}
+
+static inline int kdipc_rank(void)
+{
+    static const char *const names[4] = {
+        "KDIPC_RANK", "OMPI_COMM_WORLD_RANK", "SLURM_PROCID", "PMI_RANK"};
+    return kdipc_launcher_var_(names);
+}
+
+static inline int kdipc_nprocs(void)
+{
+    static const char *const names[4] = {
+        "KDIPC_NPROCS", "OMPI_COMM_WORLD_SIZE", "SLURM_NTASKS", "PMI_SIZE"};
+    return kdipc_launcher_var_(names);
+}
 
 #endif /* KDIPC_H */

@@ -24,14 +24,14 @@ commands:
   nameserver [--listen ADDR] [--cert-dir DIR] [--daemon]
                      run a nameserver (default 127.0.0.1:7350, credentials in
                      KDIPC_CERT_DIR or /tmp/kdipc-UID, made if missing)
-  run -n N [--tag-output] [--] PROG ARGS...
+  run -n N [--hosts NS,...] [--listen ADDR] [--tag-output] [--] PROG ARGS...
                      start N copies of PROG under the shim with an embedded
                      nameserver and ephemeral credentials; each copy gets
                      KDIPC_RANK and KDIPC_NPROCS, and {rank} in ARGS is
                      replaced by its rank
   ipcs [-m|-s|-a]    list distributed segments and semaphore sets
                      (util-linux ipcs layout)
-  ipcrm [-m ID] [-s ID] [-M KEY] [-S KEY] ...
+  ipcrm [-m ID] [-s ID] [-M KEY] [-S KEY] [-a] ...
                      remove distributed segments and semaphore sets
   certs init DIR     make a cluster CA and node credentials in DIR
   help [COMMAND]     this text, or a command's
@@ -52,14 +52,20 @@ their owner and the home of every page.
 ";
 
 const RUN_USAGE: &str = "\
-usage: kdipc run -n N [--tag-output] [--] PROG ARGS...
+usage: kdipc run -n N [--hosts NS,...] [--listen ADDR] [--tag-output] [--] PROG ARGS...
 
 Starts N copies of PROG under the shim (LD_PRELOAD=libkdipc.so beside kdipc)
 with an embedded nameserver and ephemeral credentials in a private directory,
-like mpirun. Each copy gets KDIPC_RANK and KDIPC_NPROCS, and `{rank}` in
-PROG and ARGS is replaced by its rank.
-  -n, --np N       number of copies
-  --tag-output     prefix every line of output with `[RANK] `
+like mpirun. Each copy gets KDIPC_RANK, KDIPC_NPROCS, KDIPC_NAMESERVER and
+KDIPC_CERT_DIR (KDIPC_BIND is unset), and `{rank}` in PROG and ARGS is
+replaced by its rank.
+  -n, --np N         number of copies
+  --hosts NS,...     run copy RANK in the named network namespace
+                     NS[RANK % count] (`ip netns` names; needs root)
+  --listen ADDR      the embedded nameserver's UDP address (default
+                     127.0.0.1:0); with --hosts, an address of this
+                     namespace that the hosts reach, e.g. 10.0.0.1:0
+  --tag-output       prefix every line of output with `[RANK] `
 
 Exit status: the worst copy's (128+SIG for one killed by signal SIG).
 Ctrl-C (SIGINT), SIGTERM or SIGHUP are passed on to every copy (SIGKILL
@@ -79,7 +85,7 @@ util-linux ipcs layout plus one column:
 ";
 
 const IPCRM_USAGE: &str = "\
-usage: kdipc ipcrm [-m ID] [-s ID] [-M KEY] [-S KEY] ...
+usage: kdipc ipcrm [-m ID] [-s ID] [-M KEY] [-S KEY] [-a] ...
 
 Removes distributed objects (IPC_RMID), as util-linux ipcrm; IDs and KEYs
 are decimal or 0x hexadecimal, and options may be repeated.
@@ -87,6 +93,8 @@ are decimal or 0x hexadecimal, and options may be repeated.
   -s, --semaphore-id ID     the semaphore set with id ID
   -M, --shmem-key KEY       the segment with key KEY
   -S, --semaphore-key KEY   the semaphore set with key KEY
+  -a, --all[=shm|sem|msg]   every segment and set (or every one of a kind;
+                            there are no distributed message queues)
 
 A segment goes when its last process detaches. Exit status 1 if any
 removal failed.
@@ -430,6 +438,8 @@ fn cmd_ipcrm(args: &[String]) -> Result<ExitCode, String> {
         return help(IPCRM_USAGE);
     }
     let mut todo: Vec<(Target, i32, String)> = Vec::new();
+    // -a: every segment, every set (after the named objects).
+    let (mut all, mut all_shm, mut all_sem) = (false, false, false);
     let mut i = 0;
     while i < args.len() {
         let a = args[i].as_str();
@@ -443,6 +453,20 @@ fn cmd_ipcrm(args: &[String]) -> Result<ExitCode, String> {
             "-s" | "--semaphore-id" => Target::SemId,
             "-M" | "--shmem-key" => Target::ShmKey,
             "-S" | "--semaphore-key" => Target::SemKey,
+            "-a" | "--all" => {
+                // util-linux: --all[=shm|msg|sem] (no distributed message
+                // queues exist: msg removes nothing).
+                all = true;
+                match inline {
+                    None => (all_shm, all_sem) = (true, true),
+                    Some("shm") => all_shm = true,
+                    Some("sem") => all_sem = true,
+                    Some("msg") => {}
+                    Some(v) => return Err(format!("ipcrm: {flag}: unknown resource type {v:?}")),
+                }
+                i += 1;
+                continue;
+            }
             _ => return Err(format!("ipcrm: unknown argument {a:?} (try kdipc ipcrm --help)")),
         };
         let v = match inline {
@@ -461,10 +485,23 @@ fn cmd_ipcrm(args: &[String]) -> Result<ExitCode, String> {
         todo.push((target, num, v.to_string()));
         i += 1;
     }
-    if todo.is_empty() {
+    if todo.is_empty() && !all {
         return Err("ipcrm: nothing to remove (try kdipc ipcrm --help)".into());
     }
     let res = with_node(move |n| {
+        if all_shm || all_sem {
+            match n.ipc_list() {
+                Ok((segs, sets)) => {
+                    let segs = segs.into_iter().filter(|_| all_shm).map(|(id, _, _)| (Target::ShmId, id));
+                    let sets = sets.into_iter().filter(|_| all_sem).map(|(id, _)| (Target::SemId, id));
+                    todo.extend(segs.chain(sets).map(|(t, id)| (t, id, id.to_string())));
+                }
+                Err(Errno(e)) => {
+                    eprintln!("ipcrm: {}", std::io::Error::from_raw_os_error(e));
+                    return true;
+                }
+            }
+        }
         let mut failed = false;
         for (target, num, text) in todo {
             if let Err(msg) = remove(n, target, num) {
@@ -514,6 +551,8 @@ fn remove(n: &NodeHandle, target: Target, num: i32) -> Result<(), String> {
 fn cmd_run(args: &[String]) -> Result<ExitCode, String> {
     let mut n: Option<usize> = None;
     let mut tag = false;
+    let mut hosts: Vec<String> = Vec::new();
+    let mut listen: SocketAddr = "127.0.0.1:0".parse().expect("literal");
     let mut i = 0;
     while i < args.len() {
         match args[i].as_str() {
@@ -522,6 +561,21 @@ fn cmd_run(args: &[String]) -> Result<ExitCode, String> {
                 n = Some(
                     v.parse().ok().filter(|&k| k > 0).ok_or_else(|| format!("run: -n: bad count {v:?}"))?,
                 );
+            }
+            "--hosts" => {
+                let v = value(args, &mut i, "run: --hosts")?;
+                hosts = v.split(',').map(str::to_string).collect();
+                if hosts.iter().any(|h| h.is_empty() || h.contains('/') || h == "." || h == "..") {
+                    return Err(format!("run: --hosts: bad namespace list {v:?}"));
+                }
+            }
+            "--listen" => {
+                let v = value(args, &mut i, "run: --listen")?;
+                listen = v
+                    .parse()
+                    .ok()
+                    .filter(|a: &SocketAddr| !a.ip().is_unspecified())
+                    .ok_or_else(|| format!("run: --listen: not a specific address:port: {v:?}"))?;
             }
             "--tag-output" => tag = true,
             "--help" | "-h" => return help(RUN_USAGE),
@@ -539,6 +593,18 @@ fn cmd_run(args: &[String]) -> Result<ExitCode, String> {
     if prog.is_empty() {
         return Err("run: no program given (kdipc run -n N -- PROG ARGS)".into());
     }
+    if !hosts.is_empty() && listen.ip().is_loopback() {
+        return Err("run: --hosts needs --listen ADDR, an address the hosts reach".into());
+    }
+    // The namespaces, opened now so that a wrong name is reported before
+    // anything starts.
+    let mut netns = Vec::new();
+    for h in &hosts {
+        match std::fs::File::open(Path::new("/run/netns").join(h)) {
+            Ok(f) => netns.push((h.clone(), f)),
+            Err(e) => return failure(&format!("run: --hosts: network namespace {h}: {e}")),
+        }
+    }
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let lib = exe.with_file_name("libkdipc.so");
     if !lib.is_file() {
@@ -554,7 +620,7 @@ fn cmd_run(args: &[String]) -> Result<ExitCode, String> {
         Ok(d) => d,
         Err(e) => return failure(&format!("run: {e}")),
     };
-    let res = run_with(n, tag, prog, &lib, &dir);
+    let res = run_with(Launch { n, tag, prog, lib: &lib, dir: &dir, listen, netns: &netns });
     let _ = std::fs::remove_dir_all(&dir);
     match res {
         Ok(code) => Ok(code),
@@ -623,7 +689,22 @@ fn tag_lines(
     });
 }
 
-fn run_with(n: usize, tag: bool, prog: &[String], lib: &Path, dir: &Path) -> Result<ExitCode, String> {
+/// What `kdipc run` starts.
+struct Launch<'a> {
+    n: usize,
+    tag: bool,
+    prog: &'a [String],
+    lib: &'a Path,
+    /// The private directory: credentials.
+    dir: &'a Path,
+    /// The embedded nameserver's address.
+    listen: SocketAddr,
+    /// The network namespaces of `--hosts` (name, open `/run/netns` file).
+    netns: &'a [(String, std::fs::File)],
+}
+
+fn run_with(l: Launch) -> Result<ExitCode, String> {
+    let Launch { n, tag, prog, lib, dir, listen, netns } = l;
     certs::init(dir).map_err(|e| e.to_string())?;
     let (tx, rx) = std::sync::mpsc::channel();
     let cdir = dir.to_path_buf();
@@ -633,16 +714,16 @@ fn run_with(n: usize, tag: bool, prog: &[String], lib: &Path, dir: &Path) -> Res
             Err(e) => return tx.send(Err(e.to_string())).unwrap_or(()),
         };
         let tx2 = tx.clone();
-        if let Err(e) =
-            rt.block_on(nameserver::serve("127.0.0.1:0".parse().expect("literal"), &cdir, move |a| {
-                let _ = tx2.send(Ok(a));
-            }))
-        {
+        if let Err(e) = rt.block_on(nameserver::serve(listen, &cdir, move |a| {
+            let _ = tx2.send(Ok(a));
+        })) {
             let _ = tx.send(Err(e));
         }
     });
-    let addr =
-        rx.recv_timeout(Duration::from_secs(10)).map_err(|_| "embedded nameserver did not start")??;
+    let addr = rx
+        .recv_timeout(Duration::from_secs(10))
+        .map_err(|_| "embedded nameserver did not start".to_string())?
+        .map_err(|e| format!("embedded nameserver: {e}"))?;
     // SAFETY: getpid has no preconditions.
     let me = unsafe { libc::getpid() };
     let (out_tx, out_rx) = std::sync::mpsc::channel();
@@ -660,14 +741,23 @@ fn run_with(n: usize, tag: bool, prog: &[String], lib: &Path, dir: &Path) -> Res
             .env("KDIPC_CERT_DIR", dir)
             .env("KDIPC_RANK", rank.to_string())
             .env("KDIPC_NPROCS", n.to_string())
+            .env_remove("KDIPC_BIND")
             .process_group(0);
-        // SAFETY: prctl, getppid and _exit are async-signal-safe.
+        let host = (!netns.is_empty()).then(|| &netns[rank % netns.len()]);
+        let ns_fd = host.map(|(_, f)| std::os::fd::AsRawFd::as_raw_fd(f));
+        // SAFETY: prctl, getppid, setns and _exit are async-signal-safe;
+        // `ns_fd` stays open until after the spawn.
         unsafe {
             cmd.pre_exec(move || {
                 // If kdipc run dies (even by SIGKILL), so does the rank.
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
                 if libc::getppid() != me {
                     libc::_exit(137);
+                }
+                if let Some(fd) = ns_fd {
+                    if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
                 }
                 Ok(())
             });
@@ -683,7 +773,10 @@ fn run_with(n: usize, tag: bool, prog: &[String], lib: &Path, dir: &Path) -> Res
                 for c in &mut children {
                     let _ = c.wait();
                 }
-                return Err(format!("{}: {e}", argv[0]));
+                return Err(match host {
+                    Some((h, _)) => format!("{} in network namespace {h}: {e}", argv[0]),
+                    None => format!("{}: {e}", argv[0]),
+                });
             }
         };
         if let Some(out) = child.stdout.take() {

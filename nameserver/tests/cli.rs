@@ -93,6 +93,14 @@ fn every_command_has_help_and_refuses_bad_arguments() {
         &["run", "-n", "2"],
         &["run", "-n", "2", "--"],
         &["run", "--bogus", "-n", "2", "--", "true"],
+        &["run", "-n", "2", "--hosts"],
+        &["run", "-n", "2", "--hosts", "", "--listen", "10.0.0.1:0", "--", "true"],
+        &["run", "-n", "2", "--hosts", "a,,b", "--listen", "10.0.0.1:0", "--", "true"],
+        &["run", "-n", "2", "--hosts", "../etc", "--listen", "10.0.0.1:0", "--", "true"],
+        &["run", "-n", "2", "--hosts", "a", "--", "true"],
+        &["run", "-n", "2", "--hosts", "a", "--listen", "127.0.0.1:0", "--", "true"],
+        &["run", "-n", "2", "--listen", "0.0.0.0:0", "--", "true"],
+        &["run", "-n", "2", "--listen", "somewhere", "--", "true"],
         &["ipcs", "-x"],
         &["ipcs", "extra"],
         &["ipcrm"],
@@ -102,6 +110,8 @@ fn every_command_has_help_and_refuses_bad_arguments() {
         &["ipcrm", "-s", "-1"],
         &["ipcrm", "-x", "5"],
         &["ipcrm", "5"],
+        &["ipcrm", "--all=queues"],
+        &["ipcrm", "-ax"],
         &["certs"],
         &["certs", "init"],
         &["certs", "bogus", "dir"],
@@ -123,6 +133,10 @@ fn run_exit_status_is_the_worst_ranks() {
     let o = run(&["run", "-n", "2", "--", "/nonexistent/program"]);
     assert_eq!(code(&o), 1, "{o:?}");
     assert!(o.stderr.starts_with("kdipc: run: /nonexistent/program"), "{o:?}");
+    let o = run(&["run", "-n", "2", "--hosts", "kdipc-no-such-ns", "--listen", "10.0.0.1:0", "--", "true"]);
+    assert_eq!(code(&o), 1, "{o:?}");
+    assert_eq!(o.stderr.lines().count(), 1, "{o:?}");
+    assert!(o.stderr.starts_with("kdipc: run: --hosts: network namespace kdipc-no-such-ns: "), "{o:?}");
 }
 
 #[test]
@@ -187,23 +201,42 @@ fn environ_var(pid: u32, name: &str) -> Option<String> {
     })
 }
 
+/// Whether process `pid` runs a KDIPC node (its runtime thread exists).
+fn is_node(pid: u32) -> bool {
+    std::fs::read_dir(format!("/proc/{pid}/task")).is_ok_and(|d| {
+        d.flatten().any(|t| {
+            std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == "kdipc-runtime")
+        })
+    })
+}
+
 #[test]
 fn ctrl_c_stops_every_rank_and_leaves_nothing_behind() {
-    let tmp = std::env::temp_dir().join(format!("kdipc-cli-test-{}", std::process::id()));
+    stop_leaves_nothing_behind(libc::SIGINT);
+}
+
+#[test]
+fn sigterm_stops_every_rank_and_leaves_nothing_behind() {
+    stop_leaves_nothing_behind(libc::SIGTERM);
+}
+
+/// `kdipc run` of two ranks busy on distributed memory, stopped by `sig`.
+fn stop_leaves_nothing_behind(sig: i32) {
+    let tmp = std::env::temp_dir().join(format!("kdipc-cli-test-{}-{sig}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).unwrap();
-    let mut cmd = kdipc_cmd(&["run", "-n", "2", "--", "sleep", "100"]);
+    // Two ranks busy on a distributed segment (pages moving) when stopped.
+    let key = support::fresh_key();
+    let sb = support::prog("sb");
+    let sb = sb.to_str().unwrap();
+    let mut cmd = kdipc_cmd(&["run", "-n", "2", "--", sb, "{rank}", "2", &key, "1000000"]);
     cmd.env("TMPDIR", &tmp).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
     let mut child = cmd.spawn().unwrap();
     let pid = child.id();
     let deadline = Instant::now() + Duration::from_secs(20);
     let ranks = loop {
         let c = children_of(pid);
-        // Both ranks started and exec'd sleep.
-        let sleeping = c.iter().filter(|p| {
-            std::fs::read_to_string(format!("/proc/{p}/cmdline")).is_ok_and(|s| s.starts_with("sleep\0"))
-        });
-        if sleeping.count() == 2 {
+        if c.len() == 2 && c.iter().all(|&p| is_node(p)) {
             break c;
         }
         assert!(Instant::now() < deadline, "the ranks did not start: {c:?}");
@@ -216,7 +249,7 @@ fn ctrl_c_stops_every_rank_and_leaves_nothing_behind() {
     assert!(std::net::UdpSocket::bind(ns).is_err(), "the embedded nameserver listens on {ns}");
 
     // SAFETY: signalling the child we spawned (not yet reaped).
-    unsafe { libc::kill(pid as i32, libc::SIGINT) };
+    unsafe { libc::kill(pid as i32, sig) };
     let t = Instant::now();
     let status = loop {
         if let Some(s) = child.try_wait().unwrap() {
@@ -224,16 +257,19 @@ fn ctrl_c_stops_every_rank_and_leaves_nothing_behind() {
         }
         if t.elapsed() > Duration::from_secs(5) {
             let _ = child.kill();
-            panic!("kdipc run still running 5 s after SIGINT");
+            panic!("kdipc run still running 5 s after signal {sig}");
         }
         std::thread::sleep(Duration::from_millis(10));
     };
-    assert_eq!(status.code(), Some(128 + libc::SIGINT), "{status}");
+    assert_eq!(status.code(), Some(128 + sig), "{status}");
     for r in &ranks {
-        let alive =
-            std::fs::read_to_string(format!("/proc/{r}/cmdline")).is_ok_and(|s| s.starts_with("sleep\0"));
+        let alive = std::fs::read_to_string(format!("/proc/{r}/cmdline")).is_ok_and(|s| s.starts_with(sb));
         assert!(!alive, "rank process {r} survived");
     }
+    // The segment never was a kernel object (`ipcs` shows nothing).
+    let kernel = std::fs::read_to_string("/proc/sysvipc/shm").unwrap();
+    let k = i64::from_str_radix(&key[2..], 16).unwrap().to_string();
+    assert!(!kernel.lines().any(|l| l.split_whitespace().next() == Some(&k)), "kernel segment {key}");
     let left: Vec<_> = std::fs::read_dir(&tmp).unwrap().flatten().map(|e| e.path()).collect();
     assert!(left.is_empty(), "left behind: {left:?}");
     assert!(std::net::UdpSocket::bind(ns).is_ok(), "the embedded nameserver still listens on {ns}");
@@ -346,6 +382,24 @@ fn ipcs_and_ipcrm_against_a_live_nameserver() {
     assert!(row(&on(&c, &["ipcs", "-s"]).stdout, &sem_key).is_none(), "-S in a failing ipcrm still removes");
     let o = on(&c, &["ipcrm", "-M", "0"]);
     assert_eq!((code(&o), o.stderr.trim()), (1, "ipcrm: illegal key (0)"), "{o:?}");
+
+    // -a: everything, or every object of one kind.
+    let keys: Vec<String> = (0..4).map(|_| support::fresh_key()).collect();
+    c.run("persist", &["write", &keys[0], "1"], TIMEOUT).assert_ok("persist write");
+    c.run("persist", &["write", &keys[1], "1"], TIMEOUT).assert_ok("persist write");
+    c.run("mksem", &[&keys[2], "1"], TIMEOUT).assert_ok("mksem");
+    c.run("mksem", &[&keys[3], "1"], TIMEOUT).assert_ok("mksem");
+    on(&c, &["ipcrm", "--all=sem"]).assert_ok("ipcrm --all=sem");
+    let o = on(&c, &["ipcs"]);
+    assert!(row(&o.stdout, &keys[0]).is_some() && row(&o.stdout, &keys[1]).is_some(), "{}", o.stdout);
+    assert_eq!(o.stdout.lines().count(), 9, "two segments left: {}", o.stdout);
+    c.run("mksem", &[&keys[2], "1"], TIMEOUT).assert_ok("mksem");
+    on(&c, &["ipcrm", "--all=msg"]).assert_ok("ipcrm --all=msg");
+    assert_eq!(on(&c, &["ipcs"]).stdout.lines().count(), 10, "--all=msg removes nothing");
+    let o = on(&c, &["ipcrm", "-a"]);
+    o.assert_ok("ipcrm -a");
+    assert!(o.stdout.is_empty() && o.stderr.is_empty(), "{o:?}");
+    assert_eq!(on(&c, &["ipcs"]).stdout.lines().count(), 7, "nothing left after ipcrm -a");
 }
 
 #[test]
@@ -375,4 +429,159 @@ fn ipcs_does_not_start_a_nameserver() {
     assert_eq!(code(&o), 1, "{o:?}");
     assert!(o.stderr.starts_with("kdipc: ipcs: no nameserver at 127.0.0.1:7350"), "{o:?}");
     assert!(std::net::UdpSocket::bind(default).is_ok(), "kdipc ipcs started a nameserver");
+}
+
+/// The network namespace and address of emulated host `host`, as the
+/// harness runs commands there (`ip netns exec NS ...`, `KDIPC_BIND=IP:0`).
+fn netns(c: &Cluster, host: usize) -> (String, String) {
+    let cmd = c.command(host, Path::new("true"));
+    let args: Vec<_> = cmd.get_args().map(|a| a.to_str().unwrap().to_string()).collect();
+    assert_eq!(&args[..2], ["netns", "exec"], "{args:?}");
+    let bind = cmd.get_envs().find(|(k, _)| *k == "KDIPC_BIND").and_then(|(_, v)| v).unwrap();
+    let ip = bind.to_str().unwrap().rsplit_once(':').unwrap().0.to_string();
+    (args[2].clone(), ip)
+}
+
+#[test]
+fn run_places_ranks_in_network_namespaces() {
+    if !support::can_use_netns("run_places_ranks_in_network_namespaces") {
+        return;
+    }
+    let c = Cluster::hosts(2);
+    let (ns1, ip1) = netns(&c, 0);
+    let (ns2, ip2) = netns(&c, 1);
+    let hosts = format!("{ns1},{ns2}");
+    let listen = format!("{ip1}:0");
+    // kdipc run on host 1, its ranks round-robin on hosts 1 and 2.
+    let on_host1 = |args: &[&str]| {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &ns1]).arg(kdipc()).args(["run", "--hosts", &hosts, "--listen", &listen]);
+        cmd.args(args).env_remove("LD_PRELOAD").env_remove("KDIPC_NAMESERVER").env_remove("KDIPC_CERT_DIR");
+        outcome(cmd)
+    };
+    let o =
+        on_host1(&["-n", "4", "--", "sh", "-c", "echo {rank} $(ip -4 -o addr show eth0) $KDIPC_NAMESERVER"]);
+    o.assert_ok("kdipc run --hosts sh");
+    let mut lines: Vec<Vec<&str>> = o.stdout.lines().map(|l| l.split_whitespace().collect()).collect();
+    lines.sort();
+    assert_eq!(lines.len(), 4, "{o:?}");
+    for (rank, l) in lines.iter().enumerate() {
+        let ip = if rank % 2 == 0 { &ip1 } else { &ip2 };
+        assert_eq!(l[0], rank.to_string(), "{o:?}");
+        assert!(l.contains(&format!("{ip}/24").as_str()), "rank {rank} not on {ip}: {o:?}");
+        assert!(l.last().unwrap().starts_with(&format!("{ip1}:")), "nameserver on host 1: {o:?}");
+    }
+    // A C program across the two hosts: pages and semaphores over the bridge.
+    let key = support::fresh_key();
+    let sb = support::prog("sb");
+    let o = on_host1(&["-n", "2", "--", sb.to_str().unwrap(), "{rank}", "2", &key, "300"]);
+    o.assert_ok("kdipc run --hosts sb");
+    assert!(o.stdout.contains("sb rank 0: iters=300 forbidden=0"), "{o:?}");
+    let hello = example_program();
+    let o = on_host1(&["-n", "3", "--", hello.to_str().unwrap(), &support::fresh_key()]);
+    o.assert_ok("kdipc run --hosts hello");
+    assert_eq!(o.stdout, "hello: 3 ranks, total 6 (expected 6)\n", "{o:?}");
+}
+
+/// `examples/hello.c`, compiled against `c-tests/kdipc.h` (once).
+fn example_program() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let out = std::env::temp_dir().join(format!("kdipc-cli-hello-{}", std::process::id()));
+            let root = support::root();
+            let st = Command::new("cc")
+                .args(["-std=gnu11", "-O2", "-Wall", "-Wextra", "-Werror", "-I"])
+                .arg(root.join("c-tests"))
+                .arg("-o")
+                .arg(&out)
+                .arg(root.join("examples/hello.c"))
+                .status()
+                .unwrap();
+            assert!(st.success(), "compiling examples/hello.c");
+            out
+        })
+        .clone()
+}
+
+#[test]
+fn mpirun_launches_a_c_program_under_the_shim() {
+    if Command::new("mpirun").arg("--version").stdout(Stdio::null()).status().is_err() {
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "mpirun (openmpi-bin) missing, CI=true");
+        eprintln!(
+            "SKIPPED mpirun_launches_a_c_program_under_the_shim: no mpirun (apt-get install openmpi-bin)"
+        );
+        return;
+    }
+    let c = Cluster::local();
+    let hello = example_program();
+    let key = support::fresh_key();
+    // The README's line: the shim and KDIPC_KEYS=all given to the ranks
+    // only (-x NAME=VALUE), not to mpirun, whose own System V probe would
+    // otherwise be distributed too. The program never calls MPI: its rank
+    // comes from OMPI_COMM_WORLD_RANK (kdipc_rank() in kdipc.h).
+    let mut cmd = c.command(0, Path::new("mpirun"));
+    let preload = format!("LD_PRELOAD={}", support::lib().display());
+    cmd.args(["--allow-run-as-root", "--oversubscribe", "-np", "3"])
+        .args(["-x", &preload, "-x", "KDIPC_NAMESERVER", "-x", "KDIPC_CERT_DIR", "-x", "KDIPC_KEYS=all"])
+        .arg(&hello)
+        .arg(&key)
+        .env_remove("LD_PRELOAD")
+        .env_remove("KDIPC_RANK")
+        .env_remove("KDIPC_NPROCS");
+    let o = outcome(cmd);
+    o.assert_ok("mpirun hello");
+    assert_eq!(o.stdout, "hello: 3 ranks, total 6 (expected 6)\n", "{o:?}");
+    // Three nodes joined: the ranks, not mpirun or its daemons.
+    let log = c.ns_log();
+    assert_eq!(log.matches("node joined").count(), 3, "{log}");
+}
+
+#[test]
+fn install_then_build_the_example_with_pkg_config() {
+    let root = support::root();
+    let tmp = std::env::temp_dir().join(format!("kdipc-cli-install-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let prefix = tmp.join("prefix");
+    let install = |args: &[&Path]| {
+        let mut cmd = Command::new(root.join("scripts/install"));
+        cmd.args(args).env("CARGO_TARGET_DIR", support::kdipc().parent().unwrap().parent().unwrap());
+        outcome(cmd)
+    };
+    let o = install(&[&prefix, &prefix]);
+    assert_eq!((code(&o), o.stderr.as_str()), (2, "usage: scripts/install [PREFIX]\n"), "{o:?}");
+    install(&[&prefix]).assert_ok("scripts/install");
+    for f in ["bin/kdipc", "lib/kdipc/kdipc", "lib/kdipc/libkdipc.so", "include/kdipc.h"] {
+        assert!(prefix.join(f).is_file(), "{f} not installed");
+    }
+    let pkg = |args: &[&str]| {
+        let mut cmd = Command::new("pkg-config");
+        cmd.args(args).arg("kdipc").env("PKG_CONFIG_PATH", prefix.join("lib/pkgconfig"));
+        let o = outcome(cmd);
+        o.assert_ok(&format!("pkg-config {args:?}"));
+        o.stdout.trim().to_string()
+    };
+    assert_eq!(pkg(&["--cflags"]), format!("-I{}", prefix.join("include").display()));
+    assert_eq!(pkg(&["--variable=preload"]), prefix.join("lib/kdipc/libkdipc.so").to_str().unwrap());
+    // The example's Makefile, in a copy of examples/, with the installed
+    // kdipc (found through the .pc file) running it: `make run`.
+    let ex = tmp.join("examples");
+    std::fs::create_dir_all(&ex).unwrap();
+    for f in ["Makefile", "hello.c"] {
+        std::fs::copy(root.join("examples").join(f), ex.join(f)).unwrap();
+    }
+    let mut make = Command::new("make");
+    make.arg("-C")
+        .arg(&ex)
+        .arg("run")
+        .env("PKG_CONFIG_PATH", prefix.join("lib/pkgconfig"))
+        .env("CFLAGS", "-O2 -Wall -Wextra -Werror")
+        .env_remove("LD_PRELOAD")
+        .env_remove("KDIPC_NAMESERVER")
+        .env_remove("KDIPC_CERT_DIR");
+    let o = outcome(make);
+    o.assert_ok("make run");
+    assert!(o.stdout.contains("hello: 4 ranks, total 10 (expected 10)"), "{o:?}");
+    assert!(o.stdout.contains(&format!("-I{}", prefix.join("include").display())), "{o:?}");
+    std::fs::remove_dir_all(&tmp).unwrap();
 }
