@@ -56,8 +56,13 @@ pub fn transport_rtt(n: usize, certs: &std::path::Path) -> (f64, f64) {
             let page = Payload::Bytes(vec![7u8; PAGE_SIZE]);
             while let Some(Inbound::Msg { from: Some(from), msg: Msg::Coherence(c), .. }) = rx.recv().await {
                 let (seg, page_idx) = c.target();
-                let msg =
-                    CoherenceMsg::Data { seg, page: page_idx, acks: 0, version: 0, payload: page.clone() };
+                let msg = CoherenceMsg::Data {
+                    seg,
+                    page: page_idx,
+                    acks: Vec::new(),
+                    version: 0,
+                    payload: page.clone(),
+                };
                 t.send(from, Msg::Coherence(msg));
             }
         });

@@ -263,6 +263,13 @@ impl Server {
         }
         self.by_conn.retain(|_, n| *n != node);
         self.transport.forget(node);
+        // Pages only it held are lost; every node learns it is gone (writes
+        // waiting for its acknowledgement proceed, requests it was to
+        // answer are asked again).
+        self.manager.node_gone(node);
+        for &other in self.nodes.keys() {
+            self.transport.send(other, Msg::NodeGone { node });
+        }
         for e in self.registry.node_gone(node) {
             self.effect(e);
         }

@@ -780,6 +780,7 @@ impl State {
                     self.transport.set_addr(node, addr);
                 }
             }
+            Msg::NodeGone { node } if from == Some(MANAGER) => self.peer_lost(Some(node)),
             Msg::SemLend { id, state } if from == Some(MANAGER) => {
                 self.synced.insert(id, state.clone());
                 lock_sems(&self.sems).adopt(id, state);
@@ -792,6 +793,7 @@ impl State {
             }
             Msg::Call { .. }
             | Msg::Hello { .. }
+            | Msg::NodeGone { .. }
             | Msg::SemLend { .. }
             | Msg::SemRecall { .. }
             | Msg::SemReturn { .. }
@@ -828,7 +830,10 @@ impl State {
             Some(n) => {
                 self.transport.forget(n);
                 let mut out = Vec::new();
-                self.protocol.peer_gone(n, &mut out);
+                let now = self.now();
+                if let Err(e) = self.protocol.peer_gone(n, now, &mut out) {
+                    error!("peer gone: {e}");
+                }
                 self.apply(&mut out);
             }
             None => {}

@@ -35,6 +35,8 @@ pub enum Msg {
     Reply { id: u64, reply: Reply },
     /// nameserver → node: where a node listens.
     PeerAddr { node: NodeId, addr: SocketAddr },
+    /// nameserver → node: that node died or left.
+    NodeGone { node: NodeId },
     /// nameserver → node: semaphore set `id` is lent to you (before the
     /// answer to the operation that made it so).
     SemLend { id: i32, state: SetState },
@@ -100,7 +102,7 @@ mod tests {
         let msg = Msg::Coherence(CoherenceMsg::Data {
             seg: 7,
             page: 3,
-            acks: 1,
+            acks: vec![1],
             version: 4,
             payload: Payload::Zero,
         });

@@ -19,12 +19,17 @@ struct HomePage {
     /// node: (releasing node, bytes, copyset, version). The releasing node
     /// bounces the designation back, and it is served from here.
     stash: Vec<(NodeId, Payload, Vec<NodeId>, u64)>,
+    /// The owner the last write designation was sent to (`Fetch`): the
+    /// new owner's bytes come from it.
+    prev: Option<NodeId>,
 }
 
 /// The directory of every distributed page.
 #[derive(Debug, Default)]
 pub struct Manager {
     segs: HashMap<SegId, Vec<HomePage>>,
+    /// Nodes that died: their requests are stale, pages they owned lost.
+    dead: std::collections::BTreeSet<NodeId>,
 }
 
 /// Who holds a page, as the manager sees it (for tests and `ipcs`).
@@ -56,9 +61,44 @@ impl Manager {
                 readers: Vec::new(),
                 version: 0,
                 stash: Vec::new(),
+                prev: None,
             })
             .collect();
         self.segs.insert(seg, pages);
+    }
+
+    /// `node` died. Pages it owned are lost: their only current copy was
+    /// there (a read copy elsewhere is not trusted as current). It leaves
+    /// the home's read copies; its later or stale requests are ignored.
+    /// Returns how many pages were lost.
+    pub fn node_gone(&mut self, node: NodeId) -> usize {
+        if node == MANAGER || !self.dead.insert(node) {
+            return 0;
+        }
+        let mut lost = 0;
+        for (&seg, pages) in self.segs.iter_mut() {
+            let mut here = 0;
+            for p in pages.iter_mut() {
+                p.readers.retain(|&r| r != node);
+                p.stash.retain(|s| s.0 != node);
+                if p.owner == Some(node) {
+                    p.owner = None;
+                    p.home = None;
+                    p.readers.clear();
+                    here += 1;
+                }
+            }
+            if here > 0 {
+                tracing::error!(
+                    seg,
+                    node,
+                    pages = here,
+                    "pages lost: their only current copy was on a node that died"
+                );
+            }
+            lost += here;
+        }
+        lost
     }
 
     /// The segment is gone (removed and detached everywhere).
@@ -94,12 +134,15 @@ impl Manager {
             return Err(ProtocolError::Unexpected("message from the manager to itself"));
         }
         let (seg, page) = msg.target();
+        if self.dead.contains(&from) {
+            return Ok(()); // Late: it died after sending this.
+        }
         let pages = self.segs.get_mut(&seg).ok_or(ProtocolError::UnknownSegment(seg))?;
         let p = pages.get_mut(page as usize).ok_or(ProtocolError::PageOutOfRange { seg, page })?;
         match msg {
             CoherenceMsg::Request { requester, write, .. } => {
                 // A node forwards requests for others (`requester`).
-                request(seg, page, p, requester, write, out)
+                request(&self.dead, seg, page, p, requester, write, out)
             }
             CoherenceMsg::Release { owned, .. } => {
                 if let Some((payload, copyset, version)) = owned {
@@ -124,7 +167,9 @@ impl Manager {
             CoherenceMsg::Bounce { inner, .. } => match *inner {
                 // An owner that released the page returns what reached it
                 // meanwhile; its `Release` arrived first.
-                CoherenceMsg::Fetch { to, write: false, .. } => request(seg, page, p, to, false, out),
+                CoherenceMsg::Fetch { to, write: false, .. } => {
+                    request(&self.dead, seg, page, p, to, false, out)
+                }
                 CoherenceMsg::Fetch { to, write: true, .. } => {
                     // The designation of `to` reached a node that had
                     // released the page: serve it from that release.
@@ -164,6 +209,7 @@ fn drop_reader(seg: SegId, page: PageIdx, p: &mut HomePage, node: NodeId, out: &
 }
 
 fn request(
+    dead: &std::collections::BTreeSet<NodeId>,
     seg: SegId,
     page: PageIdx,
     p: &mut HomePage,
@@ -174,12 +220,25 @@ fn request(
     if from == MANAGER {
         return Err(ProtocolError::Unexpected("request for the manager"));
     }
+    if dead.contains(&from) {
+        return Ok(()); // Nobody to answer.
+    }
     if let Some(owner) = p.owner {
         if owner == from {
-            return Err(ProtocolError::Unexpected("request from the owner"));
+            // A write asked again after a death: its bytes were to come
+            // from the previous owner. Lost if that one died; otherwise
+            // they are on their way.
+            if write && p.prev.is_some_and(|n| dead.contains(&n)) {
+                tracing::error!(seg, page, node = from, "page lost: it was on its way from a node that died");
+                p.owner = None;
+                p.home = None;
+                send(out, from, CoherenceMsg::Lost { seg, page });
+            }
+            return Ok(());
         }
         send(out, owner, CoherenceMsg::Fetch { seg, page, to: from, write });
         if write {
+            p.prev = Some(owner);
             p.owner = Some(from);
         }
         return Ok(());
@@ -190,7 +249,11 @@ fn request(
         return Ok(());
     };
     if !write {
-        send(out, from, CoherenceMsg::Data { seg, page, acks: 0, version: p.version, payload: home.clone() });
+        send(
+            out,
+            from,
+            CoherenceMsg::Data { seg, page, acks: Vec::new(), version: p.version, payload: home.clone() },
+        );
         if !p.readers.contains(&from) {
             p.readers.push(from);
         }
@@ -199,6 +262,7 @@ fn request(
     let home = p.home.take().unwrap_or(Payload::Zero);
     let readers = std::mem::take(&mut p.readers);
     grant_write(seg, page, from, readers, home, p.version + 1, out);
+    p.prev = None;
     p.owner = Some(from);
     Ok(())
 }
@@ -219,7 +283,7 @@ fn grant_write(
     for &r in &others {
         send(out, r, CoherenceMsg::Invalidate { seg, page, ack_to: to, version });
     }
-    let acks = others.len() as u32;
+    let acks = others;
     if had_copy {
         send(out, to, CoherenceMsg::Grant { seg, page, acks, version });
     } else {

@@ -121,11 +121,12 @@ pub enum CoherenceMsg {
     Request { seg: SegId, page: PageIdx, write: bool, requester: NodeId },
     /// manager → owner: serve `to`; for a write, hand the page over.
     Fetch { seg: SegId, page: PageIdx, to: NodeId, write: bool },
-    /// owner or manager → new writer: your copy is current; open it after
-    /// `acks` invalidation acknowledgements.
-    Grant { seg: SegId, page: PageIdx, acks: u32, version: u64 },
-    /// owner or manager → requester: the page's bytes, at `version`.
-    Data { seg: SegId, page: PageIdx, acks: u32, version: u64, payload: Payload },
+    /// owner or manager → new writer: your copy is current; open it once
+    /// every node in `acks` acknowledged its invalidation (or died).
+    Grant { seg: SegId, page: PageIdx, acks: Vec<NodeId>, version: u64 },
+    /// owner or manager → requester: the page's bytes, at `version`; for a
+    /// write, `acks` as in `Grant`.
+    Data { seg: SegId, page: PageIdx, acks: Vec<NodeId>, version: u64, payload: Payload },
     /// → reader: drop your copy (the page is at `version` now);
     /// acknowledge to `ack_to`.
     Invalidate { seg: SegId, page: PageIdx, ack_to: NodeId, version: u64 },
@@ -176,7 +177,7 @@ pub enum Action {
     Install { seg: SegId, page: PageIdx, payload: Payload },
     /// Lower access to `keep` (revoking first, so that every store is
     /// visible), read the page and send it as `Data` to `to`.
-    SendPage { seg: SegId, page: PageIdx, to: NodeId, acks: u32, version: u64, keep: Access },
+    SendPage { seg: SegId, page: PageIdx, to: NodeId, acks: Vec<NodeId>, version: u64, keep: Access },
     /// Read the page and send it to the manager in a `Release` with this
     /// copyset and version.
     ReleasePage { seg: SegId, page: PageIdx, copyset: Vec<NodeId>, version: u64 },

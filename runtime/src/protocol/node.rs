@@ -9,8 +9,10 @@ use super::{Access, Action, CoherenceMsg, NodeId, PageIdx, ProtocolError, SegId,
 struct Pending {
     write: bool,
     have_data: bool,
-    acks_needed: Option<u32>,
-    acks_got: u32,
+    /// The nodes whose invalidation acknowledgements a write waits for.
+    acks_needed: Option<Vec<NodeId>>,
+    /// Acknowledgements received (they may come before the list).
+    acks_got: Vec<NodeId>,
     /// The version the page will have (write) or was served at (read).
     version: u64,
     /// Who sent the bytes (the owner, for a read).
@@ -83,6 +85,8 @@ pub struct NodeProtocol {
     segs: HashMap<SegId, PageSet>,
     /// Pages with queued requests or deferred invalidations.
     waiting: BTreeSet<(SegId, PageIdx)>,
+    /// Nodes known to be dead: they acknowledge nothing any more.
+    dead: BTreeSet<NodeId>,
     /// Per segment, the node that last sent this node a page: the guess for
     /// pages without a hint of their own (a node that wrote one page of a
     /// region usually wrote its neighbours; a wrong guess costs one hop, the
@@ -96,6 +100,7 @@ type Parts<'a> = (&'a mut NodePage, Ctx<'a>, &'a mut BTreeSet<(SegId, PageIdx)>)
 /// Context for one page's handlers.
 struct Ctx<'a> {
     me: NodeId,
+    dead: &'a BTreeSet<NodeId>,
     seg: SegId,
     page: PageIdx,
     now: u64,
@@ -119,7 +124,14 @@ impl Ctx<'_> {
 impl NodeProtocol {
     /// `hold`: minimum time a granted page stays before it is given away.
     pub fn new(me: NodeId, hold: u64) -> Self {
-        NodeProtocol { me, hold, segs: HashMap::new(), waiting: BTreeSet::new(), recent: HashMap::new() }
+        NodeProtocol {
+            me,
+            hold,
+            segs: HashMap::new(),
+            waiting: BTreeSet::new(),
+            dead: BTreeSet::new(),
+            recent: HashMap::new(),
+        }
     }
 
     pub fn id(&self) -> NodeId {
@@ -173,7 +185,11 @@ impl NodeProtocol {
     ) -> Result<Parts<'a>, ProtocolError> {
         let set = self.segs.get_mut(&seg).ok_or(ProtocolError::UnknownSegment(seg))?;
         let p = set.pages.get_mut(page as usize).ok_or(ProtocolError::PageOutOfRange { seg, page })?;
-        Ok((p, Ctx { me: self.me, seg, page, now, hold: self.hold, out }, &mut self.waiting))
+        Ok((
+            p,
+            Ctx { me: self.me, dead: &self.dead, seg, page, now, hold: self.hold, out },
+            &mut self.waiting,
+        ))
     }
 
     /// A local thread needs the page (`write` or read). Returns `true` when
@@ -219,7 +235,7 @@ impl NodeProtocol {
             p.pending = Some(Pending {
                 write: true,
                 have_data: true,
-                acks_needed: Some(others.len() as u32),
+                acks_needed: Some(others),
                 version,
                 from: me,
                 ..Pending::default()
@@ -312,10 +328,10 @@ impl NodeProtocol {
             }
             CoherenceMsg::InvAck { .. } => {
                 let pend = p.pending.as_mut().ok_or(ProtocolError::Unexpected("InvAck"))?;
-                if !pend.write {
+                if !pend.write || pend.acks_got.contains(&from) {
                     return Err(ProtocolError::Unexpected("InvAck"));
                 }
-                pend.acks_got += 1;
+                pend.acks_got.push(from);
                 complete(p, &mut cx, waiting)
             }
             CoherenceMsg::Released { .. } => {
@@ -329,10 +345,14 @@ impl NodeProtocol {
                 Ok(())
             }
             CoherenceMsg::Lost { .. } => {
-                if from != MANAGER || p.pending.take().is_none() {
+                if from != MANAGER {
                     return Err(ProtocolError::Unexpected("Lost"));
                 }
-                cx.out.push(Action::Lost { seg, page });
+                // Not waiting: the answer to a request asked again after a
+                // death, whose first answer came after all.
+                if p.pending.take().is_some() {
+                    cx.out.push(Action::Lost { seg, page });
+                }
                 Ok(())
             }
             CoherenceMsg::Request { .. } | CoherenceMsg::Release { .. } | CoherenceMsg::Bounce { .. } => {
@@ -341,20 +361,42 @@ impl NodeProtocol {
         }
     }
 
-    /// A node went away (its connection is lost): read requests sent to it
-    /// go to the manager instead, and it is nobody's probable owner.
-    pub fn peer_gone(&mut self, node: NodeId, out: &mut Vec<Action>) {
+    /// A node died (or left; the nameserver tells every node, and a lost
+    /// connection tells this one). It acknowledges nothing any more: writes
+    /// waiting for its acknowledgement proceed; it is nobody's probable
+    /// owner; every read this node waits for is asked of the manager again
+    /// (it may have been forwarded to the dead node), and every write still
+    /// waiting for its bytes too (the manager answers `Lost` when they were
+    /// to come from the dead node). Duplicate answers are ignored.
+    pub fn peer_gone(&mut self, node: NodeId, now: u64, out: &mut Vec<Action>) -> Result<(), ProtocolError> {
+        if node == MANAGER || !self.dead.insert(node) {
+            return Ok(());
+        }
         let me = self.me;
         self.recent.retain(|_, n| *n != node);
+        let mut writes = Vec::new();
         for (&seg, set) in self.segs.iter_mut() {
             for (i, p) in set.pages.iter_mut().enumerate() {
+                let page = i as PageIdx;
                 if p.hint == Some(node) {
                     p.hint = Some(MANAGER);
                 }
-                if let Some(pend) = p.pending.as_mut().filter(|q| !q.write && !q.have_data && q.asked == node)
-                {
+                p.copyset.retain(|&r| r != node);
+                p.queue.retain(|(from, m)| {
+                    *from != node
+                        && !matches!(m, CoherenceMsg::Request { requester, .. } if *requester == node)
+                });
+                let Some(pend) = p.pending.as_mut() else { continue };
+                if pend.write {
+                    if !pend.have_data && pend.from != me {
+                        out.push(Action::Send {
+                            to: MANAGER,
+                            msg: CoherenceMsg::Request { seg, page, write: true, requester: me },
+                        });
+                    }
+                    writes.push((seg, page));
+                } else if !pend.have_data {
                     pend.asked = MANAGER;
-                    let page = i as PageIdx;
                     out.push(Action::Send {
                         to: MANAGER,
                         msg: CoherenceMsg::Request { seg, page, write: false, requester: me },
@@ -362,6 +404,11 @@ impl NodeProtocol {
                 }
             }
         }
+        for (seg, page) in writes {
+            let (p, mut cx, waiting) = self.parts(seg, page, now, out)?;
+            complete(p, &mut cx, waiting)?;
+        }
+        Ok(())
     }
 
     /// Serves what waited for a hold to expire.
@@ -397,7 +444,7 @@ impl NodeProtocol {
         let mut n = 0;
         for (i, p) in set.pages.iter_mut().enumerate() {
             let page = i as PageIdx;
-            let mut cx = Ctx { me, seg, page, now: u64::MAX, hold, out };
+            let mut cx = Ctx { me, dead: &self.dead, seg, page, now: u64::MAX, hold, out };
             while let Some(msg) = p.deferred.pop_front() {
                 invalidate(p, &mut cx, msg)?;
             }
@@ -495,7 +542,14 @@ fn serve(p: &mut NodePage, cx: &mut Ctx, msg: CoherenceMsg) -> Result<(), Protoc
                 return Err(ProtocolError::Unexpected("read request for the owner itself"));
             }
             p.access = p.access.min(Access::Read);
-            cx.out.push(Action::SendPage { seg, page, to, acks: 0, version: p.version, keep: Access::Read });
+            cx.out.push(Action::SendPage {
+                seg,
+                page,
+                to,
+                acks: Vec::new(),
+                version: p.version,
+                keep: Access::Read,
+            });
             if !p.copyset.contains(&to) {
                 p.copyset.push(to);
             }
@@ -511,7 +565,7 @@ fn serve(p: &mut NodePage, cx: &mut Ctx, msg: CoherenceMsg) -> Result<(), Protoc
             for &r in &others {
                 cx.send(r, CoherenceMsg::Invalidate { seg, page, ack_to: to, version });
             }
-            let acks = others.len() as u32;
+            let acks = others;
             if had_copy {
                 cx.set_access(p, Access::Invalid);
                 cx.send(to, CoherenceMsg::Grant { seg, page, acks, version });
@@ -553,11 +607,12 @@ fn complete(
     waiting: &mut BTreeSet<(SegId, PageIdx)>,
 ) -> Result<(), ProtocolError> {
     let Some(pend) = p.pending.as_ref() else { return Ok(()) };
-    let Some(needed) = pend.acks_needed else { return Ok(()) };
-    if pend.acks_got > needed {
-        return Err(ProtocolError::Unexpected("too many InvAck"));
+    let Some(needed) = pend.acks_needed.as_ref() else { return Ok(()) };
+    if pend.acks_got.iter().any(|n| !needed.contains(n)) {
+        return Err(ProtocolError::Unexpected("InvAck from a node that was not invalidated"));
     }
-    if !pend.have_data || pend.acks_got < needed {
+    let acked = |n: &NodeId| pend.acks_got.contains(n) || cx.dead.contains(n);
+    if !pend.have_data || !needed.iter().all(acked) {
         return Ok(());
     }
     let pend = p.pending.take().expect("checked");
