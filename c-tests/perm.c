@@ -8,8 +8,11 @@
  *   perm other KEYBASE     as uid/gid 1000 without supplementary groups:
  *                          gets, attaches, operates, changes and removes
  *   perm remove KEYBASE    as root: checks what `other` wrote, removes all
- *   perm probe KEYBASE     any user: shmget/semget of objects `owner` made,
- *                          and, when they succeed, a read and a semop
+ *   perm probe KEYBASE [SHMID SEMID]
+ *                          any user: shmget/semget of objects `owner` made,
+ *                          and, when they succeed, a read and a semop; with
+ *                          ids, also shmat and semop of those ids without
+ *                          asking for them first
  *
  * Objects (keys KEYBASE + 0 .. 5):
  *   +0 segment 0600 holding "secret"      +1 segment 0644 holding "public"
@@ -230,7 +233,7 @@ static void remove_all(void)
     }
 }
 
-static void probe(void)
+static void probe(int argc, char **argv)
 {
     int b = shm_get("probe-get", 1, 0, 0);
     if (b >= 0)
@@ -238,12 +241,16 @@ static void probe(void)
     int c = sem_get("probe-semget", 2, 0, 0);
     if (c >= 0)
         sem_op("probe-semop", c, -1);
+    if (argc == 5) {
+        at("probe-at-id", (int)parse_long("SHMID", argv[3]), SHM_RDONLY);
+        sem_op("probe-semop-id", (int)parse_long("SEMID", argv[4]), 1);
+    }
 }
 
 int main(int argc, char **argv)
 {
-    if (argc != 3)
-        die("usage: %s owner|other|remove|probe KEYBASE", argv[0]);
+    if (argc != 3 && !(argc == 5 && strcmp(argv[1], "probe") == 0))
+        die("usage: %s owner|other|remove|probe KEYBASE [SHMID SEMID]", argv[0]);
     base = (key_t)parse_long("KEYBASE", argv[2]);
     if (strcmp(argv[1], "owner") == 0)
         owner();
@@ -252,7 +259,7 @@ int main(int argc, char **argv)
     else if (strcmp(argv[1], "remove") == 0)
         remove_all();
     else if (strcmp(argv[1], "probe") == 0)
-        probe();
+        probe(argc, argv);
     else
         die("unknown step '%s'", argv[1]);
     return 0;

@@ -94,13 +94,18 @@ fn a_node_with_another_clusters_credentials_gets_nothing() {
     certs_init(&foreign);
     let before = count(&c.ns_log(), "refused connection");
     let start = Instant::now();
+    // Ids are no secret (the first segment and set of a nameserver are
+    // ID_BIT | 1, then | 2, ...): using them without asking fails as well.
+    let (public_seg, private_set) = ("0x40000002", "0x40000001");
     let mut cmd = c.command(0, &support::prog("perm"));
-    cmd.args(["probe", &key]).env("KDIPC_CERT_DIR", &foreign);
+    cmd.args(["probe", &key, public_seg, private_set]).env("KDIPC_CERT_DIR", &foreign);
     let out = wait(&mut cmd);
     let took = start.elapsed();
     out.assert_ok("perm probe with foreign credentials");
     assert_eq!(
-        out.stdout, "probe-get: ret=-1 errno=ENOMEM\nprobe-semget: ret=-1 errno=ENOMEM\n",
+        out.stdout,
+        "probe-get: ret=-1 errno=ENOMEM\nprobe-semget: ret=-1 errno=ENOMEM\n\
+         probe-at-id: ret=-1 errno=ENOMEM\nprobe-semop-id: ret=-1 errno=ENOMEM\n",
         "stderr:\n{}",
         out.stderr
     );
@@ -123,12 +128,13 @@ fn a_node_with_another_clusters_credentials_gets_nothing() {
 
     // The same probe with the cluster's credentials reads the page and
     // operates the semaphore.
-    let ok = c.run("perm", &["probe", &key], T);
+    let ok = c.run("perm", &["probe", &key, public_seg, private_set], T);
     ok.assert_ok("perm probe");
     assert_eq!(
         ok.stdout,
         "probe-get: ret=id errno=0\nprobe-at: ret=addr errno=0 content=public\n\
-         probe-semget: ret=id errno=0\nprobe-semop: ret=0 errno=0\n"
+         probe-semget: ret=id errno=0\nprobe-semop: ret=0 errno=0\n\
+         probe-at-id: ret=addr errno=0 content=public\nprobe-semop-id: ret=0 errno=0\n"
     );
     c.run("perm", &["remove", &key], T).assert_ok("perm remove");
     std::fs::remove_dir_all(&foreign).unwrap();
