@@ -5,8 +5,9 @@
  * kernel's for the same sequence (shim/tests/trust.rs).
  *
  *   perm owner KEYBASE     as root: creates the objects below
- *   perm other KEYBASE     as uid/gid 1000 without supplementary groups:
- *                          gets, attaches, operates, changes and removes
+ *   perm other KEYBASE     as uid 1000 whose group 1000 is only among many
+ *                          supplementary groups: gets, attaches, operates,
+ *                          changes and removes
  *   perm remove KEYBASE    as root: checks what `other` wrote, removes all
  *   perm probe KEYBASE [SHMID SEMID]
  *                          any user: shmget/semget of objects `owner` made,

@@ -23,8 +23,17 @@ use support::{Cluster, Outcome};
 
 const T: Duration = Duration::from_secs(30);
 
-/// The uid/gid of the other user (no supplementary groups).
+/// The uid of the other user, and the group the owner gives a segment to.
 const OTHER: u32 = 1000;
+
+/// The other user's supplementary groups: 70 (more than a 64-entry buffer
+/// holds), `OTHER` the last, so that group access depends on all of them
+/// reaching the nameserver. Its own gid is 2000.
+fn other_groups() -> String {
+    let mut g: Vec<String> = (3000..3069).map(|g| g.to_string()).collect();
+    g.push(OTHER.to_string());
+    g.join(",")
+}
 
 fn mode(p: &Path) -> u32 {
     std::fs::metadata(p).unwrap().permissions().mode() & 0o777
@@ -145,8 +154,8 @@ fn perm_command(mut cmd: Command, step: &str, key: &str, as_other: bool) -> Comm
     if as_other {
         cmd.args([
             &format!("--reuid={OTHER}"),
-            &format!("--regid={OTHER}"),
-            "--clear-groups",
+            "--regid=2000",
+            &format!("--groups={}", other_groups()),
             support::prog("perm").to_str().unwrap(),
         ]);
     }
