@@ -321,3 +321,78 @@ fn malformed_frames_close_that_connection_and_the_nameserver_keeps_serving() {
         o.assert_ok(&format!("pattern rank {rank}"));
     }
 }
+
+/// The log without its colour codes.
+fn plain(log: &str) -> String {
+    let mut out = String::with_capacity(log.len());
+    let mut chars = log.chars();
+    while let Some(ch) = chars.next() {
+        if ch == '\x1b' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(ch);
+        }
+    }
+    out
+}
+
+/// Nodes accept connections from their peers too: a live node refuses
+/// another cluster's peer the same way, and its program goes on.
+#[test]
+fn a_node_refuses_another_clusters_peer_too() {
+    let c = Cluster::local();
+    let ca = PathBuf::from(env_of(&c, "KDIPC_CERT_DIR")).join("ca.pem");
+    let other = std::env::temp_dir().join(format!("kdipc-hostile-{}-node", std::process::id()));
+    let _ = std::fs::remove_dir_all(&other);
+    certs::init(&other).unwrap();
+    let key = support::fresh_key();
+    let rank = |r: &str| {
+        let mut cmd = c.command(0, &support::prog("pattern"));
+        cmd.args([r, "2", &key, "4", "2"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        cmd.spawn().unwrap()
+    };
+    // Rank 0 alone waits at its first barrier: a live node.
+    let first = rank("0");
+    let log = plain(&wait_log(&c, "node joined", 1));
+    let addr: SocketAddr = log
+        .lines()
+        .find(|l| l.contains("node joined"))
+        .and_then(|l| l.split("addr=").nth(1))
+        .and_then(|a| a.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no node address in the log:\n{log}"))
+        .parse()
+        .unwrap();
+    let local = rt().block_on(async {
+        let (ep, conn) = dial(addr, raw_client(&ca, Identity::From(other.clone()))).await;
+        let local = ep.local_addr().unwrap();
+        if let Ok(conn) = conn {
+            let why =
+                tokio::time::timeout(SOON, conn.closed()).await.expect("the node kept the connection open");
+            assert!(!matches!(why, quinn::ConnectionError::ApplicationClosed(_)), "{why}");
+        }
+        ep.close(0u32.into(), b"");
+        local
+    });
+    let outs = support::wait_all(vec![first, rank("1")], T, Path::new("/dev/null"));
+    for (r, o) in outs.iter().enumerate() {
+        o.assert_ok(&format!("pattern rank {r}"));
+    }
+    let refused: Vec<String> = plain(&outs[0].stderr)
+        .lines()
+        .filter(|l| l.contains("refused connection"))
+        .map(String::from)
+        .collect();
+    assert_eq!(refused.len(), 1, "want one refusal line from the node:\n{}", outs[0].stderr);
+    assert!(
+        refused[0].contains(&local.to_string()) && refused[0].contains("UnknownIssuer"),
+        "{}",
+        refused[0]
+    );
+    std::fs::remove_dir_all(&other).unwrap();
+}
