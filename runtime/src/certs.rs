@@ -7,7 +7,7 @@
 
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -37,13 +37,10 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CertError + '_ {
 
 fn write_file(path: &Path, contents: &str, mode: u32) -> Result<(), CertError> {
     let tmp = path.with_extension("tmp");
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(io_err(&tmp))?;
+    // A new file, so that `mode` applies (a left-over one keeps its own).
+    let _ = fs::remove_file(&tmp);
+    let mut f =
+        fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp).map_err(io_err(&tmp))?;
     f.write_all(contents.as_bytes()).and_then(|_| f.sync_all()).map_err(io_err(&tmp))?;
     fs::rename(&tmp, path).map_err(io_err(path))
 }
@@ -56,10 +53,16 @@ pub fn exists(dir: &Path) -> bool {
 /// Creates a new CA and a node credential signed by it in `dir`.
 pub fn init(dir: &Path) -> Result<(), CertError> {
     fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io_err(dir))?;
+    // Also when it existed already.
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io_err(dir))?;
     let ca_key = rcgen::KeyPair::generate()?;
     let mut ca = rcgen::CertificateParams::new(Vec::<String>::new())?;
     ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca.distinguished_name.push(rcgen::DnType::CommonName, "KDIPC cluster CA");
+    // A name of its own (from its random public key), so that a peer of
+    // another cluster is refused as `UnknownIssuer`, not as a bad signature
+    // of a CA with the same name.
+    let tag: String = ca_key.public_key_raw().iter().skip(1).take(6).map(|b| format!("{b:02x}")).collect();
+    ca.distinguished_name.push(rcgen::DnType::CommonName, format!("KDIPC cluster CA {tag}"));
     ca.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
     let ca_cert = ca.self_signed(&ca_key)?;
     let node_key = rcgen::KeyPair::generate()?;
@@ -143,7 +146,6 @@ pub fn load(dir: &Path) -> Result<TlsConfigs, CertError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn init_writes_private_keys_0600_and_loads() {

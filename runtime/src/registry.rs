@@ -51,9 +51,13 @@ impl Cred {
     pub fn current() -> Cred {
         // SAFETY: these calls have no preconditions and cannot fail.
         let (uid, gid, pid) = unsafe { (libc::geteuid(), libc::getegid(), libc::getpid()) };
-        let mut groups = vec![0 as libc::gid_t; 64];
-        // SAFETY: the buffer holds 64 entries and we pass that size.
-        let n = unsafe { libc::getgroups(64, groups.as_mut_ptr()) };
+        // Every supplementary group (a user may have up to NGROUPS_MAX):
+        // a group left out would refuse what the kernel allows.
+        // SAFETY: a size of 0 only asks for the count.
+        let count = unsafe { libc::getgroups(0, std::ptr::null_mut()) };
+        let mut groups = vec![0 as libc::gid_t; count.max(0) as usize];
+        // SAFETY: the buffer holds `groups.len()` entries and we pass that size.
+        let n = unsafe { libc::getgroups(groups.len() as libc::c_int, groups.as_mut_ptr()) };
         groups.truncate(n.max(0) as usize);
         let caps = effective_caps().unwrap_or(if uid == 0 { u64::MAX } else { 0 });
         Cred { uid, gid, groups, pid, caps }

@@ -3,7 +3,10 @@
 
 use std::collections::HashMap;
 
-use super::{check_payload, Action, CoherenceMsg, NodeId, PageIdx, Payload, ProtocolError, SegId, MANAGER};
+use super::{
+    check_payload, check_version, Action, CoherenceMsg, NodeId, PageIdx, Payload, ProtocolError, SegId,
+    MANAGER,
+};
 
 #[derive(Debug)]
 struct HomePage {
@@ -147,6 +150,7 @@ impl Manager {
             CoherenceMsg::Release { owned, .. } => {
                 if let Some((payload, copyset, version)) = owned {
                     check_payload(&payload)?;
+                    check_version(version)?;
                     let mut copyset = copyset;
                     copyset.retain(|&r| r != from && r != MANAGER);
                     if p.owner == Some(from) {

@@ -203,6 +203,16 @@ pub enum ProtocolError {
     BadPayload(usize),
 }
 
+/// Checks a received page version: versions start at 0 and grow by one per
+/// writer, so the last value only comes from a peer that lies, and the
+/// next writer's version would overflow.
+pub fn check_version(v: u64) -> Result<(), ProtocolError> {
+    if v == u64::MAX {
+        return Err(ProtocolError::Unexpected("page version at its limit"));
+    }
+    Ok(())
+}
+
 /// Checks the length of a received payload.
 pub fn check_payload(p: &Payload) -> Result<(), ProtocolError> {
     match p {

@@ -291,6 +291,7 @@ impl NodeProtocol {
                 invalidate(p, &mut cx, msg)
             }
             CoherenceMsg::Grant { acks, version, .. } => {
+                super::check_version(version)?;
                 let pend = p.pending.as_mut().ok_or(ProtocolError::Unexpected("Grant"))?;
                 if !pend.write || p.access == Access::Invalid || pend.have_data {
                     return Err(ProtocolError::Unexpected("Grant"));
@@ -303,6 +304,7 @@ impl NodeProtocol {
             }
             CoherenceMsg::Data { acks, version, payload, .. } => {
                 super::check_payload(&payload)?;
+                super::check_version(version)?;
                 let Some(pend) = p.pending.as_mut().filter(|p| !p.have_data) else {
                     // A duplicate answer to a read request that was sent
                     // again after its first addressee went away: nothing
