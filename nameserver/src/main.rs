@@ -33,6 +33,8 @@ commands:
                      (util-linux ipcs layout)
   ipcrm [-m ID] [-s ID] [-M KEY] [-S KEY] [-a] ...
                      remove distributed segments and semaphore sets
+  stats [--json]     every node's faults, pages, bytes, invalidations,
+                     semaphore operations and latencies
   certs init DIR     make a cluster CA and node credentials in DIR
   help [COMMAND]     this text, or a command's
 
@@ -84,6 +86,21 @@ util-linux ipcs layout plus one column:
   -a, --all          both (the default)
 ";
 
+const STATS_USAGE: &str = "\
+usage: kdipc stats [--json]
+
+Prints what every node of the nameserver's cluster (KDIPC_NAMESERVER and
+KDIPC_CERT_DIR, else the one on 127.0.0.1:7350; none is started) did, as
+it last reported (every second while it changes, and at exit): one line
+per node, or a JSON array with --json. Fields: read_faults, write_faults
+(faults a program thread waited for), pages_in, pages_out, bytes_in,
+bytes_out (zero pages travel without bytes), invalidations (copies this
+node dropped for a writer), semops_local (run on a set lent to the node),
+semops_remote (sent to the set's home), fault_p50_us, fault_p99_us,
+semop_p50_us, semop_p99_us (upper bounds of power-of-two buckets). A node
+prints the same fields on stderr at exit when KDIPC_STATS=1.
+";
+
 const IPCRM_USAGE: &str = "\
 usage: kdipc ipcrm [-m ID] [-s ID] [-M KEY] [-S KEY] [-a] ...
 
@@ -124,6 +141,7 @@ fn main() -> ExitCode {
         Some("ipcs") => cmd_ipcs(&args[1..]),
         Some("ipcrm") => cmd_ipcrm(&args[1..]),
         Some("certs") => cmd_certs(&args[1..]),
+        Some("stats") => cmd_stats(&args[1..]),
         Some("help") | Some("--help") | Some("-h") => cmd_help(&args[1..]),
         Some(other) => Err(format!("unknown command {other:?} (try kdipc --help)")),
         None => Err("missing command (try kdipc --help)".into()),
@@ -145,6 +163,7 @@ fn cmd_help(args: &[String]) -> Result<ExitCode, String> {
         Some("ipcs") => IPCS_USAGE,
         Some("ipcrm") => IPCRM_USAGE,
         Some("certs") => CERTS_USAGE,
+        Some("stats") => STATS_USAGE,
         Some(other) => return Err(format!("help: unknown command {other:?}")),
     };
     print!("{text}");
@@ -351,6 +370,39 @@ fn owner(uid: u32) -> String {
         Some(n) => format!("{:<10.10}", n),
         None => format!("{uid:<10}"),
     }
+}
+
+fn cmd_stats(args: &[String]) -> Result<ExitCode, String> {
+    let mut json = false;
+    for a in args {
+        match a.as_str() {
+            "-h" | "--help" => return help(STATS_USAGE),
+            "--json" => json = true,
+            other => return Err(format!("stats: unknown argument {other:?} (try kdipc stats --help)")),
+        }
+    }
+    let nodes = match with_node(|n| n.stats()) {
+        Ok(Ok(l)) => l,
+        Ok(Err(Errno(e))) => return failure(&format!("stats: {}", std::io::Error::from_raw_os_error(e))),
+        Err(e) => return failure(&format!("stats: {e}")),
+    };
+    if json {
+        let items: Vec<String> = nodes
+            .iter()
+            .map(|(node, pid, alive, s)| {
+                let fields: Vec<String> = s.fields().iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+                format!("{{\"node\":{node},\"pid\":{pid},\"alive\":{alive},{}}}", fields.join(","))
+            })
+            .collect();
+        println!("[{}]", items.join(","));
+    } else {
+        for (node, pid, alive, s) in &nodes {
+            let fields: Vec<String> = s.fields().iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let state = if *alive { "running" } else { "gone" };
+            println!("node={node} pid={pid} {state} {}", fields.join(" "));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn cmd_ipcs(args: &[String]) -> Result<ExitCode, String> {

@@ -10,6 +10,7 @@
 //! | `KDIPC_SPIN_US` | `0` | how long a faulting thread spins before it sleeps |
 //! | `KDIPC_READAHEAD` | `32` | most pages requested ahead of a run of faults on neighbouring pages (0: none) |
 //! | `KDIPC_SEM_LEND` | `3` | (nameserver) consecutive operations of one node after which a semaphore set is lent to it (0: never) |
+//! | `KDIPC_STATS` | unset | `1`: print this node's figures (`kdipc stats` fields) on stderr at exit |
 //! | `KDIPC_LOG` | `warn` | log filter (`RUST_LOG` syntax), to stderr |
 //! | `KDIPC_BIN` | `kdipc` beside `libkdipc.so` | the `kdipc` binary, to start a nameserver on demand |
 
@@ -89,6 +90,8 @@ pub struct Config {
     pub spin_us: u64,
     /// Most pages fetched ahead of a run of neighbouring faults.
     pub readahead: u32,
+    /// Print this node's figures on stderr at exit.
+    pub stats: bool,
 }
 
 /// The private directory for credentials when none is configured.
@@ -127,7 +130,8 @@ impl Config {
             Some(h) => h.parse().map_err(|_| format!("KDIPC_READAHEAD: not a number: {h:?}"))?,
             None => 32,
         };
-        Ok(Config { nameserver, auto, cert_dir, bind, keys, hold_us, spin_us, readahead })
+        let stats = var("KDIPC_STATS").is_some_and(|v| v != "0");
+        Ok(Config { nameserver, auto, cert_dir, bind, keys, hold_us, spin_us, readahead, stats })
     }
 }
 

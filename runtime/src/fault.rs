@@ -440,6 +440,7 @@ fn wait_for_page(addr: usize, write: bool) -> bool {
         // SAFETY: sched_yield has no preconditions.
         unsafe { libc::sched_yield() };
     };
+    let t0 = monotonic_ns();
     slot.addr.store(addr, Ordering::Relaxed);
     slot.write.store(write, Ordering::Relaxed);
     slot.state.store(POSTED, Ordering::Release);
@@ -466,7 +467,18 @@ fn wait_for_page(addr: usize, write: bool) -> bool {
         futex_wait(&slot.state, s);
     };
     slot.state.store(FREE, Ordering::Release);
+    let counter = if write { &crate::stats::WRITE_FAULTS } else { &crate::stats::READ_FAULTS };
+    counter.fetch_add(1, Ordering::Relaxed);
+    crate::stats::FAULT_LATENCY.record(monotonic_ns().saturating_sub(t0));
     result == DONE
+}
+
+/// `CLOCK_MONOTONIC` in ns (async-signal-safe: `clock_gettime`).
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes the timespec we pass.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// A fault that is not ours: to the previous handler, or the default.

@@ -10,5 +10,6 @@ pub mod node;
 pub mod protocol;
 pub mod registry;
 pub mod semaphores;
+pub mod stats;
 pub mod transport;
 pub mod wire;

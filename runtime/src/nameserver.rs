@@ -30,6 +30,8 @@ struct Server {
     /// Nodes by connection (a node's own stream says `Hello { None }`).
     by_conn: HashMap<usize, NodeId>,
     next_node: NodeId,
+    /// Every node's latest figures: (pid, still there, figures).
+    stats: std::collections::BTreeMap<NodeId, (i32, bool, crate::stats::Stats)>,
 }
 
 /// Runs a nameserver on `listen` with the credentials in `cert_dir` until
@@ -61,6 +63,7 @@ pub async fn serve(
         nodes: HashMap::new(),
         by_conn: HashMap::new(),
         next_node: 1,
+        stats: Default::default(),
     };
     while let Some(m) = irx.recv().await {
         match m {
@@ -122,6 +125,14 @@ impl Server {
                     );
                 }
                 self.replay(id);
+            }
+            (Some(node), Msg::Stats { pid, stats }) => {
+                self.stats.insert(node, (pid, self.nodes.contains_key(&node), stats));
+            }
+            (Some(node), Msg::Call { id, call: Call::Stats }) => {
+                let list =
+                    self.stats.iter().map(|(&n, (pid, alive, s))| (n, *pid, *alive, s.clone())).collect();
+                self.transport.send(node, Msg::Reply { id, reply: Reply::Stats(list) });
             }
             (Some(node), Msg::Call { id, call: Call::IpcList }) => {
                 let reply = self.ipc_list(node);
@@ -263,6 +274,9 @@ impl Server {
         }
         self.by_conn.retain(|_, n| *n != node);
         self.transport.forget(node);
+        if let Some(s) = self.stats.get_mut(&node) {
+            s.1 = false;
+        }
         // Pages only it held are lost; every node learns it is gone (writes
         // waiting for its acknowledgement proceed, requests it was to
         // answer are asked again).

@@ -30,6 +30,7 @@ use crate::registry::{now_secs, Call, Cred, Errno, Reply, ShmStat};
 use crate::semaphores::{
     SemCall, SemOp, SemRegistry, SemctlArg, SemctlReply, SemopOutcome, SetState, Waiter,
 };
+use crate::stats;
 use crate::transport::{Inbound, Transport};
 use crate::wire::Msg;
 
@@ -353,6 +354,15 @@ impl NodeHandle {
         }
     }
 
+    /// Every node's figures, as the nameserver last heard them: (node,
+    /// pid, still there, figures).
+    pub fn stats(&self) -> Result<Vec<(NodeId, i32, bool, stats::Stats)>, Errno> {
+        match self.call(Call::Stats)? {
+            Reply::Stats(v) => Ok(v),
+            _ => Err(EINVAL),
+        }
+    }
+
     pub fn semget(&self, key: i32, nsems: i32, flags: i32) -> Result<i32, Errno> {
         match self.call(Call::Sem(SemCall::Get { key, nsems, flags, cred: Cred::current() }))? {
             Reply::Id(id) => Ok(id),
@@ -387,6 +397,24 @@ impl NodeHandle {
         if let Some(r) = self.local_semop(id, &ops, id_call) {
             return r;
         }
+        let t0 = Instant::now();
+        let r = self.remote_semop(id, ops, timeout, fd, handled, id_call);
+        stats::SEMOPS_REMOTE.fetch_add(1, Ordering::Relaxed);
+        stats::SEMOP_LATENCY.record(t0.elapsed().as_nanos() as u64);
+        r
+    }
+
+    /// `semop` at the set's home: sends it and waits for the answer, a
+    /// signal handler or the time-out.
+    fn remote_semop(
+        &self,
+        id: i32,
+        ops: Vec<SemOp>,
+        timeout: Option<Duration>,
+        fd: i32,
+        handled: u64,
+        id_call: u64,
+    ) -> Result<(), Errno> {
         let cred = Cred::current();
         let pid = cred.pid;
         let (tx, rx) = crossbeam::channel::bounded(1);
@@ -441,6 +469,9 @@ impl NodeHandle {
             }
             r
         });
+        if outcome != SemopOutcome::Blocked {
+            stats::SEMOPS_LOCAL.fetch_add(1, Ordering::Relaxed);
+        }
         match outcome {
             SemopOutcome::Done => Some(Ok(())),
             SemopOutcome::Err(e) => Some(Err(e)),
@@ -581,10 +612,14 @@ struct State {
     protocol: NodeProtocol,
     /// Most pages requested ahead of a run of faults (`KDIPC_READAHEAD`).
     readahead: u32,
+    /// `KDIPC_STATS=1`: print the figures at exit.
+    print_stats: bool,
     /// Semaphore sets lent to this node.
     sems: LocalSems,
     /// Their values as the nameserver last heard them.
     synced: HashMap<i32, SetState>,
+    /// The figures the nameserver last heard.
+    reported: stats::Stats,
     transport: Transport,
     segs: HashMap<SegId, Segment>,
     calls: HashMap<u64, oneshot::Sender<Reply>>,
@@ -633,6 +668,7 @@ impl State {
                     }
                 }
                 Action::Install { seg, page, payload } => {
+                    stats::page_in(if let Payload::Bytes(b) = &payload { b.len() } else { 0 });
                     if let Some(s) = self.segs.get(&seg) {
                         s.write_page(page, &payload);
                     }
@@ -642,12 +678,15 @@ impl State {
                     s.protect(page, keep);
                     fault::membarrier();
                     let payload = s.read_page(page);
+                    stats::page_out(if let Payload::Bytes(b) = &payload { b.len() } else { 0 });
                     let data = CoherenceMsg::Data { seg, page, acks, version, payload };
                     self.transport.send(to, Msg::Coherence(data));
                 }
                 Action::ReleasePage { seg, page, copyset, version } => {
                     let Some(s) = self.segs.get(&seg) else { continue };
-                    let owned = Some((s.read_page(page), copyset, version));
+                    let bytes = s.read_page(page);
+                    stats::page_out(if let Payload::Bytes(b) = &bytes { b.len() } else { 0 });
+                    let owned = Some((bytes, copyset, version));
                     self.transport.send(MANAGER, Msg::Coherence(CoherenceMsg::Release { seg, page, owned }));
                 }
                 Action::Released { seg, .. } => {
@@ -760,6 +799,9 @@ impl State {
     fn inbound(&mut self, from: Option<NodeId>, msg: Msg, conn: &quinn::Connection) {
         match msg {
             Msg::Coherence(m) => {
+                if let CoherenceMsg::Invalidate { .. } = m {
+                    stats::INVALIDATIONS.fetch_add(1, Ordering::Relaxed);
+                }
                 let Some(from) = from else {
                     return crate::transport::bad(conn, "coherence message before Hello with an id");
                 };
@@ -793,11 +835,23 @@ impl State {
             }
             Msg::Call { .. }
             | Msg::Hello { .. }
+            | Msg::Stats { .. }
             | Msg::NodeGone { .. }
             | Msg::SemLend { .. }
             | Msg::SemRecall { .. }
             | Msg::SemReturn { .. }
             | Msg::SemSync { .. } => crate::transport::bad(conn, "unexpected message at a node"),
+        }
+    }
+
+    /// Sends this node's figures to the nameserver when they changed.
+    fn report_stats(&mut self) {
+        let now = stats::snapshot();
+        if now != self.reported {
+            // SAFETY: getpid has no preconditions.
+            let pid = unsafe { libc::getpid() };
+            self.transport.send(MANAGER, Msg::Stats { pid, stats: now.clone() });
+            self.reported = now;
         }
     }
 
@@ -939,6 +993,8 @@ async fn run(
     let attach_lock = Rc::new(tokio::sync::Mutex::new(()));
     let mut sync = tokio::time::interval(SEM_SYNC);
     sync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut report = tokio::time::interval(Duration::from_secs(1));
+    report.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let lent = !lock_sems(&state.borrow().sems).is_empty();
         let wake = state.borrow().wake_at;
@@ -983,6 +1039,7 @@ async fn run(
             }
             _ = sleep => state.borrow_mut().timeout(),
             _ = sync.tick(), if lent => state.borrow_mut().sync_sems(),
+            _ = report.tick() => state.borrow_mut().report_stats(),
         }
     }
 }
@@ -1035,8 +1092,10 @@ async fn connect(
         started: Instant::now(),
         protocol: NodeProtocol::new(me, config.hold_us),
         readahead: config.readahead,
+        print_stats: config.stats,
         sems,
         synced: HashMap::new(),
+        reported: stats::Stats::default(),
         transport,
         segs: HashMap::new(),
         calls: HashMap::new(),
@@ -1111,8 +1170,16 @@ async fn command(state: Shared, lock: Rc<tokio::sync::Mutex<()>>, c: Command) {
                     }
                 }
             }
+            // The figures go first: the answer to `Exit` shows they arrived.
+            state.borrow_mut().report_stats();
             let rx = state.borrow_mut().call(Call::Sem(SemCall::Exit { pid }));
             let _ = rx.await;
+            if state.borrow().print_stats {
+                let me = state.borrow().me;
+                let line: Vec<String> =
+                    stats::snapshot().fields().iter().map(|(k, v)| format!("{k}={v}")).collect();
+                eprintln!("kdipc stats: node={me} pid={pid} {}", line.join(" "));
+            }
             // Peers learn at once that this node is gone (a read request
             // sent here by a stale hint then goes to the manager).
             state.borrow_mut().closing = true;

@@ -167,6 +167,8 @@ pub enum Call {
     /// Every segment and semaphore set, with what the manager knows (for
     /// `kdipc ipcs`; answered by the nameserver, not the registry).
     IpcList,
+    /// Every node's figures (`kdipc stats`; answered by the nameserver).
+    Stats,
 }
 
 /// Registry answers.
@@ -198,6 +200,8 @@ pub enum Reply {
         shm: Vec<(i32, ShmStat, u32)>,
         sem: Vec<(i32, crate::semaphores::SemStat)>,
     },
+    /// `Stats`: (node, pid, still there, figures), by node.
+    Stats(Vec<(NodeId, i32, bool, crate::stats::Stats)>),
 }
 
 struct Segment {
@@ -310,7 +314,7 @@ impl Registry {
     /// Answers a call from `node`.
     pub fn call(&mut self, node: NodeId, call: Call) -> (Reply, Effect) {
         let res = match call {
-            Call::Register { .. } | Call::Sem(_) | Call::IpcList => {
+            Call::Register { .. } | Call::Sem(_) | Call::IpcList | Call::Stats => {
                 return (Reply::Err(EINVAL), Effect::None)
             }
             Call::ShmGet { key, size, flags, cred } => self.get(key, size, flags, &cred),

@@ -37,6 +37,8 @@ pub enum Msg {
     PeerAddr { node: NodeId, addr: SocketAddr },
     /// nameserver → node: that node died or left.
     NodeGone { node: NodeId },
+    /// node → nameserver: its figures now (for `kdipc stats`).
+    Stats { pid: i32, stats: crate::stats::Stats },
     /// nameserver → node: semaphore set `id` is lent to you (before the
     /// answer to the operation that made it so).
     SemLend { id: i32, state: SetState },

@@ -260,6 +260,17 @@ impl Cluster {
         cmd
     }
 
+    /// A `kdipc` command (not under the shim) talking to this cluster's
+    /// nameserver (a loopback cluster's).
+    pub fn kdipc_command(&self) -> Command {
+        assert!(self.hosts.is_none(), "kdipc_command: loopback clusters only");
+        let mut cmd = Command::new(kdipc());
+        cmd.env("KDIPC_NAMESERVER", &self.addr)
+            .env("KDIPC_CERT_DIR", self.dir.join("certs"))
+            .env_remove("LD_PRELOAD");
+        cmd
+    }
+
     /// Runs `prog RANK NPROCS ARGS...` for every rank at once; waits for all
     /// (killing them after `timeout`).
     pub fn run_ranks(&self, name: &str, nprocs: usize, args: &[String], timeout: Duration) -> Vec<Outcome> {
