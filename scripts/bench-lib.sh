@@ -51,7 +51,7 @@ next_key() { key_count=$(( key_count + 1 )); printf '0x%x' $(( key_base + key_co
 median() { sort -g | awk '{ a[NR] = $1 } END { if (NR % 2) print a[(NR + 1) / 2]; else printf "%.6f\n", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
 
 # Seconds for a table: 4 significant digits.
-secs() { awk -v t="$1" 'BEGIN { printf "%.4g", t }'; }
+secs() { awk -v t="$1" 'BEGIN { printf (t < 0.01 ? "%.6f" : "%.4g"), t }'; }
 
 # A field of a result line: `field time` -> 1.234 (the unit s dropped).
 field() { sed -n "s/.* $1=\([^ ]*\).*/\1/p" | sed 's/s$//'; }
