@@ -65,7 +65,7 @@ static inline void matmul_report(const double *c, long n, int nprocs, double ela
     double checksum = 0.0;
     for (long k = 0; k < n * n; k++)
         checksum += c[k];
-    printf("matmul rank 0: n=%ld nprocs=%d time=%.3fs checksum=%.16e\n", n, nprocs, elapsed, checksum);
+    printf("matmul rank 0: n=%ld nprocs=%d time=%.6fs checksum=%.16e\n", n, nprocs, elapsed, checksum);
     fflush(stdout);
 }
 
