@@ -4,9 +4,9 @@
  *
  *   heat [-n N] [-s STEPS] [-w poll|sem] [-o out.png] RANK NPROCS KEY
  *
- * Defaults: N = 256, STEPS = 200, polling, no picture.  Options may come before or
- * after the positional arguments (GNU getopt).  One process per rank, all
- * started together, like the other multi-rank programs.
+ * Defaults: N = 256, STEPS = 200, polling, no picture.  Options may come
+ * before or after the positional arguments (GNU getopt).  One process per
+ * rank, all started together, like the other multi-rank programs.
  *
  * Problem: an N x N grid of doubles.  The boundary is fixed: the first N/2
  * cells of the top row and of the left column (the top-left corner) are
