@@ -2,11 +2,11 @@
  * heat - the heat equation on a square plate, System V shared memory
  * version (Tapus thesis, chapter 4).
  *
- *   heat [-n N] [-s STEPS] [-o out.png] RANK NPROCS KEY
+ *   heat [-n N] [-s STEPS] [-w poll|sem] [-o out.png] RANK NPROCS KEY
  *
- * Defaults: N = 256, STEPS = 200, no picture.  Options may come before or
- * after the positional arguments (GNU getopt).  One process per rank, all
- * started together, like the other multi-rank programs.
+ * Defaults: N = 256, STEPS = 200, polling, no picture.  Options may come
+ * before or after the positional arguments (GNU getopt).  One process per
+ * rank, all started together, like the other multi-rank programs.
  *
  * Problem: an N x N grid of doubles.  The boundary is fixed: the first N/2
  * cells of the top row and of the left column (the top-left corner) are
@@ -34,9 +34,21 @@
  * about to overwrite.  After the step it publishes s + 2.  Publication uses
  * release stores and acquire loads.
  *
+ * Semaphore variant (-w sem): the same protocol with a semaphore set
+ * instead of polling, semget(KEY, 2 * NPROCS + 1) (semaphore keys are
+ * separate from segment keys).  Semaphore 2r counts the steps completed by
+ * rank r - 1, semaphore 2r + 1 those of rank r + 1, both posted by that
+ * neighbour (the initialisation counts as one); before step s rank r takes
+ * one from each, so it has taken s + 1: its neighbours have finished step
+ * s - 1, as with polling.  The last semaphore counts the ranks that are
+ * done; rank 0 takes NPROCS - 1 from it at the end.  New sets start at 0.
+ * The progress segments are still created and published (they are cheap
+ * and tell a stale key apart).
+ *
  * At the end rank 0 waits until every rank has published STEPS + 1, prints
- *   heat rank 0: n=N steps=S nprocs=P time=T checksum=C center=X
- * (checksum = sum of all cells of the final grid in row-major order, %.10e),
+ *   heat rank 0: n=N steps=S nprocs=P time=T checksum=C center=X bits=H
+ * (checksum = sum of all cells of the final grid in row-major order, %.10e;
+ * bits = a hash of the cells' bit patterns, see heat.h),
  * writes the PNG if asked, and removes all segments.  The other ranks print
  * their band and time.  Every cell is computed by the same expression from
  * the same inputs whatever the split, so the result, and the checksum, are
@@ -49,9 +61,9 @@
 #include "common.h"
 
 #include <getopt.h>
+#include <sys/sem.h>
 
-#define ALPHA 0.2
-#define HOT 100.0
+#include "heat.h"
 
 struct plate {
     long n;
@@ -62,13 +74,6 @@ struct plate {
 static double *grid(const struct plate *pl, long step)
 {
     return (double *)(pl->seg + (size_t)(step % 2) * pl->grid_bytes);
-}
-
-static double boundary_value(long n, long i, long j)
-{
-    if ((i == 0 && j < n / 2) || (j == 0 && i < n / 2))
-        return HOT;
-    return 0.0;
 }
 
 /* First interior row of each band: bounds[r] .. bounds[r + 1] - 1. */
@@ -97,13 +102,8 @@ static void split_rows(long n, int nprocs, long *bounds)
 
 static void init_row(const struct plate *pl, long i)
 {
-    long n = pl->n;
-    for (long step = 0; step < 2; step++) {
-        double *row = grid(pl, step) + i * n;
-        int edge_row = i == 0 || i == n - 1;
-        for (long j = 0; j < n; j++)
-            row[j] = edge_row || j == 0 || j == n - 1 ? boundary_value(n, i, j) : 0.0;
-    }
+    for (long step = 0; step < 2; step++)
+        heat_init_row(grid(pl, step) + i * pl->n, pl->n, i);
 }
 
 static void compute_rows(const struct plate *pl, long step, long lo, long hi)
@@ -111,12 +111,8 @@ static void compute_rows(const struct plate *pl, long step, long lo, long hi)
     long n = pl->n;
     const double *old = grid(pl, step);
     double *new = grid(pl, step + 1);
-    for (long i = lo; i < hi; i++) {
-        const double *up = old + (i - 1) * n, *mid = old + i * n, *down = old + (i + 1) * n;
-        double *out = new + i * n;
-        for (long j = 1; j < n - 1; j++)
-            out[j] = mid[j] + ALPHA * ((up[j] + down[j]) + (mid[j - 1] + mid[j + 1]) - 4.0 * mid[j]);
-    }
+    for (long i = lo; i < hi; i++)
+        heat_step_row(old + (i - 1) * n, old + i * n, old + (i + 1) * n, new + i * n, n);
 }
 
 static uint64_t *attach_progress(key_t key, int rank)
@@ -129,6 +125,42 @@ static void wait_progress(uint64_t *progress, uint64_t at_least)
     unsigned spins = 0;
     while (__atomic_load_n(progress, __ATOMIC_ACQUIRE) < at_least)
         spin_pause(&spins);
+}
+
+/* ---- semaphore variant ---------------------------------------------------- */
+
+static void sem_apply(int id, struct sembuf *ops, size_t nops)
+{
+    while (semop(id, ops, nops) != 0) {
+        if (errno != EINTR)
+            die("semop: %s", strerror(errno));
+    }
+}
+
+/* Posts one completed step to each neighbour. */
+static void sem_post_step(int id, int rank, int nprocs)
+{
+    struct sembuf ops[2];
+    size_t k = 0;
+    if (rank > 0)
+        ops[k++] = (struct sembuf){ (unsigned short)(2 * (rank - 1) + 1), 1, 0 };
+    if (rank < nprocs - 1)
+        ops[k++] = (struct sembuf){ (unsigned short)(2 * (rank + 1)), 1, 0 };
+    if (k > 0)
+        sem_apply(id, ops, k);
+}
+
+/* Takes one completed step from each neighbour. */
+static void sem_wait_step(int id, int rank, int nprocs)
+{
+    struct sembuf ops[2];
+    size_t k = 0;
+    if (rank > 0)
+        ops[k++] = (struct sembuf){ (unsigned short)(2 * rank), -1, 0 };
+    if (rank < nprocs - 1)
+        ops[k++] = (struct sembuf){ (unsigned short)(2 * rank + 1), -1, 0 };
+    if (k > 0)
+        sem_apply(id, ops, k);
 }
 
 /* ---- PNG without zlib ---------------------------------------------------- */
@@ -234,7 +266,7 @@ static void write_png(const char *path, const double *field, long n)
         uint8_t *row = raw + (size_t)i * stride;
         row[0] = 0; /* filter: none */
         for (long j = 0; j < n; j++) {
-            double t = field[i * n + j] / HOT;
+            double t = field[i * n + j] / HEAT_HOT;
             uint8_t *px = row + 1 + 3 * j;
             px[0] = clamp_byte(3.0 * t);
             px[1] = clamp_byte(3.0 * t - 1.0);
@@ -271,18 +303,24 @@ static void write_png(const char *path, const double *field, long n)
 
 static void usage(const char *prog)
 {
-    die("usage: %s [-n N] [-s STEPS] [-o out.png] RANK NPROCS KEY", prog);
+    die("usage: %s [-n N] [-s STEPS] [-w poll|sem] [-o out.png] RANK NPROCS KEY", prog);
 }
 
 int main(int argc, char **argv)
 {
     long n = 256, steps = 200;
     const char *png = NULL;
+    int use_sem = 0;
     int opt;
-    while ((opt = getopt(argc, argv, "n:s:o:")) != -1) {
+    while ((opt = getopt(argc, argv, "n:s:w:o:")) != -1) {
         switch (opt) {
         case 'n': n = parse_long("N", optarg); break;
         case 's': steps = parse_long("STEPS", optarg); break;
+        case 'w':
+            if (strcmp(optarg, "sem") != 0 && strcmp(optarg, "poll") != 0)
+                die("-w: expected poll or sem, got '%s'", optarg);
+            use_sem = strcmp(optarg, "sem") == 0;
+            break;
         case 'o': png = optarg; break;
         default: usage(argv[0]);
         }
@@ -317,6 +355,12 @@ int main(int argc, char **argv)
     if (__atomic_load_n(progress[rank], __ATOMIC_ACQUIRE) != 0)
         die("stale progress segment 0x%x (key reused? remove it with ipcrm)",
             (unsigned)(key + rank + 1));
+    int sem_id = -1;
+    if (use_sem) {
+        sem_id = semget(key, 2 * nprocs + 1, kdipc_flags(IPC_CREAT | 0600 | IPC_KDIPC));
+        if (sem_id < 0)
+            die("semget: %s", strerror(errno));
+    }
 
     double t0 = now_seconds();
     if (rank == 0)
@@ -326,37 +370,49 @@ int main(int argc, char **argv)
     if (rank == nprocs - 1)
         init_row(&pl, n - 1);
     __atomic_store_n(progress[rank], 1, __ATOMIC_RELEASE);
+    if (use_sem)
+        sem_post_step(sem_id, rank, nprocs);
 
     for (long s = 0; s < steps; s++) {
-        if (rank > 0)
-            wait_progress(progress[rank - 1], (uint64_t)s + 1);
-        if (rank < nprocs - 1)
-            wait_progress(progress[rank + 1], (uint64_t)s + 1);
+        if (use_sem) {
+            sem_wait_step(sem_id, rank, nprocs);
+        } else {
+            if (rank > 0)
+                wait_progress(progress[rank - 1], (uint64_t)s + 1);
+            if (rank < nprocs - 1)
+                wait_progress(progress[rank + 1], (uint64_t)s + 1);
+        }
         compute_rows(&pl, s, lo, hi);
         __atomic_store_n(progress[rank], (uint64_t)s + 2, __ATOMIC_RELEASE);
+        if (use_sem)
+            sem_post_step(sem_id, rank, nprocs);
     }
 
     if (rank != 0) {
+        if (use_sem) {
+            struct sembuf done = { (unsigned short)(2 * nprocs), 1, 0 };
+            sem_apply(sem_id, &done, 1);
+        }
         printf("heat rank %d: n=%ld steps=%ld rows=%ld-%ld time=%.3fs\n",
                rank, n, steps, lo, hi - 1, now_seconds() - t0);
         return 0;
     }
 
+    if (use_sem && nprocs > 1) {
+        struct sembuf all = { (unsigned short)(2 * nprocs), (short)-(nprocs - 1), 0 };
+        sem_apply(sem_id, &all, 1);
+    }
     for (int r = 0; r < nprocs; r++)
         wait_progress(progress[r], (uint64_t)steps + 1);
     double elapsed = now_seconds() - t0;
     const double *field = grid(&pl, steps);
-    double checksum = 0.0;
-    for (long k = 0; k < n * n; k++)
-        checksum += field[k];
-    double center = field[(n / 2) * n + n / 2];
-    printf("heat rank 0: n=%ld steps=%ld nprocs=%d time=%.3fs checksum=%.10e center=%.10e\n",
-           n, steps, nprocs, elapsed, checksum, center);
-    fflush(stdout);
+    heat_report(field, n, steps, nprocs, elapsed);
 
     if (png != NULL)
         write_png(png, field, n);
 
+    if (use_sem && semctl(sem_id, 0, IPC_RMID) != 0)
+        die("semctl(IPC_RMID): %s", strerror(errno));
     remove_segment(grid_id);
     for (int r = 0; r < nprocs; r++) {
         int id = shmget(key + r + 1, PAGE_SIZE, kdipc_flags(0600 | IPC_KDIPC));
