@@ -15,7 +15,8 @@
  * hands the kernel a buffer (fstat/stat/lstat/fstatat/statx and the
  * pre-2.33 __xstat names, getdents64, pipe/pipe2, socketpair, readlink,
  * getcwd, clock_gettime, gettimeofday, uname, getrusage, sendmsg/recvmsg
- * with the msghdr, iovecs, data, name and control buffer all there) with
+ * with the msghdr, iovecs, data, name and control buffer all there, and
+ * fread/fwrite larger than stdio's buffer) with
  * its buffers (and paths) in those pages, and compares with the same call
  * on private memory. Any EFAULT or wrong byte fails.
  */
@@ -225,6 +226,30 @@ static void other_calls(uint8_t *e)
           strerror(errno));
     struct rusage *ru = (struct rusage *)next_buf(e);
     CHECK(getrusage(RUSAGE_SELF, ru) == 0 && ru->ru_maxrss > 0, "getrusage: %s", strerror(errno));
+
+    /* fread/fwrite of more than stdio's buffer: libc passes the buffer
+     * straight to read/write (internal calls the shim does not see). */
+    size_t big = 3 * PAGE_SIZE;
+    uint8_t *src = malloc(big), *blk = e + 9 * PAGE_SIZE + 100; /* spans 4 pages */
+    for (size_t i = 0; i < big; i++)
+        src[i] = (uint8_t)(mix64(5000003u + i) | 1);
+    FILE *fp = fopen(file, "w+");
+    CHECK(fp && fwrite(src, 1, big, fp) == big && fflush(fp) == 0, "fwrite: %s", strerror(errno));
+    rewind(fp);
+    setvbuf(fp, NULL, _IOFBF, 512);
+    CHECK(fread(blk, 1, big, fp) == big && memcmp(blk, src, big) == 0, "fread into distributed pages: %s",
+          strerror(errno));
+    fclose(fp);
+    fp = fopen(file, "w+");
+    setvbuf(fp, NULL, _IOFBF, 512);
+    blk = e + 5 * PAGE_SIZE + 100;
+    memcpy(blk, src, big);
+    CHECK(fp && fwrite(blk, 1, big, fp) == big && fflush(fp) == 0, "fwrite from distributed pages: %s",
+          strerror(errno));
+    rewind(fp);
+    CHECK(fread(src, 1, big, fp) == big && memcmp(blk, src, big) == 0, "fwrite wrote other bytes");
+    fclose(fp);
+    free(src);
 
     close(fd);
     unlink(file);

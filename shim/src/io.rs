@@ -322,3 +322,59 @@ hook! {
     fn getrusage(who: Int, buf: *mut libc::rusage) -> Int;
     vec![(buf as usize, std::mem::size_of::<libc::rusage>(), true)]
 }
+/// `fread`/`fwrite`: stdio passes a transfer larger than its buffer
+/// straight to `read`/`write` inside libc, where no hook sees it. The pages
+/// are brought in first; after an `EFAULT` (a page left again) the rest is
+/// retried, byte-wise, so that no byte is read or written twice.
+fn stdio(
+    buf: usize,
+    size: usize,
+    n: usize,
+    f: *mut libc::FILE,
+    write: bool,
+    call: impl Fn(usize, usize) -> usize,
+) -> usize {
+    let total = size.saturating_mul(n);
+    if !fault::installed() || total == 0 {
+        return call(buf, total) / size.max(1);
+    }
+    let mut done = 0;
+    for attempt in 0..RETRIES {
+        let distributed = fault::prefault(buf + done, total - done, write);
+        done += call(buf + done, total - done);
+        // SAFETY: errno is thread-local; `f` is the program's open stream.
+        let efault = unsafe { *libc::__errno_location() == libc::EFAULT && libc::ferror(f) != 0 };
+        if done == total || !(efault && distributed) || attempt + 1 == RETRIES {
+            break;
+        }
+        // SAFETY: as above; the error was ours.
+        unsafe { libc::clearerr(f) };
+    }
+    done / size
+}
+
+/// Hook for libc::fread.
+///
+/// # Safety
+/// As for libc's `fread`.
+#[cfg_attr(not(test), no_mangle)]
+pub unsafe extern "C" fn fread(buf: Ptr, size: usize, n: usize, f: *mut libc::FILE) -> usize {
+    guard(|| {
+        let r = real_fn!(fread: fn(Ptr, usize, usize, *mut libc::FILE) -> usize);
+        // SAFETY: libc's fread with the program's stream and part of its buffer.
+        stdio(buf as usize, size, n, f, true, |b, len| unsafe { r(b as Ptr, 1, len, f) })
+    })
+}
+
+/// Hook for libc::fwrite.
+///
+/// # Safety
+/// As for libc's `fwrite`.
+#[cfg_attr(not(test), no_mangle)]
+pub unsafe extern "C" fn fwrite(buf: CPtr, size: usize, n: usize, f: *mut libc::FILE) -> usize {
+    guard(|| {
+        let w = real_fn!(fwrite: fn(CPtr, usize, usize, *mut libc::FILE) -> usize);
+        // SAFETY: libc's fwrite with the program's stream and part of its buffer.
+        stdio(buf as usize, size, n, f, false, |b, len| unsafe { w(b as CPtr, 1, len, f) })
+    })
+}

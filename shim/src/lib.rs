@@ -17,9 +17,9 @@ mod user;
 
 pub use io::{
     __fxstat, __fxstat64, __fxstatat, __fxstatat64, __lxstat, __lxstat64, __xstat, __xstat64, clock_gettime,
-    fstat, fstat64, fstatat, fstatat64, getcwd, getdents64, getrusage, gettimeofday, lstat, lstat64, pipe,
-    pipe2, pread, pread64, pwrite, pwrite64, read, readlink, readlinkat, readv, recv, recvfrom, recvmsg,
-    send, sendmsg, sendto, socketpair, stat, stat64, statx, uname, write, writev,
+    fread, fstat, fstat64, fstatat, fstatat64, fwrite, getcwd, getdents64, getrusage, gettimeofday, lstat,
+    lstat64, pipe, pipe2, pread, pread64, pwrite, pwrite64, read, readlink, readlinkat, readv, recv,
+    recvfrom, recvmsg, send, sendmsg, sendto, socketpair, stat, stat64, statx, uname, write, writev,
 };
 pub use process::{_Exit, _exit, execl, execle, execlp, execv, execve, execvp, execvpe, fexecve, fork};
 pub use sem::{semctl, semget, semop, semtimedop};
