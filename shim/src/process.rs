@@ -67,7 +67,7 @@ extern "C" fn at_load() {
 }
 
 /// Whether this process runs the node it sees (false in a `vfork` child).
-fn owns_node() -> bool {
+pub(crate) fn owns_node() -> bool {
     // SAFETY: getpid has no preconditions.
     OWNER.load(Ordering::Relaxed) == unsafe { libc::getpid() }
 }
