@@ -127,3 +127,17 @@ fn fork_while_threads_fault_and_semop_children_do_not_hang() {
     assert!(o.stdout.contains(&format!("forkbusy: {n} forks")), "{}", o.stdout);
     print!("{}", o.stdout);
 }
+
+/// A program with its own alternate signal stack and a `SIGSEGV` handler
+/// on it that catches its own stack overflows keeps both: faults on
+/// distributed pages are served while its alternate stack is in place,
+/// and its handler runs on that stack for every overflow.
+#[test]
+fn own_sigaltstack_and_stack_overflow_handler_keep_working() {
+    let c = Cluster::local();
+    let outs = c.run_ranks("altstack", 2, &[support::fresh_key(), "50".into()], T);
+    for (rank, o) in outs.iter().enumerate() {
+        o.assert_ok(&format!("altstack rank {rank}"));
+        assert!(o.stdout.contains("overflows=25 ok"), "{}", o.stdout);
+    }
+}
