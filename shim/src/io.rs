@@ -1,10 +1,10 @@
 //! System calls that copy to or from a user buffer. The kernel does not
 //! fault on our behalf: `read(fd, buf, n)` into a distributed page that is
 //! not present here returns `EFAULT` (or a short count). These hooks bring
-//! the buffer's distributed pages in first (write access when the kernel
-//! writes into the buffer, read access when it reads from it), and retry
-//! when a page left again before the kernel copied it. A buffer outside
-//! distributed memory costs one atomic load.
+//! the buffer's distributed pages in first, by touching them (write access
+//! when the kernel writes into the buffer, read access when it reads from
+//! it), and retry when a page left again before the kernel copied it. In a
+//! process without distributed memory a hook costs one atomic load.
 
 use kdipc_runtime::fault;
 use kdipc_runtime::protocol::PAGE_SIZE;
@@ -12,8 +12,11 @@ use kdipc_runtime::protocol::PAGE_SIZE;
 use crate::ffi::{guard, real_fn, FromErr};
 use crate::user::{copy_in, copy_in_slice};
 
-/// Attempts before an `EFAULT` from a distributed buffer is passed on.
-const RETRIES: usize = 8;
+/// Attempts before an `EFAULT` from a distributed buffer is passed on. A
+/// call whose buffers span several pages that other nodes keep writing
+/// may need many: each page must be here at the same moment. (Attempts are
+/// cheap: touching present pages costs loads.)
+const RETRIES: usize = 64;
 
 /// A user buffer a call hands to the kernel: address, length, and whether
 /// the kernel writes into it.
@@ -49,6 +52,38 @@ impl FromErr for *mut libc::c_char {
     }
 }
 
+/// Brings the distributed pages of `[addr, addr + len)` in by touching
+/// each one as the program would (a read, or for write access a locked
+/// OR of 0, which changes nothing): a present page costs a load, a
+/// missing one is a fault our handler serves. Returns whether any page of
+/// the range is distributed.
+fn touch(addr: usize, len: usize, write: bool) -> bool {
+    let end = addr.saturating_add(len);
+    let mut any = false;
+    let mut page = addr & !(PAGE_SIZE - 1);
+    while page < end {
+        let p = page.max(addr);
+        match fault::find_view(p) {
+            Some((_, readonly)) if !(write && readonly) => {
+                any = true;
+                if write {
+                    // SAFETY: `p` lies in a read-write distributed view; a
+                    // locked OR of 0 is a write access (which an atomic
+                    // add of 0 in Rust may not be: it can become a load)
+                    // that leaves the byte as any thread or node has it.
+                    unsafe { std::arch::asm!("lock or byte ptr [{0}], 0", in(reg) p, options(nostack)) };
+                } else {
+                    // SAFETY: `p` lies in a distributed view.
+                    unsafe { (p as *const u8).read_volatile() };
+                }
+            }
+            _ => {}
+        }
+        page += PAGE_SIZE;
+    }
+    any
+}
+
 /// Runs `call` with the distributed pages of `bufs` present (for write
 /// access where the kernel writes), retrying when one left again before
 /// the kernel copied it.
@@ -56,7 +91,7 @@ fn with_pages<R: Failed>(bufs: &[Buf], call: impl Fn() -> R) -> R {
     let mut distributed = false;
     for attempt in 0..RETRIES {
         for &(addr, len, write) in bufs {
-            distributed |= fault::prefault(addr, len, write);
+            distributed |= touch(addr, len, write);
         }
         let r = call();
         // SAFETY: errno is thread-local.
@@ -322,6 +357,46 @@ hook! {
     fn getrusage(who: Int, buf: *mut libc::rusage) -> Int;
     vec![(buf as usize, std::mem::size_of::<libc::rusage>(), true)]
 }
+// Paths: the kernel copies the string in, and fails with `EFAULT` before
+// doing anything when it cannot. `open` and `openat` are variadic in C;
+// on x86-64 a variadic `mode` arrives in the same register as a third
+// (fourth) fixed argument, so the hooks take it as one and always pass it
+// on (libc reads it only with `O_CREAT`/`O_TMPFILE`).
+hook! {
+    /// Hook for libc::open (and open64).
+    fn open(path: Str, flags: Int, mode: libc::c_uint) -> Int; vec![cstr(path)]
+}
+alias! { open64 = open(path: Str, flags: Int, mode: libc::c_uint) -> Int }
+hook! {
+    /// Hook for libc::openat (and openat64).
+    fn openat(dirfd: Int, path: Str, flags: Int, mode: libc::c_uint) -> Int; vec![cstr(path)]
+}
+alias! { openat64 = openat(dirfd: Int, path: Str, flags: Int, mode: libc::c_uint) -> Int }
+hook! {
+    /// Hook for glibc's `__open_2`, what `open` becomes with
+    /// `_FORTIFY_SOURCE` when no mode is given (and `__open64_2`).
+    fn __open_2(path: Str, flags: Int) -> Int; vec![cstr(path)]
+}
+alias! { __open64_2 = __open_2(path: Str, flags: Int) -> Int }
+hook! {
+    /// Hook for glibc's `__openat_2` (and `__openat64_2`).
+    fn __openat_2(dirfd: Int, path: Str, flags: Int) -> Int; vec![cstr(path)]
+}
+alias! { __openat64_2 = __openat_2(dirfd: Int, path: Str, flags: Int) -> Int }
+hook! {
+    /// Hook for libc::creat (and creat64).
+    fn creat(path: Str, mode: libc::mode_t) -> Int; vec![cstr(path)]
+}
+alias! { creat64 = creat(path: Str, mode: libc::mode_t) -> Int }
+hook! {
+    /// Hook for libc::access.
+    fn access(path: Str, mode: Int) -> Int; vec![cstr(path)]
+}
+hook! {
+    /// Hook for libc::unlink.
+    fn unlink(path: Str) -> Int; vec![cstr(path)]
+}
+
 /// `fread`/`fwrite`: stdio passes a transfer larger than its buffer
 /// straight to `read`/`write` inside libc, where no hook sees it. The pages
 /// are brought in first; after an `EFAULT` (a page left again) the rest is
@@ -340,7 +415,7 @@ fn stdio(
     }
     let mut done = 0;
     for attempt in 0..RETRIES {
-        let distributed = fault::prefault(buf + done, total - done, write);
+        let distributed = touch(buf + done, total - done, write);
         done += call(buf + done, total - done);
         // SAFETY: errno is thread-local; `f` is the program's open stream.
         let efault = unsafe { *libc::__errno_location() == libc::EFAULT && libc::ferror(f) != 0 };
