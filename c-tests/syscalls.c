@@ -10,14 +10,285 @@
  *     into private memory: the bytes must be rank 0's pattern;
  *   - read()s a temporary file into region B and recv()s from a socket
  *     pair into region C, readv()s into region D (pages not present here);
- * and rank 0 checks regions B, C, D. Any EFAULT or wrong byte fails.
+ * and rank 0 checks regions B, C, D. Then, while a thread of rank 0 keeps
+ * writing into every page of region E, rank 1 makes each other call that
+ * hands the kernel a buffer (fstat/stat/lstat/fstatat/statx and the
+ * pre-2.33 __xstat names, getdents64, pipe/pipe2, socketpair, readlink,
+ * getcwd, clock_gettime, gettimeofday, uname, getrusage, sendmsg/recvmsg
+ * with the msghdr, iovecs, data, name and control buffer all there, and
+ * fread/fwrite larger than stdio's buffer; open/openat/creat/access/unlink
+ * of paths there) with
+ * its buffers (and paths) in those pages, and compares with the same call
+ * on private memory. Any EFAULT or wrong byte fails.
  */
+#define _GNU_SOURCE
 #include "common.h"
 
+#include <dirent.h>
 #include <fcntl.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/time.h>
 #include <sys/uio.h>
+#include <sys/utsname.h>
 #include <unistd.h>
+
+/* The names programs built against glibc < 2.33 call for stat/fstat. */
+extern int __xstat(int ver, const char *path, struct stat *buf);
+extern int __fxstat(int ver, int fd, struct stat *buf);
+
+#define EPAGES 16
+
+/* Region E: rank 0's thread writes the first word of every page. */
+struct noise {
+    uint8_t *e;
+    volatile int stop;
+};
+
+static void *noise_main(void *arg)
+{
+    struct noise *n = arg;
+    uint64_t k = 0;
+    while (!n->stop) {
+        for (int p = 0; p < EPAGES; p++)
+            __atomic_store_n((uint64_t *)(n->e + (size_t)p * PAGE_SIZE), ++k, __ATOMIC_RELAXED);
+        usleep(300);
+    }
+    return NULL;
+}
+
+/* The next buffer in region E: 64 bytes into the next page, away from the
+ * word rank 0 writes, in a page rank 1 does not hold. */
+static uint8_t *next_buf(uint8_t *e)
+{
+    static int next;
+    return e + (size_t)(next++ % EPAGES) * PAGE_SIZE + 64;
+}
+
+#define CHECK(cond, ...)                                                                               \
+    do {                                                                                               \
+        if (!(cond))                                                                                   \
+            fail(__VA_ARGS__);                                                                         \
+    } while (0)
+
+static void same_file(const struct stat *a, const struct stat *b, const char *what)
+{
+    CHECK(a->st_ino == b->st_ino && a->st_dev == b->st_dev && a->st_mode == b->st_mode
+              && a->st_size == b->st_size,
+          "%s into a distributed page: a different file (ino %lu vs %lu)", what, (unsigned long)a->st_ino,
+          (unsigned long)b->st_ino);
+}
+
+/* Whether `dist` (in region E) holds `priv`'s bytes, except the words
+ * rank 0 keeps writing at the start of every page. */
+static int same_but_noise(const uint8_t *dist, const uint8_t *priv, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if ((uintptr_t)(dist + i) % PAGE_SIZE >= 8 && dist[i] != priv[i])
+            return 0;
+    return 1;
+}
+
+/* Every other call that hands the kernel a buffer, buffers in region E. */
+static void other_calls(uint8_t *e)
+{
+    struct stat mine, *st;
+    char dir[] = "/tmp/kdipc-syscalls-dir-XXXXXX";
+    if (mkdtemp(dir) == NULL)
+        die("mkdtemp: %s", strerror(errno));
+    char file[64];
+    snprintf(file, sizeof file, "%s/a-file", dir);
+    int fd = open(file, O_CREAT | O_RDWR, 0600);
+    if (fd < 0 || write(fd, "0123456789", 10) != 10)
+        die("%s: %s", file, strerror(errno));
+    if (stat(file, &mine) != 0)
+        die("stat: %s", strerror(errno));
+    char *path = (char *)next_buf(e); /* the path itself in a distributed page */
+    strcpy(path, file);
+
+    st = (struct stat *)next_buf(e);
+    CHECK(fstat(fd, st) == 0, "fstat: %s", strerror(errno));
+    same_file(st, &mine, "fstat");
+    st = (struct stat *)next_buf(e);
+    CHECK(stat(path, st) == 0, "stat: %s", strerror(errno));
+    same_file(st, &mine, "stat");
+    st = (struct stat *)next_buf(e);
+    CHECK(lstat(path, st) == 0, "lstat: %s", strerror(errno));
+    same_file(st, &mine, "lstat");
+    st = (struct stat *)next_buf(e);
+    CHECK(fstatat(AT_FDCWD, path, st, 0) == 0, "fstatat: %s", strerror(errno));
+    same_file(st, &mine, "fstatat");
+    st = (struct stat *)next_buf(e);
+    CHECK(__xstat(1, path, st) == 0, "__xstat: %s", strerror(errno));
+    same_file(st, &mine, "__xstat");
+    st = (struct stat *)next_buf(e);
+    CHECK(__fxstat(1, fd, st) == 0, "__fxstat: %s", strerror(errno));
+    same_file(st, &mine, "__fxstat");
+    struct statx *sx = (struct statx *)next_buf(e);
+    CHECK(statx(AT_FDCWD, path, 0, STATX_BASIC_STATS, sx) == 0, "statx: %s", strerror(errno));
+    CHECK(sx->stx_ino == mine.st_ino && sx->stx_size == 10, "statx: ino %llu size %llu",
+          (unsigned long long)sx->stx_ino, (unsigned long long)sx->stx_size);
+
+    /* getdents64: the same bytes as into private memory. */
+    int dfd = open(dir, O_RDONLY | O_DIRECTORY);
+    char priv[1024];
+    ssize_t n1 = getdents64(dfd, priv, sizeof priv);
+    lseek(dfd, 0, SEEK_SET);
+    char *dents = (char *)next_buf(e);
+    ssize_t n2 = getdents64(dfd, dents, sizeof priv);
+    CHECK(n1 > 0 && n2 == n1, "getdents64: %zd bytes vs %zd (%s)", n2, n1, strerror(errno));
+    for (ssize_t off = 0; off < n1;) { /* entries alike (padding bytes are not set) */
+        struct dirent64 *x = (struct dirent64 *)(priv + off), *y = (struct dirent64 *)(dents + off);
+        CHECK(x->d_ino == y->d_ino && x->d_reclen == y->d_reclen && strcmp(x->d_name, y->d_name) == 0,
+              "getdents64: entry at %zd is %s, expected %s", off, y->d_name, x->d_name);
+        off += x->d_reclen;
+    }
+    close(dfd);
+
+    /* pipe, pipe2, socketpair: descriptors that work. */
+    int *fds = (int *)next_buf(e);
+    CHECK(pipe(fds) == 0, "pipe: %s", strerror(errno));
+    char c = 0;
+    CHECK(write(fds[1], "x", 1) == 1 && read(fds[0], &c, 1) == 1 && c == 'x', "pipe: descriptors do not work");
+    close(fds[0]);
+    close(fds[1]);
+    fds = (int *)next_buf(e);
+    CHECK(pipe2(fds, O_CLOEXEC) == 0, "pipe2: %s", strerror(errno));
+    CHECK(fcntl(fds[0], F_GETFD) == FD_CLOEXEC && write(fds[1], "y", 1) == 1 && read(fds[0], &c, 1) == 1
+              && c == 'y',
+          "pipe2: descriptors do not work");
+    close(fds[0]);
+    close(fds[1]);
+    int *sv = (int *)next_buf(e);
+    CHECK(socketpair(AF_UNIX, SOCK_STREAM, 0, sv) == 0, "socketpair: %s", strerror(errno));
+
+    /* sendmsg/recvmsg: the msghdr, its iovec array, the data and the
+     * control buffer (a descriptor passed with SCM_RIGHTS) all in region E. */
+    struct msghdr *m = (struct msghdr *)next_buf(e);
+    struct iovec *iov = (struct iovec *)next_buf(e);
+    char *d1 = (char *)next_buf(e), *d2 = (char *)next_buf(e);
+    char *ctl = (char *)next_buf(e);
+    strcpy(d1, "hello, ");
+    strcpy(d2, "world");
+    iov[0] = (struct iovec){ d1, 7 };
+    iov[1] = (struct iovec){ d2, 5 };
+    memset(m, 0, sizeof *m);
+    m->msg_iov = iov;
+    m->msg_iovlen = 2;
+    m->msg_control = ctl;
+    m->msg_controllen = CMSG_SPACE(sizeof(int));
+    struct cmsghdr *cm = CMSG_FIRSTHDR(m);
+    cm->cmsg_level = SOL_SOCKET;
+    cm->cmsg_type = SCM_RIGHTS;
+    cm->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(cm), &fd, sizeof(int));
+    CHECK(sendmsg(sv[0], m, 0) == 12, "sendmsg: %s", strerror(errno));
+    m = (struct msghdr *)next_buf(e);
+    iov = (struct iovec *)next_buf(e);
+    char *in = (char *)next_buf(e);
+    ctl = (char *)next_buf(e);
+    memset(m, 0, sizeof *m);
+    iov[0] = (struct iovec){ in, 64 };
+    m->msg_iov = iov;
+    m->msg_iovlen = 1;
+    m->msg_control = ctl;
+    m->msg_controllen = CMSG_SPACE(sizeof(int));
+    ssize_t got = recvmsg(sv[1], m, 0);
+    CHECK(got == 12 && memcmp(in, "hello, world", 12) == 0, "recvmsg: %zd (%s)", got, strerror(errno));
+    cm = CMSG_FIRSTHDR(m);
+    CHECK(cm != NULL && cm->cmsg_type == SCM_RIGHTS, "recvmsg: no descriptor came");
+    int passed;
+    memcpy(&passed, CMSG_DATA(cm), sizeof passed);
+    struct stat ps;
+    CHECK(fstat(passed, &ps) == 0 && ps.st_ino == mine.st_ino, "recvmsg: the passed descriptor is wrong");
+    close(passed);
+    close(sv[0]);
+    close(sv[1]);
+
+    /* readlink, getcwd: the same strings as into private memory. */
+    char want[256];
+    ssize_t wl = readlink("/proc/self/exe", want, sizeof want);
+    char *link = (char *)next_buf(e);
+    strcpy(link + 512, "/proc/self/exe");
+    ssize_t gl = readlink(link + 512, link, sizeof want);
+    CHECK(wl > 0 && gl == wl && memcmp(want, link, (size_t)wl) == 0, "readlink: %zd (%s)", gl, strerror(errno));
+    char *cwd = (char *)next_buf(e);
+    CHECK(getcwd(cwd, 256) == cwd && getcwd(want, sizeof want) && strcmp(cwd, want) == 0, "getcwd: %s",
+          strerror(errno));
+
+    /* Clocks: the vDSO ones and one the kernel serves. */
+    struct timespec before;
+    clock_gettime(CLOCK_MONOTONIC, &before);
+    struct timespec *ts = (struct timespec *)next_buf(e);
+    CHECK(clock_gettime(CLOCK_MONOTONIC, ts) == 0 && ts->tv_nsec < 1000000000L
+              && (ts->tv_sec > before.tv_sec || (ts->tv_sec == before.tv_sec && ts->tv_nsec >= before.tv_nsec)),
+          "clock_gettime(CLOCK_MONOTONIC): %s", strerror(errno));
+    ts = (struct timespec *)next_buf(e);
+    CHECK(clock_gettime(CLOCK_PROCESS_CPUTIME_ID, ts) == 0 && ts->tv_nsec < 1000000000L,
+          "clock_gettime(CLOCK_PROCESS_CPUTIME_ID): %s", strerror(errno));
+    struct timeval *tv = (struct timeval *)next_buf(e);
+    CHECK(gettimeofday(tv, NULL) == 0 && tv->tv_sec >= before.tv_sec / 2 && tv->tv_usec < 1000000,
+          "gettimeofday: %s", strerror(errno));
+    struct utsname un, *u = (struct utsname *)next_buf(e);
+    CHECK(uname(u) == 0 && uname(&un) == 0 && strcmp(u->release, un.release) == 0, "uname: %s",
+          strerror(errno));
+    struct rusage *ru = (struct rusage *)next_buf(e);
+    CHECK(getrusage(RUSAGE_SELF, ru) == 0 && ru->ru_maxrss > 0, "getrusage: %s", strerror(errno));
+
+    /* fread/fwrite of more than stdio's buffer: libc passes the buffer
+     * straight to read/write (internal calls the shim does not see). */
+    size_t big = 3 * PAGE_SIZE;
+    uint8_t *src = malloc(big), *blk = e + 9 * PAGE_SIZE + 100; /* spans 4 pages */
+    for (size_t i = 0; i < big; i++)
+        src[i] = (uint8_t)(mix64(5000003u + i) | 1);
+    FILE *fp = fopen(file, "w+");
+    CHECK(fp && fwrite(src, 1, big, fp) == big && fflush(fp) == 0, "fwrite: %s", strerror(errno));
+    rewind(fp);
+    setvbuf(fp, NULL, _IOFBF, 512);
+    CHECK(fread(blk, 1, big, fp) == big && same_but_noise(blk, src, big), "fread into distributed pages: %s",
+          strerror(errno));
+    fclose(fp);
+    fp = fopen(file, "w+");
+    setvbuf(fp, NULL, _IOFBF, 512);
+    blk = e + 5 * PAGE_SIZE + 100;
+    memcpy(blk, src, big);
+    CHECK(fp && fwrite(blk, 1, big, fp) == big && fflush(fp) == 0, "fwrite from distributed pages: %s",
+          strerror(errno));
+    rewind(fp);
+    uint8_t *back = malloc(big);
+    CHECK(fread(back, 1, big, fp) == big && same_but_noise(blk, back, big), "fwrite wrote other bytes");
+    free(back);
+    fclose(fp);
+    free(src);
+
+    /* Paths in distributed pages: open, openat, creat, access, unlink. */
+    char *p2 = (char *)next_buf(e);
+    snprintf(p2, 64, "%s/b-file", dir);
+    int f2 = creat(p2, 0600);
+    CHECK(f2 >= 0 && access(p2, R_OK) == 0, "creat/access of a path in a distributed page: %s", strerror(errno));
+    close(f2);
+    p2 = (char *)next_buf(e);
+    snprintf(p2, 64, "%s/b-file", dir);
+    f2 = open(p2, O_RDWR | O_CREAT, 0600);
+    CHECK(f2 >= 0 && fstat(f2, &mine) == 0, "open of a path in a distributed page: %s", strerror(errno));
+    close(f2);
+    p2 = (char *)next_buf(e);
+    snprintf(p2, 64, "%s/b-file", dir);
+    f2 = openat(AT_FDCWD, p2, O_RDONLY);
+    CHECK(f2 >= 0, "openat of a path in a distributed page: %s", strerror(errno));
+    close(f2);
+    p2 = (char *)next_buf(e);
+    snprintf(p2, 64, "%s/b-file", dir);
+    CHECK(unlink(p2) == 0 && access(file, F_OK) == 0, "unlink of a path in a distributed page: %s",
+          strerror(errno));
+
+    close(fd);
+    unlink(file);
+    rmdir(dir);
+}
 
 static unsigned char pat(long region, size_t i)
 {
@@ -29,7 +300,7 @@ int main(int argc, char **argv)
     struct args a = parse_args(argc, argv, 2, 8);
     size_t len = (size_t)a.iters * PAGE_SIZE;
     int id;
-    uint8_t *seg = attach_segment_id(a.key, PAGE_SIZE + 4 * len, &id);
+    uint8_t *seg = attach_segment_id(a.key, PAGE_SIZE + 4 * len + EPAGES * PAGE_SIZE, &id);
     struct barrier b = barrier_join((struct barrier_shared *)seg, 2);
     uint8_t *region[4];
     for (int r = 0; r < 4; r++)
@@ -113,7 +384,22 @@ int main(int argc, char **argv)
         free(priv);
     }
     barrier_wait(&b);
+    /* Region E: every other call, on pages rank 0 keeps writing. */
+    uint8_t *e = seg + PAGE_SIZE + 4 * len;
+    struct noise n = { e, 0 };
+    pthread_t t;
+    if (a.rank == 0)
+        for (int p = 0; p < EPAGES; p++)
+            e[(size_t)p * PAGE_SIZE] = 1;
+    barrier_wait(&b);
+    if (a.rank == 0 && pthread_create(&t, NULL, noise_main, &n) != 0)
+        die("pthread_create");
+    if (a.rank == 1)
+        other_calls(e);
+    barrier_wait(&b);
     if (a.rank == 0) {
+        n.stop = 1;
+        pthread_join(t, NULL);
         for (int r = 1; r < 4; r++)
             for (size_t i = 0; i < len; i++)
                 if (region[r][i] != pat(r, i))

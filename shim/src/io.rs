@@ -1,28 +1,101 @@
 //! System calls that copy to or from a user buffer. The kernel does not
 //! fault on our behalf: `read(fd, buf, n)` into a distributed page that is
 //! not present here returns `EFAULT` (or a short count). These hooks bring
-//! the buffer's distributed pages in first (write access when the kernel
-//! writes into the buffer, read access when it reads from it), and retry
-//! when a page left again before the kernel copied it. A buffer outside
-//! distributed memory costs one atomic load.
+//! the buffer's distributed pages in first, by touching them (write access
+//! when the kernel writes into the buffer, read access when it reads from
+//! it), and retry when a page left again before the kernel copied it. In a
+//! process without distributed memory a hook costs one atomic load.
 
 use kdipc_runtime::fault;
+use kdipc_runtime::protocol::PAGE_SIZE;
 
-use crate::ffi::{guard, real_fn};
+use crate::ffi::{guard, real_fn, FromErr};
+use crate::user::{copy_in, copy_in_slice};
 
-/// Attempts before an `EFAULT` from a distributed buffer is passed on.
-const RETRIES: usize = 8;
+/// Attempts before an `EFAULT` from a distributed buffer is passed on. A
+/// call whose buffers span several pages that other nodes keep writing
+/// may need many: each page must be here at the same moment. (Attempts are
+/// cheap: touching present pages costs loads.)
+const RETRIES: usize = 64;
 
-/// Runs `call` with the distributed pages of `ranges` present.
-fn with_pages(ranges: &[(usize, usize)], write: bool, call: impl Fn() -> isize) -> isize {
+/// A user buffer a call hands to the kernel: address, length, and whether
+/// the kernel writes into it.
+type Buf = (usize, usize, bool);
+
+/// How a call's result says it failed.
+pub trait Failed {
+    fn failed(&self) -> bool;
+}
+
+impl Failed for libc::c_int {
+    fn failed(&self) -> bool {
+        *self == -1
+    }
+}
+
+impl Failed for libc::ssize_t {
+    fn failed(&self) -> bool {
+        *self == -1
+    }
+}
+
+impl Failed for *mut libc::c_char {
+    fn failed(&self) -> bool {
+        self.is_null()
+    }
+}
+
+/// `getcwd`'s failure value.
+impl FromErr for *mut libc::c_char {
+    fn failure() -> Self {
+        std::ptr::null_mut()
+    }
+}
+
+/// Brings the distributed pages of `[addr, addr + len)` in by touching
+/// each one as the program would (a read, or for write access a locked
+/// OR of 0, which changes nothing): a present page costs a load, a
+/// missing one is a fault our handler serves. Returns whether any page of
+/// the range is distributed.
+fn touch(addr: usize, len: usize, write: bool) -> bool {
+    let end = addr.saturating_add(len);
+    let mut any = false;
+    let mut page = addr & !(PAGE_SIZE - 1);
+    while page < end {
+        let p = page.max(addr);
+        match fault::find_view(p) {
+            Some((_, readonly)) if !(write && readonly) => {
+                any = true;
+                if write {
+                    // SAFETY: `p` lies in a read-write distributed view; a
+                    // locked OR of 0 is a write access (which an atomic
+                    // add of 0 in Rust may not be: it can become a load)
+                    // that leaves the byte as any thread or node has it.
+                    unsafe { std::arch::asm!("lock or byte ptr [{0}], 0", in(reg) p, options(nostack)) };
+                } else {
+                    // SAFETY: `p` lies in a distributed view.
+                    unsafe { (p as *const u8).read_volatile() };
+                }
+            }
+            _ => {}
+        }
+        page += PAGE_SIZE;
+    }
+    any
+}
+
+/// Runs `call` with the distributed pages of `bufs` present (for write
+/// access where the kernel writes), retrying when one left again before
+/// the kernel copied it.
+fn with_pages<R: Failed>(bufs: &[Buf], call: impl Fn() -> R) -> R {
     let mut distributed = false;
     for attempt in 0..RETRIES {
-        for &(addr, len) in ranges {
-            distributed |= fault::prefault(addr, len, write);
+        for &(addr, len, write) in bufs {
+            distributed |= touch(addr, len, write);
         }
         let r = call();
         // SAFETY: errno is thread-local.
-        let efault = r == -1 && unsafe { *libc::__errno_location() } == libc::EFAULT;
+        let efault = r.failed() && unsafe { *libc::__errno_location() } == libc::EFAULT;
         if !(efault && distributed) || attempt + 1 == RETRIES {
             return r;
         }
@@ -30,216 +103,353 @@ fn with_pages(ranges: &[(usize, usize)], write: bool, call: impl Fn() -> isize) 
     unreachable!("the loop returns")
 }
 
-/// The ranges of an iovec array (empty if it is not readable).
-///
-/// # Safety
-/// `iov` is NULL or points to `cnt` iovecs.
-unsafe fn iov_ranges(iov: *const libc::iovec, cnt: libc::c_int) -> Vec<(usize, usize)> {
-    if iov.is_null() || cnt <= 0 || cnt > 1024 {
+/// The buffers of an iovec array, and the array itself (read by the
+/// kernel). Empty if the array is not readable: the call then fails as
+/// it would natively.
+fn iov_bufs(iov: *const libc::iovec, cnt: usize, write: bool) -> Vec<Buf> {
+    if iov.is_null() || cnt == 0 || cnt > libc::UIO_MAXIOV as usize {
         return Vec::new();
     }
-    // SAFETY: the caller's contract.
-    let v = unsafe { std::slice::from_raw_parts(iov, cnt as usize) };
-    v.iter().map(|e| (e.iov_base as usize, e.iov_len)).collect()
+    let Ok(v) = copy_in_slice(iov, cnt) else { return Vec::new() };
+    let mut out: Vec<Buf> = v.iter().map(|e| (e.iov_base as usize, e.iov_len, write)).collect();
+    out.push((iov as usize, cnt * std::mem::size_of::<libc::iovec>(), false));
+    out
 }
 
-/// Hook for libc::read.
+/// The buffers of a `msghdr` (`recvmsg` writes into all but the iovec
+/// array; `sendmsg` only reads).
+fn msg_bufs(msg: *const libc::msghdr, write: bool) -> Vec<Buf> {
+    let Ok(m) = copy_in(msg) else { return Vec::new() };
+    let mut out = iov_bufs(m.msg_iov, m.msg_iovlen, write);
+    out.push((msg as usize, std::mem::size_of::<libc::msghdr>(), write));
+    out.push((m.msg_name as usize, m.msg_namelen as usize, write));
+    out.push((m.msg_control as usize, m.msg_controllen, write));
+    out
+}
+
+/// A NUL-terminated string the kernel reads (a path): its bytes when it
+/// starts in a distributed view (read here, which faults them in), else
+/// nothing to do.
+fn cstr(s: *const libc::c_char) -> Buf {
+    let a = s as usize;
+    let Some((view, _)) = fault::find_view(a) else { return (0, 0, false) };
+    let mut n = 0;
+    loop {
+        let p = a + n;
+        if p.is_multiple_of(PAGE_SIZE) && fault::find_view(p).map(|v| v.0) != Some(view) {
+            break; // the view ends unterminated: the kernel sees EFAULT
+        }
+        n += 1;
+        // SAFETY: `p` lies inside a distributed view, whose pages the fault
+        // handler serves.
+        if unsafe { (p as *const u8).read_volatile() } == 0 {
+            break;
+        }
+    }
+    (a, n, false)
+}
+
+/// Declares a hook that passes the call to libc with the distributed pages
+/// of its buffers present.
+macro_rules! hook {
+    ($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),*) -> $ret:ty; $bufs:expr) => {
+        $(#[$doc])*
+        ///
+        /// # Safety
+        /// As for libc's function of this name.
+        #[cfg_attr(not(test), no_mangle)]
+        pub unsafe extern "C" fn $name($($arg: $ty),*) -> $ret {
+            guard(|| {
+                let f = real_fn!($name: fn($($ty),*) -> $ret);
+                if !fault::installed() {
+                    // No distributed memory in this process.
+                    // SAFETY: libc's function with the program's arguments.
+                    return unsafe { f($($arg),*) };
+                }
+                let bufs: Vec<Buf> = $bufs;
+                // SAFETY: libc's function with the program's arguments.
+                with_pages(&bufs, || unsafe { f($($arg),*) })
+            })
+        }
+    };
+}
+
+/// Declares a 64-bit alias of a hook (the same function on x86-64).
+macro_rules! alias {
+    ($name:ident = $target:ident($($arg:ident: $ty:ty),*) -> $ret:ty) => {
+        /// The same function as its 32-bit-named twin on 64-bit Linux.
+        ///
+        /// # Safety
+        /// As for libc's function of this name.
+        #[cfg_attr(not(test), no_mangle)]
+        pub unsafe extern "C" fn $name($($arg: $ty),*) -> $ret {
+            // SAFETY: the same contract.
+            unsafe { $target($($arg),*) }
+        }
+    };
+}
+
+type Int = libc::c_int;
+type Ptr = *mut libc::c_void;
+type CPtr = *const libc::c_void;
+type Str = *const libc::c_char;
+type Stat = *mut libc::stat;
+const STAT: usize = std::mem::size_of::<libc::stat>();
+
+hook! {
+    /// Hook for libc::read.
+    fn read(fd: Int, buf: Ptr, n: usize) -> isize; vec![(buf as usize, n, true)]
+}
+hook! {
+    /// Hook for libc::write.
+    fn write(fd: Int, buf: CPtr, n: usize) -> isize; vec![(buf as usize, n, false)]
+}
+hook! {
+    /// Hook for libc::pread.
+    fn pread(fd: Int, buf: Ptr, n: usize, off: libc::off_t) -> isize; vec![(buf as usize, n, true)]
+}
+alias! { pread64 = pread(fd: Int, buf: Ptr, n: usize, off: libc::off_t) -> isize }
+hook! {
+    /// Hook for libc::pwrite.
+    fn pwrite(fd: Int, buf: CPtr, n: usize, off: libc::off_t) -> isize; vec![(buf as usize, n, false)]
+}
+alias! { pwrite64 = pwrite(fd: Int, buf: CPtr, n: usize, off: libc::off_t) -> isize }
+hook! {
+    /// Hook for libc::readv.
+    fn readv(fd: Int, iov: *const libc::iovec, cnt: Int) -> isize; iov_bufs(iov, cnt.max(0) as usize, true)
+}
+hook! {
+    /// Hook for libc::writev.
+    fn writev(fd: Int, iov: *const libc::iovec, cnt: Int) -> isize; iov_bufs(iov, cnt.max(0) as usize, false)
+}
+hook! {
+    /// Hook for libc::recv.
+    fn recv(fd: Int, buf: Ptr, n: usize, flags: Int) -> isize; vec![(buf as usize, n, true)]
+}
+hook! {
+    /// Hook for libc::recvfrom.
+    fn recvfrom(fd: Int, buf: Ptr, n: usize, flags: Int, addr: *mut libc::sockaddr, alen: *mut libc::socklen_t)
+        -> isize;
+    {
+        let alen_v = if alen.is_null() { 0 } else { copy_in(alen).unwrap_or(0) as usize };
+        vec![
+            (buf as usize, n, true),
+            (addr as usize, alen_v, true),
+            (alen as usize, std::mem::size_of::<libc::socklen_t>(), true),
+        ]
+    }
+}
+hook! {
+    /// Hook for libc::send.
+    fn send(fd: Int, buf: CPtr, n: usize, flags: Int) -> isize; vec![(buf as usize, n, false)]
+}
+hook! {
+    /// Hook for libc::sendto.
+    fn sendto(fd: Int, buf: CPtr, n: usize, flags: Int, addr: *const libc::sockaddr, alen: libc::socklen_t)
+        -> isize;
+    vec![(buf as usize, n, false), (addr as usize, alen as usize, false)]
+}
+hook! {
+    /// Hook for libc::recvmsg: the `msghdr`, its iovec array and buffers,
+    /// its name and its control buffer.
+    fn recvmsg(fd: Int, msg: *mut libc::msghdr, flags: Int) -> isize; msg_bufs(msg, true)
+}
+hook! {
+    /// Hook for libc::sendmsg.
+    fn sendmsg(fd: Int, msg: *const libc::msghdr, flags: Int) -> isize; msg_bufs(msg, false)
+}
+hook! {
+    /// Hook for libc::stat (and stat64).
+    fn stat(path: Str, buf: Stat) -> Int; vec![cstr(path), (buf as usize, STAT, true)]
+}
+alias! { stat64 = stat(path: Str, buf: Stat) -> Int }
+hook! {
+    /// Hook for libc::lstat (and lstat64).
+    fn lstat(path: Str, buf: Stat) -> Int; vec![cstr(path), (buf as usize, STAT, true)]
+}
+alias! { lstat64 = lstat(path: Str, buf: Stat) -> Int }
+hook! {
+    /// Hook for libc::fstat (and fstat64).
+    fn fstat(fd: Int, buf: Stat) -> Int; vec![(buf as usize, STAT, true)]
+}
+alias! { fstat64 = fstat(fd: Int, buf: Stat) -> Int }
+hook! {
+    /// Hook for libc::fstatat (and fstatat64; the system call is
+    /// `newfstatat`).
+    fn fstatat(dirfd: Int, path: Str, buf: Stat, flags: Int) -> Int; vec![cstr(path), (buf as usize, STAT, true)]
+}
+alias! { fstatat64 = fstatat(dirfd: Int, path: Str, buf: Stat, flags: Int) -> Int }
+hook! {
+    /// Hook for libc::statx.
+    fn statx(dirfd: Int, path: Str, flags: Int, mask: libc::c_uint, buf: *mut libc::statx) -> Int;
+    vec![cstr(path), (buf as usize, std::mem::size_of::<libc::statx>(), true)]
+}
+hook! {
+    /// Hook for glibc's `__xstat`, which programs built against glibc
+    /// before 2.33 call for `stat` (and `__xstat64`).
+    fn __xstat(ver: Int, path: Str, buf: Stat) -> Int; vec![cstr(path), (buf as usize, STAT, true)]
+}
+alias! { __xstat64 = __xstat(ver: Int, path: Str, buf: Stat) -> Int }
+hook! {
+    /// Hook for glibc's `__lxstat` (`lstat` before glibc 2.33).
+    fn __lxstat(ver: Int, path: Str, buf: Stat) -> Int; vec![cstr(path), (buf as usize, STAT, true)]
+}
+alias! { __lxstat64 = __lxstat(ver: Int, path: Str, buf: Stat) -> Int }
+hook! {
+    /// Hook for glibc's `__fxstat` (`fstat` before glibc 2.33).
+    fn __fxstat(ver: Int, fd: Int, buf: Stat) -> Int; vec![(buf as usize, STAT, true)]
+}
+alias! { __fxstat64 = __fxstat(ver: Int, fd: Int, buf: Stat) -> Int }
+hook! {
+    /// Hook for glibc's `__fxstatat` (`fstatat` before glibc 2.33).
+    fn __fxstatat(ver: Int, dirfd: Int, path: Str, buf: Stat, flags: Int) -> Int;
+    vec![cstr(path), (buf as usize, STAT, true)]
+}
+alias! { __fxstatat64 = __fxstatat(ver: Int, dirfd: Int, path: Str, buf: Stat, flags: Int) -> Int }
+hook! {
+    /// Hook for libc::getdents64.
+    fn getdents64(fd: Int, buf: Ptr, n: usize) -> isize; vec![(buf as usize, n, true)]
+}
+hook! {
+    /// Hook for libc::pipe.
+    fn pipe(fds: *mut Int) -> Int; vec![(fds as usize, 2 * std::mem::size_of::<Int>(), true)]
+}
+hook! {
+    /// Hook for libc::pipe2.
+    fn pipe2(fds: *mut Int, flags: Int) -> Int; vec![(fds as usize, 2 * std::mem::size_of::<Int>(), true)]
+}
+hook! {
+    /// Hook for libc::socketpair.
+    fn socketpair(domain: Int, ty: Int, proto: Int, sv: *mut Int) -> Int;
+    vec![(sv as usize, 2 * std::mem::size_of::<Int>(), true)]
+}
+hook! {
+    /// Hook for libc::readlink.
+    fn readlink(path: Str, buf: *mut libc::c_char, n: usize) -> isize; vec![cstr(path), (buf as usize, n, true)]
+}
+hook! {
+    /// Hook for libc::readlinkat.
+    fn readlinkat(dirfd: Int, path: Str, buf: *mut libc::c_char, n: usize) -> isize;
+    vec![cstr(path), (buf as usize, n, true)]
+}
+hook! {
+    /// Hook for libc::getcwd.
+    fn getcwd(buf: *mut libc::c_char, n: usize) -> *mut libc::c_char; vec![(buf as usize, n, true)]
+}
+hook! {
+    /// Hook for libc::clock_gettime: the vDSO writes in user mode (our fault
+    /// handler serves it), but clocks it does not serve, and machines
+    /// without a usable vDSO clock, enter the kernel.
+    fn clock_gettime(clock: libc::clockid_t, ts: *mut libc::timespec) -> Int;
+    vec![(ts as usize, std::mem::size_of::<libc::timespec>(), true)]
+}
+hook! {
+    /// Hook for libc::gettimeofday (as `clock_gettime`).
+    fn gettimeofday(tv: *mut libc::timeval, tz: Ptr) -> Int;
+    vec![(tv as usize, std::mem::size_of::<libc::timeval>(), true), (tz as usize, 8, true)]
+}
+hook! {
+    /// Hook for libc::uname.
+    fn uname(buf: *mut libc::utsname) -> Int; vec![(buf as usize, std::mem::size_of::<libc::utsname>(), true)]
+}
+hook! {
+    /// Hook for libc::getrusage.
+    fn getrusage(who: Int, buf: *mut libc::rusage) -> Int;
+    vec![(buf as usize, std::mem::size_of::<libc::rusage>(), true)]
+}
+// Paths: the kernel copies the string in, and fails with `EFAULT` before
+// doing anything when it cannot. `open` and `openat` are variadic in C;
+// on x86-64 a variadic `mode` arrives in the same register as a third
+// (fourth) fixed argument, so the hooks take it as one and always pass it
+// on (libc reads it only with `O_CREAT`/`O_TMPFILE`).
+hook! {
+    /// Hook for libc::open (and open64).
+    fn open(path: Str, flags: Int, mode: libc::c_uint) -> Int; vec![cstr(path)]
+}
+alias! { open64 = open(path: Str, flags: Int, mode: libc::c_uint) -> Int }
+hook! {
+    /// Hook for libc::openat (and openat64).
+    fn openat(dirfd: Int, path: Str, flags: Int, mode: libc::c_uint) -> Int; vec![cstr(path)]
+}
+alias! { openat64 = openat(dirfd: Int, path: Str, flags: Int, mode: libc::c_uint) -> Int }
+hook! {
+    /// Hook for glibc's `__open_2`, what `open` becomes with
+    /// `_FORTIFY_SOURCE` when no mode is given (and `__open64_2`).
+    fn __open_2(path: Str, flags: Int) -> Int; vec![cstr(path)]
+}
+alias! { __open64_2 = __open_2(path: Str, flags: Int) -> Int }
+hook! {
+    /// Hook for glibc's `__openat_2` (and `__openat64_2`).
+    fn __openat_2(dirfd: Int, path: Str, flags: Int) -> Int; vec![cstr(path)]
+}
+alias! { __openat64_2 = __openat_2(dirfd: Int, path: Str, flags: Int) -> Int }
+hook! {
+    /// Hook for libc::creat (and creat64).
+    fn creat(path: Str, mode: libc::mode_t) -> Int; vec![cstr(path)]
+}
+alias! { creat64 = creat(path: Str, mode: libc::mode_t) -> Int }
+hook! {
+    /// Hook for libc::access.
+    fn access(path: Str, mode: Int) -> Int; vec![cstr(path)]
+}
+hook! {
+    /// Hook for libc::unlink.
+    fn unlink(path: Str) -> Int; vec![cstr(path)]
+}
+
+/// `fread`/`fwrite`: stdio passes a transfer larger than its buffer
+/// straight to `read`/`write` inside libc, where no hook sees it. The pages
+/// are brought in first; after an `EFAULT` (a page left again) the rest is
+/// retried, byte-wise, so that no byte is read or written twice.
+fn stdio(
+    buf: usize,
+    size: usize,
+    n: usize,
+    f: *mut libc::FILE,
+    write: bool,
+    call: impl Fn(usize, usize) -> usize,
+) -> usize {
+    let total = size.saturating_mul(n);
+    if !fault::installed() || total == 0 {
+        return call(buf, total) / size.max(1);
+    }
+    let mut done = 0;
+    for attempt in 0..RETRIES {
+        let distributed = touch(buf + done, total - done, write);
+        done += call(buf + done, total - done);
+        // SAFETY: errno is thread-local; `f` is the program's open stream.
+        let efault = unsafe { *libc::__errno_location() == libc::EFAULT && libc::ferror(f) != 0 };
+        if done == total || !(efault && distributed) || attempt + 1 == RETRIES {
+            break;
+        }
+        // SAFETY: as above; the error was ours.
+        unsafe { libc::clearerr(f) };
+    }
+    done / size
+}
+
+/// Hook for libc::fread.
 ///
 /// # Safety
-/// As for libc's `read`.
+/// As for libc's `fread`.
 #[cfg_attr(not(test), no_mangle)]
-pub unsafe extern "C" fn read(fd: libc::c_int, buf: *mut libc::c_void, n: libc::size_t) -> libc::ssize_t {
+pub unsafe extern "C" fn fread(buf: Ptr, size: usize, n: usize, f: *mut libc::FILE) -> usize {
     guard(|| {
-        let f = real_fn!(read: fn(libc::c_int, *mut libc::c_void, libc::size_t) -> libc::ssize_t);
-        // SAFETY: libc's read with the program's arguments.
-        with_pages(&[(buf as usize, n)], true, || unsafe { f(fd, buf, n) })
+        let r = real_fn!(fread: fn(Ptr, usize, usize, *mut libc::FILE) -> usize);
+        // SAFETY: libc's fread with the program's stream and part of its buffer.
+        stdio(buf as usize, size, n, f, true, |b, len| unsafe { r(b as Ptr, 1, len, f) })
     })
 }
 
-/// Hook for libc::write.
+/// Hook for libc::fwrite.
 ///
 /// # Safety
-/// As for libc's `write`.
+/// As for libc's `fwrite`.
 #[cfg_attr(not(test), no_mangle)]
-pub unsafe extern "C" fn write(fd: libc::c_int, buf: *const libc::c_void, n: libc::size_t) -> libc::ssize_t {
+pub unsafe extern "C" fn fwrite(buf: CPtr, size: usize, n: usize, f: *mut libc::FILE) -> usize {
     guard(|| {
-        let f = real_fn!(write: fn(libc::c_int, *const libc::c_void, libc::size_t) -> libc::ssize_t);
-        // SAFETY: libc's write with the program's arguments.
-        with_pages(&[(buf as usize, n)], false, || unsafe { f(fd, buf, n) })
-    })
-}
-
-/// Hook for libc::pread (and pread64, the same function on 64-bit).
-///
-/// # Safety
-/// As for libc's `pread`.
-#[cfg_attr(not(test), no_mangle)]
-pub unsafe extern "C" fn pread(
-    fd: libc::c_int,
-    buf: *mut libc::c_void,
-    n: libc::size_t,
-    off: libc::off_t,
-) -> libc::ssize_t {
-    guard(|| {
-        let f =
-            real_fn!(pread: fn(libc::c_int, *mut libc::c_void, libc::size_t, libc::off_t) -> libc::ssize_t);
-        // SAFETY: libc's pread with the program's arguments.
-        with_pages(&[(buf as usize, n)], true, || unsafe { f(fd, buf, n, off) })
-    })
-}
-
-/// Hook for libc::pread64.
-///
-/// # Safety
-/// As for libc's `pread64`.
-#[cfg_attr(not(test), no_mangle)]
-pub unsafe extern "C" fn pread64(
-    fd: libc::c_int,
-    buf: *mut libc::c_void,
-    n: libc::size_t,
-    off: libc::off_t,
-) -> libc::ssize_t {
-    // SAFETY: the same contract.
-    unsafe { pread(fd, buf, n, off) }
-}
-
-/// Hook for libc::pwrite.
-///
-/// # Safety
-/// As for libc's `pwrite`.
-#[cfg_attr(not(test), no_mangle)]
-pub unsafe extern "C" fn pwrite(
-    fd: libc::c_int,
-    buf: *const libc::c_void,
-    n: libc::size_t,
-    off: libc::off_t,
-) -> libc::ssize_t {
-    guard(|| {
-        let f = real_fn!(pwrite: fn(libc::c_int, *const libc::c_void, libc::size_t, libc::off_t) -> libc::ssize_t);
-        // SAFETY: libc's pwrite with the program's arguments.
-        with_pages(&[(buf as usize, n)], false, || unsafe { f(fd, buf, n, off) })
-    })
-}
-
-/// Hook for libc::pwrite64.
-///
-/// # Safety
-/// As for libc's `pwrite64`.
-#[cfg_attr(not(test), no_mangle)]
-pub unsafe extern "C" fn pwrite64(
-    fd: libc::c_int,
-    buf: *const libc::c_void,
-    n: libc::size_t,
-    off: libc::off_t,
-) -> libc::ssize_t {
-    // SAFETY: the same contract.
-    unsafe { pwrite(fd, buf, n, off) }
-}
-
-/// Hook for libc::readv.
-///
-/// # Safety
-/// As for libc's `readv`.
-#[cfg_attr(not(test), no_mangle)]
-pub unsafe extern "C" fn readv(fd: libc::c_int, iov: *const libc::iovec, cnt: libc::c_int) -> libc::ssize_t {
-    guard(|| {
-        let f = real_fn!(readv: fn(libc::c_int, *const libc::iovec, libc::c_int) -> libc::ssize_t);
-        // SAFETY: the program's iovec array.
-        let ranges = unsafe { iov_ranges(iov, cnt) };
-        // SAFETY: libc's readv with the program's arguments.
-        with_pages(&ranges, true, || unsafe { f(fd, iov, cnt) })
-    })
-}
-
-/// Hook for libc::writev.
-///
-/// # Safety
-/// As for libc's `writev`.
-#[cfg_attr(not(test), no_mangle)]
-pub unsafe extern "C" fn writev(fd: libc::c_int, iov: *const libc::iovec, cnt: libc::c_int) -> libc::ssize_t {
-    guard(|| {
-        let f = real_fn!(writev: fn(libc::c_int, *const libc::iovec, libc::c_int) -> libc::ssize_t);
-        // SAFETY: the program's iovec array.
-        let ranges = unsafe { iov_ranges(iov, cnt) };
-        // SAFETY: libc's writev with the program's arguments.
-        with_pages(&ranges, false, || unsafe { f(fd, iov, cnt) })
-    })
-}
-
-/// Hook for libc::recv.
-///
-/// # Safety
-/// As for libc's `recv`.
-#[cfg_attr(not(test), no_mangle)]
-pub unsafe extern "C" fn recv(
-    fd: libc::c_int,
-    buf: *mut libc::c_void,
-    n: libc::size_t,
-    flags: libc::c_int,
-) -> libc::ssize_t {
-    guard(|| {
-        let f =
-            real_fn!(recv: fn(libc::c_int, *mut libc::c_void, libc::size_t, libc::c_int) -> libc::ssize_t);
-        // SAFETY: libc's recv with the program's arguments.
-        with_pages(&[(buf as usize, n)], true, || unsafe { f(fd, buf, n, flags) })
-    })
-}
-
-/// Hook for libc::recvfrom.
-///
-/// # Safety
-/// As for libc's `recvfrom`.
-#[cfg_attr(not(test), no_mangle)]
-pub unsafe extern "C" fn recvfrom(
-    fd: libc::c_int,
-    buf: *mut libc::c_void,
-    n: libc::size_t,
-    flags: libc::c_int,
-    addr: *mut libc::sockaddr,
-    addrlen: *mut libc::socklen_t,
-) -> libc::ssize_t {
-    guard(|| {
-        let f = real_fn!(recvfrom: fn(libc::c_int, *mut libc::c_void, libc::size_t, libc::c_int, *mut libc::sockaddr, *mut libc::socklen_t) -> libc::ssize_t);
-        // SAFETY: libc's recvfrom with the program's arguments.
-        with_pages(&[(buf as usize, n)], true, || unsafe { f(fd, buf, n, flags, addr, addrlen) })
-    })
-}
-
-/// Hook for libc::send.
-///
-/// # Safety
-/// As for libc's `send`.
-#[cfg_attr(not(test), no_mangle)]
-pub unsafe extern "C" fn send(
-    fd: libc::c_int,
-    buf: *const libc::c_void,
-    n: libc::size_t,
-    flags: libc::c_int,
-) -> libc::ssize_t {
-    guard(|| {
-        let f =
-            real_fn!(send: fn(libc::c_int, *const libc::c_void, libc::size_t, libc::c_int) -> libc::ssize_t);
-        // SAFETY: libc's send with the program's arguments.
-        with_pages(&[(buf as usize, n)], false, || unsafe { f(fd, buf, n, flags) })
-    })
-}
-
-/// Hook for libc::sendto.
-///
-/// # Safety
-/// As for libc's `sendto`.
-#[cfg_attr(not(test), no_mangle)]
-pub unsafe extern "C" fn sendto(
-    fd: libc::c_int,
-    buf: *const libc::c_void,
-    n: libc::size_t,
-    flags: libc::c_int,
-    addr: *const libc::sockaddr,
-    addrlen: libc::socklen_t,
-) -> libc::ssize_t {
-    guard(|| {
-        let f = real_fn!(sendto: fn(libc::c_int, *const libc::c_void, libc::size_t, libc::c_int, *const libc::sockaddr, libc::socklen_t) -> libc::ssize_t);
-        // SAFETY: libc's sendto with the program's arguments.
-        with_pages(&[(buf as usize, n)], false, || unsafe { f(fd, buf, n, flags, addr, addrlen) })
+        let w = real_fn!(fwrite: fn(CPtr, usize, usize, *mut libc::FILE) -> usize);
+        // SAFETY: libc's fwrite with the program's stream and part of its buffer.
+        stdio(buf as usize, size, n, f, false, |b, len| unsafe { w(b as CPtr, 1, len, f) })
     })
 }
