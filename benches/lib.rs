@@ -57,6 +57,7 @@ pub fn transport_rtt(n: usize, certs: &std::path::Path) -> (f64, f64) {
             while let Some(Inbound::Msg { from: Some(from), msg: Msg::Coherence(c), .. }) = rx.recv().await {
                 let (seg, page_idx) = c.target();
                 let msg = CoherenceMsg::Data {
+                    write: false,
                     seg,
                     page: page_idx,
                     acks: Vec::new(),

@@ -679,7 +679,10 @@ impl State {
                     fault::membarrier();
                     let payload = s.read_page(page);
                     stats::page_out(if let Payload::Bytes(b) = &payload { b.len() } else { 0 });
-                    let data = CoherenceMsg::Data { seg, page, acks, version, payload };
+                    // An owner keeps a read copy when it serves a read, none
+                    // when it hands the page to a writer.
+                    let write = keep == Access::Invalid;
+                    let data = CoherenceMsg::Data { seg, page, write, acks, version, payload };
                     self.transport.send(to, Msg::Coherence(data));
                 }
                 Action::ReleasePage { seg, page, copyset, version } => {
@@ -1360,6 +1363,15 @@ async fn detach(state: &Shared, addr: usize) -> Result<(), Errno> {
         (id, seg.views.is_empty())
     };
     if last {
+        // Requests still on their way (read-ahead, another thread's fault
+        // that raced the detach) complete first: a page granted here after
+        // the release would be stranded.
+        for _ in 0..10_000 {
+            if !state.borrow().protocol.any_pending(id) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
         // Hand the pages back before the nameserver counts the detach, so
         // that a segment destroyed by it has nothing in flight.
         let done = {

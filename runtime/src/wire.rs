@@ -102,6 +102,7 @@ mod tests {
     #[test]
     fn round_trip_and_rejects() {
         let msg = Msg::Coherence(CoherenceMsg::Data {
+            write: false,
             seg: 7,
             page: 3,
             acks: vec![1],

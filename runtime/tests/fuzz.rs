@@ -77,7 +77,14 @@ fn coherence(f: &Fields) -> Vec<CoherenceMsg> {
         CoherenceMsg::Request { seg, page, write: f.flag, requester: f.n },
         CoherenceMsg::Fetch { seg, page, to: f.n, write: f.flag },
         CoherenceMsg::Grant { seg, page, acks: vec![f.n], version: f.x },
-        CoherenceMsg::Data { seg, page, acks: vec![f.n], version: f.x, payload: payload(f) },
+        CoherenceMsg::Data {
+            seg,
+            page,
+            write: f.n % 2 == 0,
+            acks: vec![f.n],
+            version: f.x,
+            payload: payload(f),
+        },
         CoherenceMsg::Invalidate { seg, page, ack_to: f.n, version: f.x },
         CoherenceMsg::InvAck { seg, page },
         CoherenceMsg::Release { seg, page, owned: f.flag.then(|| (payload(f), f.nodes.clone(), f.x)) },
@@ -595,7 +602,7 @@ fn versions_at_their_limit_are_refused() {
     m.handle(2, write2, &mut out).unwrap();
 
     for msg in [
-        CoherenceMsg::Data { seg: SEG, page: 0, acks: vec![], version: u64::MAX, payload: page },
+        CoherenceMsg::Data { seg: SEG, page: 0, write: true, acks: vec![], version: u64::MAX, payload: page },
         CoherenceMsg::Grant { seg: SEG, page: 0, acks: vec![], version: u64::MAX },
     ] {
         let mut n = NodeProtocol::new(1, 0);
@@ -603,7 +610,14 @@ fn versions_at_their_limit_are_refused() {
         let mut out = Vec::new();
         // A read copy first, so that a Grant is possible.
         assert!(!n.fault(SEG, 0, false, 0, &mut out).unwrap());
-        let data = CoherenceMsg::Data { seg: SEG, page: 0, acks: vec![], version: 1, payload: Payload::Zero };
+        let data = CoherenceMsg::Data {
+            seg: SEG,
+            page: 0,
+            write: false,
+            acks: vec![],
+            version: 1,
+            payload: Payload::Zero,
+        };
         if matches!(msg, CoherenceMsg::Grant { .. }) {
             n.handle(MANAGER, data, 1, &mut out).unwrap();
             assert!(!n.fault(SEG, 0, true, 2, &mut out).unwrap());

@@ -135,7 +135,7 @@ fn peek(payload: &Payload) -> u64 {
 /// A message, short (payloads as their value), for traces and failures.
 fn show(msg: &CoherenceMsg) -> String {
     match msg {
-        CoherenceMsg::Data { seg, page, acks, version, payload } => {
+        CoherenceMsg::Data { seg, page, acks, version, payload, .. } => {
             format!(
                 "Data {{ seg: {seg}, page: {page}, acks: {acks:?}, v{version}, value: {} }}",
                 decode(payload)
@@ -535,7 +535,14 @@ impl Sim {
                     self.send(
                         me,
                         to,
-                        CoherenceMsg::Data { seg, page, acks, version, payload: encode(value) },
+                        CoherenceMsg::Data {
+                            seg,
+                            page,
+                            write: keep == Access::Invalid,
+                            acks,
+                            version,
+                            payload: encode(value),
+                        },
                     );
                 }
                 Action::ReleasePage { seg, page, copyset, version } => {
@@ -972,8 +979,8 @@ mod scenarios {
         CoherenceMsg::Request { seg: SEG, page, write, requester }
     }
 
-    fn data(page: u32, acks: Vec<NodeId>, version: u64) -> CoherenceMsg {
-        CoherenceMsg::Data { seg: SEG, page, acks, version, payload: Z }
+    fn data(page: u32, write: bool, acks: Vec<NodeId>, version: u64) -> CoherenceMsg {
+        CoherenceMsg::Data { seg: SEG, page, write, acks, version, payload: Z }
     }
 
     fn inval(page: u32, ack_to: NodeId, version: u64) -> CoherenceMsg {
@@ -1028,9 +1035,9 @@ mod scenarios {
     fn read_from_home(m: &mut Manager, n: &mut NodeProtocol, now: u64) {
         let id = n.id();
         assert_eq!(fault(n, 0, false, now), (false, vec![send(MANAGER, request(0, false, id))]));
-        assert_eq!(at_manager(m, id, request(0, false, id)), vec![send(id, data(0, vec![], 0))]);
+        assert_eq!(at_manager(m, id, request(0, false, id)), vec![send(id, data(0, false, vec![], 0))]);
         assert_eq!(
-            at_node(n, MANAGER, data(0, vec![], 0), now),
+            at_node(n, MANAGER, data(0, false, vec![], 0), now),
             vec![Action::Install { seg: SEG, page: 0, payload: Z }, access(0, Access::Read)]
         );
     }
@@ -1039,8 +1046,8 @@ mod scenarios {
     fn write_from_home(m: &mut Manager, n: &mut NodeProtocol, page: u32, now: u64) {
         let id = n.id();
         assert_eq!(fault(n, page, true, now), (false, vec![send(MANAGER, request(page, true, id))]));
-        assert_eq!(at_manager(m, id, request(page, true, id)), vec![send(id, data(page, vec![], 1))]);
-        let out = at_node(n, MANAGER, data(page, vec![], 1), now);
+        assert_eq!(at_manager(m, id, request(page, true, id)), vec![send(id, data(page, true, vec![], 1))]);
+        let out = at_node(n, MANAGER, data(page, true, vec![], 1), now);
         assert!(out.contains(&access(page, Access::Write)));
         assert!(n.is_owner(SEG, page));
         assert_eq!(m.holders(SEG, page).unwrap().owner, Some(id));
@@ -1053,7 +1060,7 @@ mod scenarios {
         read_from_home(&mut m, &mut n1, 0);
         assert_eq!(n1.access(SEG, 0), Access::Read);
         // A write of a never-written page gets the zero page too.
-        assert_eq!(at_manager(&mut m, 2, request(1, true, 2)), vec![send(2, data(1, vec![], 1))]);
+        assert_eq!(at_manager(&mut m, 2, request(1, true, 2)), vec![send(2, data(1, true, vec![], 1))]);
     }
 
     #[test]
@@ -1066,11 +1073,11 @@ mod scenarios {
         fault(&mut n3, 0, true, 0);
         assert_eq!(
             at_manager(&mut m, 3, request(0, true, 3)),
-            vec![send(1, inval(0, 3, 1)), send(2, inval(0, 3, 1)), send(3, data(0, vec![1, 2], 1))]
+            vec![send(1, inval(0, 3, 1)), send(2, inval(0, 3, 1)), send(3, data(0, true, vec![1, 2], 1))]
         );
         // The data alone does not open the page: two acknowledgements are due.
         assert_eq!(
-            at_node(&mut n3, MANAGER, data(0, vec![1, 2], 1), 100),
+            at_node(&mut n3, MANAGER, data(0, true, vec![1, 2], 1), 100),
             vec![Action::Install { seg: SEG, page: 0, payload: Z }]
         );
         for reader in [&mut n1, &mut n2] {
@@ -1115,7 +1122,7 @@ mod scenarios {
             vec![Action::SendPage { seg: SEG, page: 0, to: 2, acks: vec![], version: 1, keep: Access::Read }]
         );
         assert_eq!(n1.copyset(SEG, 0), vec![2]);
-        at_node(&mut n2, 1, data(0, vec![], 1), 3);
+        at_node(&mut n2, 1, data(0, false, vec![], 1), 3);
         assert_eq!(n2.access(SEG, 0), Access::Read);
         // The owner writes again: it invalidates node 2 itself, no manager.
         assert_eq!(fault(&mut n1, 0, true, 4), (false, vec![send(2, inval(0, 1, 2))]));
@@ -1155,7 +1162,7 @@ mod scenarios {
         );
         assert!(!n1.is_owner(SEG, 0));
         assert_eq!(
-            at_node(&mut n2, 1, data(0, vec![], 2), 4),
+            at_node(&mut n2, 1, data(0, true, vec![], 2), 4),
             vec![
                 Action::Install { seg: SEG, page: 0, payload: Z },
                 access(0, Access::Write),
@@ -1171,10 +1178,10 @@ mod scenarios {
         // The write at version 2 invalidates node 3 before the copy of
         // version 1 that node 1 served arrives.
         at_node(&mut n3, 2, inval(0, 2, 2), 1);
-        assert_eq!(at_node(&mut n3, 1, data(0, vec![], 1), 2), vec![send(2, request(0, false, 3))]);
+        assert_eq!(at_node(&mut n3, 1, data(0, false, vec![], 1), 2), vec![send(2, request(0, false, 3))]);
         assert!(n3.is_pending(SEG, 0));
         assert_eq!(n3.access(SEG, 0), Access::Invalid);
-        let out = at_node(&mut n3, 2, data(0, vec![], 2), 3);
+        let out = at_node(&mut n3, 2, data(0, false, vec![], 2), 3);
         assert!(out.contains(&access(0, Access::Read)));
     }
 
@@ -1207,6 +1214,7 @@ mod scenarios {
                 CoherenceMsg::Data {
                     seg: SEG,
                     page: 0,
+                    write: true,
                     acks: vec![],
                     version: 2,
                     payload: Payload::Bytes(vec![9; PAGE_SIZE])
@@ -1293,6 +1301,7 @@ mod scenarios {
             let bad = CoherenceMsg::Data {
                 seg: SEG,
                 page: 0,
+                write: false,
                 acks: vec![],
                 version: 0,
                 payload: Payload::Bytes(vec![1; len]),
@@ -1301,7 +1310,7 @@ mod scenarios {
         }
         assert!(n1.is_pending(SEG, 0));
         // Data never asked for (a duplicate answer) changes nothing.
-        assert_eq!(n1.handle(MANAGER, data(1, vec![], 0), 0, &mut out), Ok(()));
+        assert_eq!(n1.handle(MANAGER, data(1, false, vec![], 0), 0, &mut out), Ok(()));
         assert!(out.is_empty() && n1.access(SEG, 1) == Access::Invalid);
 
         // Manager side.
@@ -1323,7 +1332,7 @@ mod scenarios {
             "a message from the manager itself"
         );
         assert!(m.handle(1, request(0, false, MANAGER), &mut out).is_err(), "a request for the manager");
-        assert!(m.handle(1, data(0, vec![], 0), &mut out).is_err(), "a node message at the manager");
+        assert!(m.handle(1, data(0, false, vec![], 0), &mut out).is_err(), "a node message at the manager");
         let bounce = CoherenceMsg::Bounce { seg: SEG, page: 0, inner: Box::new(fetch(0, 2, true)) };
         assert!(m.handle(1, bounce, &mut out).is_err(), "a bounce without a release");
         assert!(out.is_empty(), "a rejected message had effects: {out:?}");
@@ -1343,7 +1352,7 @@ mod scenarios {
         assert!(out.is_empty(), "a refused release had effects: {out:?}");
         assert_eq!(n1.access(SEG, 0), Access::Read);
         // Once the request completes, the release goes through.
-        at_node(&mut n1, MANAGER, data(1, vec![], 1), 1);
+        at_node(&mut n1, MANAGER, data(1, true, vec![], 1), 1);
         assert_eq!(n1.release(SEG, &mut out), Ok(2));
         assert!(out.contains(&send(MANAGER, CoherenceMsg::Release { seg: SEG, page: 0, owned: None })));
         assert!(out.contains(&Action::ReleasePage { seg: SEG, page: 1, copyset: vec![], version: 1 }));

@@ -22,9 +22,6 @@ struct HomePage {
     /// node: (releasing node, bytes, copyset, version). The releasing node
     /// bounces the designation back, and it is served from here.
     stash: Vec<(NodeId, Payload, Vec<NodeId>, u64)>,
-    /// The owner the last write designation was sent to (`Fetch`): the
-    /// new owner's bytes come from it.
-    prev: Option<NodeId>,
 }
 
 /// The directory of every distributed page.
@@ -64,7 +61,6 @@ impl Manager {
                 readers: Vec::new(),
                 version: 0,
                 stash: Vec::new(),
-                prev: None,
             })
             .collect();
         self.segs.insert(seg, pages);
@@ -229,20 +225,10 @@ fn request(
     }
     if let Some(owner) = p.owner {
         if owner == from {
-            // A write asked again after a death: its bytes were to come
-            // from the previous owner. Lost if that one died; otherwise
-            // they are on their way.
-            if write && p.prev.is_some_and(|n| dead.contains(&n)) {
-                tracing::error!(seg, page, node = from, "page lost: it was on its way from a node that died");
-                p.owner = None;
-                p.home = None;
-                send(out, from, CoherenceMsg::Lost { seg, page });
-            }
-            return Ok(());
+            return Err(ProtocolError::Unexpected("request from the owner"));
         }
         send(out, owner, CoherenceMsg::Fetch { seg, page, to: from, write });
         if write {
-            p.prev = Some(owner);
             p.owner = Some(from);
         }
         return Ok(());
@@ -256,7 +242,14 @@ fn request(
         send(
             out,
             from,
-            CoherenceMsg::Data { seg, page, acks: Vec::new(), version: p.version, payload: home.clone() },
+            CoherenceMsg::Data {
+                seg,
+                page,
+                write: false,
+                acks: Vec::new(),
+                version: p.version,
+                payload: home.clone(),
+            },
         );
         if !p.readers.contains(&from) {
             p.readers.push(from);
@@ -266,7 +259,6 @@ fn request(
     let home = p.home.take().unwrap_or(Payload::Zero);
     let readers = std::mem::take(&mut p.readers);
     grant_write(seg, page, from, readers, home, p.version + 1, out);
-    p.prev = None;
     p.owner = Some(from);
     Ok(())
 }
@@ -291,6 +283,6 @@ fn grant_write(
     if had_copy {
         send(out, to, CoherenceMsg::Grant { seg, page, acks, version });
     } else {
-        send(out, to, CoherenceMsg::Data { seg, page, acks, version, payload });
+        send(out, to, CoherenceMsg::Data { seg, page, write: true, acks, version, payload });
     }
 }

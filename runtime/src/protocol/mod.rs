@@ -124,9 +124,11 @@ pub enum CoherenceMsg {
     /// owner or manager → new writer: your copy is current; open it once
     /// every node in `acks` acknowledged its invalidation (or died).
     Grant { seg: SegId, page: PageIdx, acks: Vec<NodeId>, version: u64 },
-    /// owner or manager → requester: the page's bytes, at `version`; for a
-    /// write, `acks` as in `Grant`.
-    Data { seg: SegId, page: PageIdx, acks: Vec<NodeId>, version: u64, payload: Payload },
+    /// owner or manager → requester: the page's bytes, at `version`, for a
+    /// read or (`write`) a write request, then with `acks` as in `Grant`.
+    /// A node that asked twice (a death) tells a late answer to its read
+    /// from the answer to the write it asks for next.
+    Data { seg: SegId, page: PageIdx, write: bool, acks: Vec<NodeId>, version: u64, payload: Payload },
     /// → reader: drop your copy (the page is at `version` now);
     /// acknowledge to `ack_to`.
     Invalidate { seg: SegId, page: PageIdx, ack_to: NodeId, version: u64 },

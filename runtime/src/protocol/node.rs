@@ -171,6 +171,11 @@ impl NodeProtocol {
         self.page(seg, page).map_or_else(Vec::new, |p| p.copyset.clone())
     }
 
+    /// Whether a request for any page of the segment is outstanding.
+    pub fn any_pending(&self, seg: SegId) -> bool {
+        self.segs.get(&seg).is_some_and(|s| s.pages.iter().any(|p| p.pending.is_some()))
+    }
+
     /// Whether a request for the page is outstanding.
     pub fn is_pending(&self, seg: SegId, page: PageIdx) -> bool {
         self.page(seg, page).is_some_and(|p| p.pending.is_some())
@@ -302,10 +307,10 @@ impl NodeProtocol {
                 pend.from = from;
                 complete(p, &mut cx, waiting)
             }
-            CoherenceMsg::Data { acks, version, payload, .. } => {
+            CoherenceMsg::Data { write, acks, version, payload, .. } => {
                 super::check_payload(&payload)?;
                 super::check_version(version)?;
-                let Some(pend) = p.pending.as_mut().filter(|p| !p.have_data) else {
+                let Some(pend) = p.pending.as_mut().filter(|p| !p.have_data && p.write == write) else {
                     // A duplicate answer to a read request that was sent
                     // again after its first addressee went away: nothing
                     // to do (a copy of an older version is never installed
@@ -367,9 +372,9 @@ impl NodeProtocol {
     /// connection tells this one). It acknowledges nothing any more: writes
     /// waiting for its acknowledgement proceed; it is nobody's probable
     /// owner; every read this node waits for is asked of the manager again
-    /// (it may have been forwarded to the dead node), and every write still
-    /// waiting for its bytes too (the manager answers `Lost` when they were
-    /// to come from the dead node). Duplicate answers are ignored.
+    /// (it may have been forwarded to the dead node; the manager answers
+    /// `Lost` for a page the dead node owned). A late answer to the first
+    /// request is ignored (`Data` says whether it answers a read).
     pub fn peer_gone(&mut self, node: NodeId, now: u64, out: &mut Vec<Action>) -> Result<(), ProtocolError> {
         if node == MANAGER || !self.dead.insert(node) {
             return Ok(());
@@ -390,12 +395,6 @@ impl NodeProtocol {
                 });
                 let Some(pend) = p.pending.as_mut() else { continue };
                 if pend.write {
-                    if !pend.have_data && pend.from != me {
-                        out.push(Action::Send {
-                            to: MANAGER,
-                            msg: CoherenceMsg::Request { seg, page, write: true, requester: me },
-                        });
-                    }
                     writes.push((seg, page));
                 } else if !pend.have_data {
                     pend.asked = MANAGER;
