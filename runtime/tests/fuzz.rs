@@ -80,7 +80,7 @@ fn coherence(f: &Fields) -> Vec<CoherenceMsg> {
         CoherenceMsg::Data {
             seg,
             page,
-            write: f.n % 2 == 0,
+            write: f.n.is_multiple_of(2),
             acks: vec![f.n],
             version: f.x,
             payload: payload(f),
