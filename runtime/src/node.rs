@@ -513,9 +513,9 @@ struct Segment {
 }
 
 /// Detects runs of faults on neighbouring pages, like the kernel's file
-/// read-ahead: after three faults in a run, each new fault also requests
-/// the next pages (the same access mode), a window that doubles with the
-/// run up to `KDIPC_READAHEAD` pages. Faults then keep several requests in
+/// read-ahead: after three read faults in a run, each new one also requests
+/// the next pages for reading, a window that doubles with the run up to
+/// `KDIPC_READAHEAD` pages. Faults then keep several requests in
 /// flight instead of one round trip per page. A fault elsewhere ends the
 /// run.
 #[derive(Default)]
@@ -789,7 +789,13 @@ impl State {
     fn read_ahead(&mut self, seg: SegId, page: PageIdx, write: bool, now: u64, out: &mut Vec<Action>) {
         let Some(s) = self.segs.get_mut(&seg) else { return };
         let n = s.ra.next(page, write, self.readahead);
-        let need = if write { Access::Write } else { Access::Read };
+        if write {
+            // Reads only: taking pages ahead for writing made this node the
+            // designated owner of pages its neighbours were writing, and
+            // exits racing those designations stranded pages.
+            return;
+        }
+        let need = Access::Read;
         let end = page.saturating_add(n).min(s.npages - 1);
         for p in page + 1..=end {
             if self.protocol.access(seg, p) < need && !self.protocol.is_pending(seg, p) {
