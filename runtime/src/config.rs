@@ -8,7 +8,7 @@
 //! | `KDIPC_KEYS` | none | keys distributed in unmodified programs: `all` or `0x1000-0x1fff,42` |
 //! | `KDIPC_HOLD_US` | `100` | minimum time a granted page stays before it is given away |
 //! | `KDIPC_SPIN_US` | `0` | how long a faulting thread spins before it sleeps |
-//! | `KDIPC_READAHEAD` | `32` | most pages requested ahead of a run of faults on neighbouring pages (0: none) |
+//! | `KDIPC_READAHEAD` | `64` | most pages requested ahead of a run of faults on neighbouring pages (0: none) |
 //! | `KDIPC_SEM_LEND` | `3` | (nameserver) consecutive operations of one node after which a semaphore set is lent to it (0: never) |
 //! | `KDIPC_STATS` | unset | `1`: print this node's figures (`kdipc stats` fields) on stderr at exit |
 //! | `KDIPC_LOG` | `warn` | log filter (`RUST_LOG` syntax), to stderr |
@@ -128,7 +128,7 @@ impl Config {
         };
         let readahead = match var("KDIPC_READAHEAD") {
             Some(h) => h.parse().map_err(|_| format!("KDIPC_READAHEAD: not a number: {h:?}"))?,
-            None => 32,
+            None => 64,
         };
         let stats = var("KDIPC_STATS").is_some_and(|v| v != "0");
         Ok(Config { nameserver, auto, cert_dir, bind, keys, hold_us, spin_us, readahead, stats })
