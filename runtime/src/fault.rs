@@ -473,11 +473,12 @@ fn wait_for_page(addr: usize, write: bool) -> bool {
     result == DONE
 }
 
-/// `CLOCK_MONOTONIC` in ns (async-signal-safe: `clock_gettime`).
+/// `CLOCK_MONOTONIC` in ns. A raw system call: async-signal-safe, and not
+/// the shim's own `clock_gettime` hook (which this library exports).
 fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: clock_gettime writes the timespec we pass.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    unsafe { libc::syscall(libc::SYS_clock_gettime, libc::CLOCK_MONOTONIC, &mut ts as *mut libc::timespec) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 

@@ -87,11 +87,6 @@ pub struct NodeProtocol {
     waiting: BTreeSet<(SegId, PageIdx)>,
     /// Nodes known to be dead: they acknowledge nothing any more.
     dead: BTreeSet<NodeId>,
-    /// Per segment, the node that last sent this node a page: the guess for
-    /// pages without a hint of their own (a node that wrote one page of a
-    /// region usually wrote its neighbours; a wrong guess costs one hop, the
-    /// guessed node forwards the request to the manager).
-    recent: HashMap<SegId, NodeId>,
 }
 
 /// A page, its handlers' context, and the set of pages with work waiting.
@@ -124,14 +119,7 @@ impl Ctx<'_> {
 impl NodeProtocol {
     /// `hold`: minimum time a granted page stays before it is given away.
     pub fn new(me: NodeId, hold: u64) -> Self {
-        NodeProtocol {
-            me,
-            hold,
-            segs: HashMap::new(),
-            waiting: BTreeSet::new(),
-            dead: BTreeSet::new(),
-            recent: HashMap::new(),
-        }
+        NodeProtocol { me, hold, segs: HashMap::new(), waiting: BTreeSet::new(), dead: BTreeSet::new() }
     }
 
     pub fn id(&self) -> NodeId {
@@ -148,7 +136,6 @@ impl NodeProtocol {
     /// Stops tracking a segment whose pages were all released.
     pub fn forget(&mut self, seg: SegId) {
         self.segs.remove(&seg);
-        self.recent.remove(&seg);
         self.waiting.retain(|&(s, _)| s != seg);
     }
 
@@ -210,7 +197,6 @@ impl NodeProtocol {
         now: u64,
         out: &mut Vec<Action>,
     ) -> Result<bool, ProtocolError> {
-        let guess = self.recent.get(&seg).copied().unwrap_or(MANAGER);
         let (p, mut cx, _) = self.parts(seg, page, now, out)?;
         let need = if write { Access::Write } else { Access::Read };
         if p.access >= need {
@@ -247,7 +233,7 @@ impl NodeProtocol {
             });
             return Ok(false);
         }
-        let to = if write { MANAGER } else { p.hint.unwrap_or(guess) };
+        let to = if write { MANAGER } else { p.hint.unwrap_or(MANAGER) };
         p.pending = Some(Pending { write, asked: to, ..Pending::default() });
         cx.send(to, CoherenceMsg::Request { seg, page, write, requester: me });
         Ok(false)
@@ -268,11 +254,6 @@ impl NodeProtocol {
                 // knows the owner.
                 out.push(Action::Send { to: MANAGER, msg });
                 return Ok(());
-            }
-        }
-        if let CoherenceMsg::Data { .. } = msg {
-            if from != MANAGER && self.segs.contains_key(&seg) {
-                self.recent.insert(seg, from);
             }
         }
         let (p, mut cx, waiting) = self.parts(seg, page, now, out)?;
@@ -380,7 +361,6 @@ impl NodeProtocol {
             return Ok(());
         }
         let me = self.me;
-        self.recent.retain(|_, n| *n != node);
         let mut writes = Vec::new();
         for (&seg, set) in self.segs.iter_mut() {
             for (i, p) in set.pages.iter_mut().enumerate() {
