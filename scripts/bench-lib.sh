@@ -36,7 +36,7 @@ progress() { echo "$*" >&2; }
 die() { echo "$(basename "$0"): $*" >&2; exit 2; }
 
 build() {
-  started="$(date -u '+%F %H:%M UTC'), $(nproc) CPUs ($(sed -n 's/^model name[^:]*: //p' /proc/cpuinfo | head -1)), Linux $(uname -r), load average at start $(cut -d' ' -f1-3 /proc/loadavg)"
+  started="$(date -u '+%F %H:%M UTC'), $(nproc) CPUs ($(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)), Linux $(uname -r), load average at start $(cut -d' ' -f1-3 /proc/loadavg)"
   progress "building (cargo build --release, c-tests/build.sh)..."
   cargo build --release --quiet --workspace --bins
   c-tests/build.sh >/dev/null
