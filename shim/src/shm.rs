@@ -41,6 +41,11 @@ static AT_EXIT: extern "C" fn() = at_exit;
 
 pub(crate) extern "C" fn at_exit() {
     let _ = std::panic::catch_unwind(|| {
+        // A `vfork` child that calls `exit` shares its parent's node: that
+        // node is not its to shut down.
+        if !crate::process::owns_node() {
+            return;
+        }
         if let Some(n) = node::started() {
             n.shutdown(std::time::Duration::from_secs(10));
         }
