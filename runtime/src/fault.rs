@@ -210,6 +210,14 @@ pub fn unregister_view(slot: usize) {
     NVIEWS.fetch_sub(1, Ordering::Release);
 }
 
+/// In a forked child: the parent's other threads do not exist here, so the
+/// fault slots they held are free (else each fork would leak them).
+pub fn free_slots_after_fork() {
+    for s in SLOTS.iter() {
+        s.state.store(FREE, Ordering::Release);
+    }
+}
+
 /// Every registered view (segment, start, length, read-only), forgotten:
 /// a forked child takes them over and attaches them again.
 pub fn take_views() -> Vec<(i32, usize, usize, bool)> {

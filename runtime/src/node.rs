@@ -175,6 +175,7 @@ pub fn after_fork_in_child() {
     if current().is_none() {
         return;
     }
+    fault::free_slots_after_fork();
     let views = fault::take_views();
     for &(_, start, len, _) in &views {
         // SAFETY: replacing our own mapping of the parent's memory with an
