@@ -23,6 +23,15 @@ static SIGINFO: [AtomicBool; NSIG] = [NO; NSIG];
 
 thread_local! {
     static HANDLED: Cell<u64> = const { Cell::new(0) };
+    /// The eventfd this thread sleeps on while it waits, or -1.
+    static WAKE: Cell<i32> = const { Cell::new(-1) };
+}
+
+/// While this thread waits on eventfd `fd` (-1: no longer), a handler that
+/// runs in it also writes `fd`: a handler that runs between the check of
+/// `handled` and the sleep still ends the sleep.
+pub fn set_wake_fd(fd: i32) {
+    WAKE.with(|w| w.set(fd));
 }
 
 /// Handlers that ran in this thread so far.
@@ -31,8 +40,21 @@ pub fn handled() -> u64 {
 }
 
 extern "C" fn trampoline(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
-    // Const-initialized thread-local: no allocation, no lock.
+    // Const-initialized thread-locals: no allocation, no lock.
     HANDLED.with(|c| c.set(c.get() + 1));
+    let fd = WAKE.with(Cell::get);
+    if fd >= 0 {
+        let one: u64 = 1;
+        // SAFETY: write(2) is async-signal-safe; 8 valid bytes to the
+        // waiting thread's own eventfd (a raw system call: `libc::write`
+        // from this library would be the shim's hook). errno is saved and
+        // restored around it.
+        unsafe {
+            let e = *libc::__errno_location();
+            libc::syscall(libc::SYS_write, fd, &one as *const u64, 8usize);
+            *libc::__errno_location() = e;
+        }
+    }
     let Some(slot) = HANDLERS.get(sig as usize) else { return };
     let h = slot.load(Ordering::Acquire);
     if h == 0 {

@@ -426,31 +426,35 @@ impl NodeHandle {
             Reply::Err(e) => Err(e),
             _ => Ok(()),
         };
-        loop {
+        // A handler that runs from here on also wakes the sleep below.
+        crate::interrupts::set_wake_fd(fd);
+        let result = (|| loop {
             if let Ok(r) = rx.try_recv() {
-                drain_eventfd(fd);
                 return answer(r);
             }
             let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
             let interrupted = match left {
                 Some(l) if l.is_zero() => Some(Errno(libc::EAGAIN)),
                 _ if crate::interrupts::handled() != handled => Some(Errno(libc::EINTR)),
-                _ => wait_readable(fd, left).err(),
+                _ => match wait_readable(fd, left) {
+                    // The answer, or a handler: look again.
+                    Ok(()) => {
+                        drain_eventfd(fd);
+                        None
+                    }
+                    Err(e) => Some(e),
+                },
             };
             let Some(why) = interrupted else { continue };
             // Withdraw it at the owner, unless it completed meanwhile.
-            match self.call(Call::Sem(SemCall::Cancel { token: id_call, pid }))? {
-                Reply::Cancelled(true) => {
-                    drain_eventfd(fd);
-                    return Err(why);
-                }
-                _ => {
-                    let r = rx.recv().map_err(|_| ENOMEM)?;
-                    drain_eventfd(fd);
-                    return answer(r);
-                }
-            }
-        }
+            return match self.call(Call::Sem(SemCall::Cancel { token: id_call, pid }))? {
+                Reply::Cancelled(true) => Err(why),
+                _ => answer(rx.recv().map_err(|_| ENOMEM)?),
+            };
+        })();
+        crate::interrupts::set_wake_fd(-1);
+        drain_eventfd(fd);
+        result
     }
 
     /// `semop` on a set lent to this node, run here in the calling thread;
