@@ -236,10 +236,18 @@ fn start(config: Config) -> Result<NodeHandle, String> {
     Ok(NodeHandle { cmds: tx, config, me, sems })
 }
 
+/// Empties the eventfd. The program's `errno` is left as it was (an empty
+/// eventfd answers `EAGAIN`), and the read is a raw system call (`read`
+/// from this library would be the shim's hook).
 fn drain_eventfd(fd: i32) {
     let mut buf = [0u8; 8];
-    // SAFETY: reading 8 bytes from our non-blocking eventfd into 8 bytes.
-    unsafe { libc::read(fd, buf.as_mut_ptr() as *mut libc::c_void, 8) };
+    // SAFETY: reading 8 bytes from our non-blocking eventfd into 8 bytes;
+    // errno is thread-local and restored.
+    unsafe {
+        let e = *libc::__errno_location();
+        libc::syscall(libc::SYS_read, fd, buf.as_mut_ptr(), 8usize);
+        *libc::__errno_location() = e;
+    }
 }
 
 /// Waits until `fd` is readable: `Err(EINTR)` when a signal handler ran,
