@@ -52,10 +52,17 @@ pub fn iters(default: u32, long: u32) -> u32 {
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
-/// A fresh System V key for one test run.
+static KEYS: AtomicU32 = AtomicU32::new(0);
+
+/// A fresh System V key for one test run. Keys are 64 apart: a program may
+/// use the keys just above its own (heat publishes each rank's step at
+/// `key + rank + 1`), and tests running in parallel threads of one binary
+/// must not collide on those (a heat run's step segment once took the key
+/// of the matmul run that started next, and its larger `shmget` got
+/// `EINVAL`).
 pub fn fresh_key() -> String {
-    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-    format!("{:#x}", 0x4b00_0000u32 | ((std::process::id() & 0xfff) << 12) | (n & 0xfff))
+    let n = KEYS.fetch_add(1, Ordering::SeqCst);
+    format!("{:#x}", 0x4b00_0000u32 | ((std::process::id() & 0xfff) << 12) | ((n & 0x3f) << 6))
 }
 
 fn temp_dir(tag: &str) -> PathBuf {
