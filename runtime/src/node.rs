@@ -526,33 +526,55 @@ struct Segment {
 }
 
 /// Detects runs of faults on neighbouring pages, like the kernel's file
-/// read-ahead: after three read faults in a run, each new one also requests
-/// the next pages for reading, a window that doubles with the run up to
-/// `KDIPC_READAHEAD` pages. Faults then keep several requests in
-/// flight instead of one round trip per page. A fault elsewhere ends the
-/// run.
+/// read-ahead, in up to [`STREAMS`] interleaved streams per segment (a
+/// program reading one matrix while writing another, or walking two at
+/// once): after three faults in a run, each new one also asks for the next
+/// pages, a window that doubles with the run up to `KDIPC_READAHEAD` pages
+/// (reads: requested each; writes: claimed in one message). Faults then
+/// keep several pages in flight instead of one round trip per page. A fault
+/// no stream expects starts a new stream in place of the least recent one.
 #[derive(Default)]
 struct ReadAhead {
-    /// The last fault: page and mode.
+    streams: [Stream; STREAMS],
+    /// Faults seen, to find the least recent stream.
+    tick: u64,
+}
+
+const STREAMS: usize = 4;
+
+#[derive(Default, Clone, Copy)]
+struct Stream {
+    /// The last fault of the stream: page and mode.
     last: Option<(PageIdx, bool)>,
-    /// Faults in the current run, after the first.
+    /// Faults in the run, after the first.
     run: u32,
+    used: u64,
 }
 
 impl ReadAhead {
-    /// Records a fault; returns how many pages after it to request too.
+    /// Records a fault; returns how many pages after it to ask for too.
     fn next(&mut self, page: PageIdx, write: bool, max: u32) -> u32 {
         let window = |run: u32| if run < 2 { 0 } else { (1u32 << run.min(16)).min(max) };
-        self.run = match self.last {
-            // Forward, within the window already requested plus a small
-            // stride (a column walk touches every other page).
-            Some((last, w)) if w == write && page > last && page - last <= window(self.run) + 4 => {
-                self.run + 1
-            }
-            _ => 0,
+        self.tick += 1;
+        // Forward, within the window already asked for plus a small stride
+        // (a column walk touches every other page).
+        let follows = |s: &Stream| {
+            s.last.is_some_and(|(last, w)| w == write && page > last && page - last <= window(s.run) + 4)
         };
-        self.last = Some((page, write));
-        window(self.run)
+        let s = match self.streams.iter_mut().find(|s| follows(s)) {
+            Some(s) => {
+                s.run += 1;
+                s
+            }
+            None => {
+                let s = self.streams.iter_mut().min_by_key(|s| s.used).expect("STREAMS > 0");
+                s.run = 0;
+                s
+            }
+        };
+        s.last = Some((page, write));
+        s.used = self.tick;
+        window(s.run)
     }
 }
 
@@ -782,8 +804,8 @@ impl State {
             let present = self.protocol.fault(seg, page, write, now, &mut out);
             if let Ok(false) = present {
                 self.waiters.entry((seg, page)).or_default().push((slot, write));
+                self.read_ahead(seg, page, write, now, &mut out);
             }
-            self.read_ahead(seg, page, write, now, &mut out);
             // Open the page (apply) before waking the thread.
             self.apply(&mut out);
             match present {
@@ -797,23 +819,28 @@ impl State {
         }
     }
 
-    /// Requests the pages after a fault in a run (see [`ReadAhead`]); no
-    /// thread waits for them, they open when they arrive.
+    /// Asks for the pages after a fault in a run (see [`ReadAhead`]); no
+    /// thread waits for them, they open when they arrive. Reads request
+    /// each page from its owner. Writes only claim pages nobody has
+    /// written (zero pages at home, in one message): taking pages ahead
+    /// from other writers made this node the designated owner of pages its
+    /// neighbours were writing, and exits racing those designations
+    /// stranded pages.
     fn read_ahead(&mut self, seg: SegId, page: PageIdx, write: bool, now: u64, out: &mut Vec<Action>) {
         let Some(s) = self.segs.get_mut(&seg) else { return };
         let n = s.ra.next(page, write, self.readahead);
-        if write {
-            // Reads only: taking pages ahead for writing made this node the
-            // designated owner of pages its neighbours were writing, and
-            // exits racing those designations stranded pages.
+        let end = page.saturating_add(n).min(s.npages - 1);
+        if n == 0 || end == page {
             return;
         }
-        let need = Access::Read;
-        let end = page.saturating_add(n).min(s.npages - 1);
+        if write {
+            self.protocol.claim(seg, page + 1, end - page, out);
+            return;
+        }
         for p in page + 1..=end {
-            if self.protocol.access(seg, p) < need && !self.protocol.is_pending(seg, p) {
+            if self.protocol.access(seg, p) < Access::Read && !self.protocol.is_pending(seg, p) {
                 // Errors (a page being released) only mean: not this one.
-                let _ = self.protocol.fault(seg, p, write, now, out);
+                let _ = self.protocol.fault(seg, p, false, now, out);
             }
         }
     }

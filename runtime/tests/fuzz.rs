@@ -97,6 +97,8 @@ fn coherence(f: &Fields) -> Vec<CoherenceMsg> {
         },
         CoherenceMsg::Lost { seg, page },
         CoherenceMsg::Released { seg, page },
+        CoherenceMsg::Claim { seg, page, count: f.n },
+        CoherenceMsg::Claimed { seg, page, count: f.n, versions: vec![f.x; (f.n % 5) as usize] },
     ]
 }
 

@@ -228,7 +228,7 @@ struct Stats {
     steps: u64,
 }
 
-const KINDS: [&str; 11] = [
+const KINDS: [&str; 13] = [
     "Request",
     "Fetch",
     "Grant",
@@ -240,6 +240,8 @@ const KINDS: [&str; 11] = [
     "Lost",
     "Released",
     "Bounce",
+    "Claim",
+    "Claimed",
 ];
 /// Kinds a run need not show (rare races, or failures).
 const RARE: [&str; 3] = ["Lost", "Bounce", "DropReader"];
@@ -258,6 +260,8 @@ fn kind(msg: &CoherenceMsg) -> usize {
         CoherenceMsg::Lost { .. } => 8,
         CoherenceMsg::Released { .. } => 9,
         CoherenceMsg::Bounce { .. } => 10,
+        CoherenceMsg::Claim { .. } => 11,
+        CoherenceMsg::Claimed { .. } => 12,
     }
 }
 
@@ -701,6 +705,11 @@ impl Sim {
             }
             self.stats.blocked += 1;
             self.nodes[node].threads[thread] = Some(Blocked { page: gp, write, since: now, woken: None });
+            if write && page + 1 < npages && self.rng.chance(300) {
+                // Write-ahead, as the runtime does in a run of write faults.
+                let count = 1 + self.rng.below(4) as u32;
+                self.nodes[node].proto.claim(seg, page + 1, count, &mut out);
+            }
             self.apply(node, out);
         }
     }
@@ -1051,6 +1060,47 @@ mod scenarios {
         assert!(out.contains(&access(page, Access::Write)));
         assert!(n.is_owner(SEG, page));
         assert_eq!(m.holders(SEG, page).unwrap().owner, Some(id));
+    }
+
+    /// A claim gets the prefix of untouched zero pages; a page of the range
+    /// that a local thread faulted on meanwhile and the manager refused is
+    /// asked for normally; the rest stays where it was.
+    #[test]
+    fn claim_grants_untouched_zero_pages_and_asks_again_for_refused_ones() {
+        let mut m = Manager::new();
+        m.create(SEG, 4);
+        let mut n1 = NodeProtocol::new(1, 10);
+        n1.attach(SEG, 4);
+        // Node 2 holds a read copy of page 2: not claimable.
+        at_manager(&mut m, 2, request(2, false, 2));
+        let mut out = Vec::new();
+        assert_eq!(n1.claim(SEG, 1, 3, &mut out), 3);
+        let claim = CoherenceMsg::Claim { seg: SEG, page: 1, count: 3 };
+        assert_eq!(out, vec![send(MANAGER, claim.clone())]);
+        // A thread reads page 2 while it is claimed: it waits for the claim.
+        assert_eq!(fault(&mut n1, 2, false, 0), (false, vec![]));
+        let claimed = CoherenceMsg::Claimed { seg: SEG, page: 1, count: 3, versions: vec![1] };
+        assert_eq!(at_manager(&mut m, 1, claim), vec![send(1, claimed.clone())]);
+        assert_eq!(
+            at_node(&mut n1, MANAGER, claimed, 0),
+            vec![
+                Action::Install { seg: SEG, page: 1, payload: Z },
+                access(1, Access::Write),
+                send(MANAGER, request(2, false, 1)),
+            ]
+        );
+        assert!(n1.is_owner(SEG, 1));
+        assert_eq!(m.holders(SEG, 1).unwrap().owner, Some(1));
+        assert!(!n1.is_pending(SEG, 3) && !n1.is_owner(SEG, 3));
+        assert_eq!(m.holders(SEG, 3).unwrap().owner, None);
+        // Another node's write of a claimed page is served by the claimer.
+        assert_eq!(
+            at_manager(&mut m, 2, request(1, true, 2)),
+            vec![send(1, CoherenceMsg::Fetch { seg: SEG, page: 1, to: 2, write: true })]
+        );
+        // An answer for pages this node did not claim is malformed.
+        let bogus = CoherenceMsg::Claimed { seg: SEG, page: 3, count: 1, versions: vec![1] };
+        assert!(n1.handle(MANAGER, bogus, 0, &mut Vec::new()).is_err());
     }
 
     #[test]

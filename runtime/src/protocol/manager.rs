@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use super::{
     check_payload, check_version, Action, CoherenceMsg, NodeId, PageIdx, Payload, ProtocolError, SegId,
-    MANAGER,
+    MANAGER, MAX_CLAIM,
 };
 
 #[derive(Debug)]
@@ -137,6 +137,9 @@ impl Manager {
             return Ok(()); // Late: it died after sending this.
         }
         let pages = self.segs.get_mut(&seg).ok_or(ProtocolError::UnknownSegment(seg))?;
+        if let CoherenceMsg::Claim { count, .. } = msg {
+            return claim(seg, page, count, pages, from, out);
+        }
         let p = pages.get_mut(page as usize).ok_or(ProtocolError::PageOutOfRange { seg, page })?;
         match msg {
             CoherenceMsg::Request { requester, write, .. } => {
@@ -195,6 +198,34 @@ impl Manager {
 
 fn send(out: &mut Vec<Action>, to: NodeId, msg: CoherenceMsg) {
     out.push(Action::Send { to, msg });
+}
+
+/// `from` claims `page..page + count` for writing: it gets the prefix of
+/// zero pages at home that nobody holds a copy of.
+fn claim(
+    seg: SegId,
+    page: PageIdx,
+    count: u32,
+    pages: &mut [HomePage],
+    from: NodeId,
+    out: &mut Vec<Action>,
+) -> Result<(), ProtocolError> {
+    let end = page as usize + count as usize;
+    if count == 0 || count > MAX_CLAIM || end > pages.len() {
+        return Err(ProtocolError::PageOutOfRange { seg, page: page.saturating_add(count) });
+    }
+    let mut versions = Vec::new();
+    for p in &mut pages[page as usize..end] {
+        let free = p.owner.is_none() && p.readers.is_empty() && p.stash.is_empty();
+        if !free || p.home != Some(Payload::Zero) {
+            break;
+        }
+        p.home = None;
+        p.owner = Some(from);
+        versions.push(p.version + 1);
+    }
+    send(out, from, CoherenceMsg::Claimed { seg, page, count, versions });
+    Ok(())
 }
 
 /// A reader gives up its copy.

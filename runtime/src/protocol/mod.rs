@@ -26,6 +26,13 @@
 //!   (or `Grant` when the requester's copy is current) saying how many
 //!   acknowledgements to wait for. An owner that holds the page for reading
 //!   upgrades without asking anyone.
+//! * A node writing through pages in order also sends `Claim` for the
+//!   pages after the one it faulted on: the manager makes it the owner of
+//!   each that is a zero page at home with no copies (never written, or
+//!   given back zero) and answers `Claimed` with their versions (the
+//!   granted pages are a prefix of the range; the node asks for the others
+//!   normally when it touches them). One round trip then opens up to
+//!   `KDIPC_READAHEAD` pages a program initialises, instead of one each.
 //! * Requests that reach a node that is about to own the page, or that owns
 //!   it and is busy, wait there in arrival order (KDIPC's notify queue).
 //! * Every page has a version, one more per writer. `Data` and
@@ -62,6 +69,9 @@ pub type PageIdx = u32;
 
 /// Size of a coherence unit.
 pub const PAGE_SIZE: usize = 4096;
+
+/// The most pages one `Claim` may name (a larger one is malformed).
+pub const MAX_CLAIM: u32 = 1024;
 
 /// Access rights of one node to one page.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -119,6 +129,13 @@ pub enum CoherenceMsg {
     /// a write to the manager; a node that is not the owner forwards a read
     /// to the manager.
     Request { seg: SegId, page: PageIdx, write: bool, requester: NodeId },
+    /// node → manager: make me the owner of the pages `page..page + count`
+    /// that are zero pages at home without copies (a prefix of the range).
+    Claim { seg: SegId, page: PageIdx, count: u32 },
+    /// manager → node: the answer to a `Claim` of `count` pages: you own
+    /// `page..page + versions.len()`, zero, each at its version; the rest
+    /// of the claimed range stays where it was.
+    Claimed { seg: SegId, page: PageIdx, count: u32, versions: Vec<u64> },
     /// manager → owner: serve `to`; for a write, hand the page over.
     Fetch { seg: SegId, page: PageIdx, to: NodeId, write: bool },
     /// owner or manager → new writer: your copy is current; open it once
@@ -154,6 +171,8 @@ impl CoherenceMsg {
         match *self {
             CoherenceMsg::Request { seg, page, .. }
             | CoherenceMsg::Fetch { seg, page, .. }
+            | CoherenceMsg::Claim { seg, page, .. }
+            | CoherenceMsg::Claimed { seg, page, .. }
             | CoherenceMsg::Grant { seg, page, .. }
             | CoherenceMsg::Data { seg, page, .. }
             | CoherenceMsg::Invalidate { seg, page, .. }

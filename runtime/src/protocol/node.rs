@@ -19,6 +19,11 @@ struct Pending {
     from: NodeId,
     /// Where a read request went.
     asked: NodeId,
+    /// Part of a `Claim` (no thread asked for it yet).
+    claim: bool,
+    /// A claimed page a local thread faulted on meanwhile: the access it
+    /// needs (`Some(write)`), asked for normally if the claim is refused.
+    wanted: Option<bool>,
 }
 
 #[derive(Debug)]
@@ -202,7 +207,10 @@ impl NodeProtocol {
         if p.access >= need {
             return Ok(true);
         }
-        if p.pending.is_some() {
+        if let Some(pend) = p.pending.as_mut() {
+            if pend.claim {
+                pend.wanted = Some(pend.wanted.unwrap_or(false) || write);
+            }
             return Ok(false);
         }
         if p.releasing {
@@ -239,6 +247,74 @@ impl NodeProtocol {
         Ok(false)
     }
 
+    /// Claims up to `count` pages from `first` on for writing (see
+    /// [`CoherenceMsg::Claim`]): those this node neither has, nor asked
+    /// for, nor serves anything of, up to the first that does not qualify.
+    /// Returns how many were claimed (0: no message).
+    pub fn claim(&mut self, seg: SegId, first: PageIdx, count: u32, out: &mut Vec<Action>) -> u32 {
+        let Some(set) = self.segs.get_mut(&seg) else { return 0 };
+        let count = count.min(super::MAX_CLAIM);
+        let mut n = 0;
+        for p in set.pages.iter_mut().skip(first as usize).take(count as usize) {
+            let idle = p.access == Access::Invalid && !p.owner && p.pending.is_none() && !p.releasing;
+            if !idle || !p.queue.is_empty() || !p.deferred.is_empty() {
+                break;
+            }
+            p.pending = Some(Pending { write: true, claim: true, asked: MANAGER, ..Pending::default() });
+            n += 1;
+        }
+        if n > 0 {
+            out.push(Action::Send { to: MANAGER, msg: CoherenceMsg::Claim { seg, page: first, count: n } });
+        }
+        n
+    }
+
+    /// The manager's answer to a claim.
+    fn claimed(
+        &mut self,
+        seg: SegId,
+        first: PageIdx,
+        count: u32,
+        versions: Vec<u64>,
+        now: u64,
+        out: &mut Vec<Action>,
+    ) -> Result<(), ProtocolError> {
+        if versions.len() > count as usize {
+            return Err(ProtocolError::Unexpected("Claimed more pages than claimed"));
+        }
+        let end = first.checked_add(count).ok_or(ProtocolError::PageOutOfRange { seg, page: first })?;
+        let mut page = first;
+        for version in versions {
+            super::check_version(version)?;
+            let (p, mut cx, waiting) = self.parts(seg, page, now, out)?;
+            let pend = p.pending.as_mut().filter(|p| p.claim && !p.have_data);
+            let pend = pend.ok_or(ProtocolError::Unexpected("Claimed for a page not claimed"))?;
+            pend.have_data = true;
+            pend.acks_needed = Some(Vec::new());
+            pend.version = version;
+            pend.from = MANAGER;
+            cx.out.push(Action::Install { seg, page, payload: super::Payload::Zero });
+            complete(p, &mut cx, waiting)?;
+            page = page.checked_add(1).ok_or(ProtocolError::PageOutOfRange { seg, page })?;
+        }
+        // The rest of the claim was refused: ask normally for what a thread
+        // wants, pass on what waited for this node.
+        let me = self.me;
+        while page < end {
+            let (p, mut cx, waiting) = self.parts(seg, page, now, out)?;
+            let pend = p.pending.take_if(|p| p.claim && !p.have_data);
+            let pend = pend.ok_or(ProtocolError::Unexpected("Claimed for a page not claimed"))?;
+            if let Some(write) = pend.wanted {
+                let to = if write { MANAGER } else { p.hint.unwrap_or(MANAGER) };
+                p.pending = Some(Pending { write, asked: to, ..Pending::default() });
+                cx.send(to, CoherenceMsg::Request { seg, page, write, requester: me });
+            }
+            drain(p, &mut cx, waiting)?;
+            page += 1;
+        }
+        Ok(())
+    }
+
     /// A message from `from`.
     pub fn handle(
         &mut self,
@@ -255,6 +331,12 @@ impl NodeProtocol {
                 out.push(Action::Send { to: MANAGER, msg });
                 return Ok(());
             }
+        }
+        if let CoherenceMsg::Claimed { count, versions, .. } = msg {
+            if from != MANAGER {
+                return Err(ProtocolError::Unexpected("Claimed not from the manager"));
+            }
+            return self.claimed(seg, page, count, versions, now, out);
         }
         let (p, mut cx, waiting) = self.parts(seg, page, now, out)?;
         match msg {
@@ -343,9 +425,11 @@ impl NodeProtocol {
                 }
                 Ok(())
             }
-            CoherenceMsg::Request { .. } | CoherenceMsg::Release { .. } | CoherenceMsg::Bounce { .. } => {
-                Err(ProtocolError::Unexpected("manager message at a node"))
-            }
+            CoherenceMsg::Request { .. }
+            | CoherenceMsg::Release { .. }
+            | CoherenceMsg::Bounce { .. }
+            | CoherenceMsg::Claim { .. }
+            | CoherenceMsg::Claimed { .. } => Err(ProtocolError::Unexpected("manager message at a node")),
         }
     }
 
