@@ -542,6 +542,10 @@ struct ReadAhead {
 
 const STREAMS: usize = 4;
 
+/// The most pages asked for together with a faulting one because they left
+/// this node with it (see `NodeProtocol::group`): a grid row of up to 16 KiB.
+const GROUP: u32 = 3;
+
 #[derive(Default, Clone, Copy)]
 struct Stream {
     /// The last fault of the stream: page and mode.
@@ -801,10 +805,15 @@ impl State {
                 continue;
             };
             let now = self.now();
+            let group = self.protocol.group(seg, page, write, GROUP);
             let present = self.protocol.fault(seg, page, write, now, &mut out);
             if let Ok(false) = present {
                 self.waiters.entry((seg, page)).or_default().push((slot, write));
-                self.read_ahead(seg, page, write, now, &mut out);
+                for p in page + 1..=page + group {
+                    // Errors (a page being released) only mean: not this one.
+                    let _ = self.protocol.fault(seg, p, write, now, &mut out);
+                }
+                self.read_ahead(seg, page + group, write, now, &mut out);
             }
             // Open the page (apply) before waking the thread.
             self.apply(&mut out);

@@ -247,6 +247,46 @@ impl NodeProtocol {
         Ok(false)
     }
 
+    /// How many pages after `page` (at most `max`) to ask for together with
+    /// it, because they left this node together and will likely be needed
+    /// together (a row of a grid spans pages). Call before [`Self::fault`]:
+    /// - a read of a copy that was invalidated: the following pages that
+    ///   were invalidated too and whose probable owner is the same (a
+    ///   neighbour rewrote them: ask for all in one round trip);
+    /// - a write of an owned read copy that others hold: the following
+    ///   pages this node owns for reading with the same copyset
+    ///   (invalidate them all at once rather than one round trip each).
+    pub fn group(&self, seg: SegId, page: PageIdx, write: bool, max: u32) -> u32 {
+        let Some(set) = self.segs.get(&seg) else { return 0 };
+        let Some(first) = set.pages.get(page as usize) else { return 0 };
+        let idle =
+            |p: &NodePage| p.pending.is_none() && !p.releasing && p.queue.is_empty() && p.deferred.is_empty();
+        if !idle(first) {
+            return 0;
+        }
+        let same_copyset = |p: &NodePage| {
+            p.copyset.len() == first.copyset.len() && p.copyset.iter().all(|r| first.copyset.contains(r))
+        };
+        let goes_with = |p: &NodePage| {
+            idle(p)
+                && if write {
+                    p.owner && p.access == Access::Read && same_copyset(p)
+                } else {
+                    !p.owner && p.access == Access::Invalid && p.inval_version > 0 && p.hint == first.hint
+                }
+        };
+        let starts = if write {
+            first.owner && first.access == Access::Read && !first.copyset.is_empty()
+        } else {
+            !first.owner && first.access == Access::Invalid && first.inval_version > 0 && first.hint.is_some()
+        };
+        if !starts {
+            return 0;
+        }
+        set.pages.iter().skip(page as usize + 1).take(max as usize).take_while(|p| goes_with(p)).count()
+            as u32
+    }
+
     /// Claims up to `count` pages from `first` on for writing (see
     /// [`CoherenceMsg::Claim`]): those this node neither has, nor asked
     /// for, nor serves anything of, up to the first that does not qualify.
