@@ -174,7 +174,9 @@ impl Server {
             (Some(node), Msg::Stats { pid, stats, mut objects }) => {
                 // A histogram has 32 buckets; anything beyond is not ours.
                 objects.iter_mut().for_each(|o| o.latency.truncate(32));
-                self.stats.insert(node, (pid, self.nodes.contains_key(&node), stats, objects));
+                // A node shown gone (it exited) stays gone.
+                let alive = self.nodes.contains_key(&node) && self.stats.get(&node).is_none_or(|s| s.1);
+                self.stats.insert(node, (pid, alive, stats, objects));
             }
             (Some(node), Msg::Call { id, call: Call::Stats }) => {
                 let reply = self.stats_reply(node);
@@ -280,6 +282,12 @@ impl Server {
                     });
                 }
                 self.sems.process_exit(node, pid, now);
+                // A node's process says this as it exits (after its last
+                // figures): `kdipc stats` shows it gone from now on, not
+                // only once its connection is closed.
+                if let Some(s) = self.stats.get_mut(&node) {
+                    s.1 = false;
+                }
                 Some(Reply::Ok)
             }
             SemCall::Ctl { id: sid, semnum, cmd, arg, cred } => {
