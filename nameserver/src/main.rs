@@ -30,11 +30,11 @@ commands:
                      KDIPC_RANK and KDIPC_NPROCS, and {rank} in ARGS is
                      replaced by its rank
   ipcs [-m|-s|-a]    list distributed segments and semaphore sets
-                     (util-linux ipcs layout)
+                     (util-linux ipcs layout, plus where their pages are)
   ipcrm [-m ID] [-s ID] [-M KEY] [-S KEY] [-a] ...
                      remove distributed segments and semaphore sets
-  stats [--json]     every node's faults, pages, bytes, invalidations,
-                     semaphore operations and latencies
+  stats [--json]     faults, pages, bytes, invalidations, semaphore
+                     operations and latencies, per node and per object
   certs init DIR     make a cluster CA and node credentials in DIR
   help [COMMAND]     this text, or a command's
 
@@ -79,10 +79,18 @@ usage: kdipc ipcs [-m|-s|-a]
 
 Lists the distributed objects of the nameserver (KDIPC_NAMESERVER and
 KDIPC_CERT_DIR, else the one on 127.0.0.1:7350; none is started), in
-util-linux ipcs layout plus one column:
-  -m, --shmems       shared memory segments; `away` is the number of pages
-                     a node other than the nameserver (their home) owns
-  -s, --semaphores   semaphore sets; `node` is the node that owns the set
+util-linux ipcs layout plus columns:
+  -m, --shmems       shared memory segments, plus
+                       away    pages of the segment that a node other than
+                               the nameserver (their home) owns
+                       copies  nodes (processes) that hold at least one
+                               page of the segment, readable or writable,
+                               as each node answers when asked (a node that
+                               does not answer within 1 s is not counted;
+                               the nameserver's home copy never is)
+  -s, --semaphores   semaphore sets, plus `node`: where the set's values
+                     live, `nameserver` (its home) or the number of the
+                     node it is lent to (a node that used it alone)
   -a, --all          both (the default)
 ";
 
@@ -92,13 +100,29 @@ usage: kdipc stats [--json]
 Prints what every node of the nameserver's cluster (KDIPC_NAMESERVER and
 KDIPC_CERT_DIR, else the one on 127.0.0.1:7350; none is started) did, as
 it last reported (every second while it changes, and at exit): one line
-per node, or a JSON array with --json. Fields: read_faults, write_faults
-(faults a program thread waited for), pages_in, pages_out, bytes_in,
-bytes_out (zero pages travel without bytes), invalidations (copies this
-node dropped for a writer), semops_local (run on a set lent to the node),
-semops_remote (sent to the set's home), fault_p50_us, fault_p99_us,
-semop_p50_us, semop_p99_us (upper bounds of power-of-two buckets). A node
-prints the same fields on stderr at exit when KDIPC_STATS=1.
+per node, then a table with one row per object (segment or semaphore set)
+whose figures are summed over the nodes (objects removed since are
+`removed`; existing objects nobody used show zeros).
+
+Node fields: read_faults, write_faults (faults a program thread waited
+for), pages_in, pages_out, bytes_in, bytes_out (zero pages travel without
+bytes), invalidations (copies this node dropped for a writer),
+semops_local (run on a set lent to the node), semops_remote (sent to the
+set's home), fault_p50_us, fault_p99_us, semop_p50_us, semop_p99_us
+(upper bounds of power-of-two buckets).
+
+Object columns: key, id, kind (shm or sem), the same counts for the
+object (semops: local + remote), p50_us and p99_us (fault latency of a
+segment, latency of the operations on a set sent to its home), status.
+A process counts up to 256 objects of each kind on its own (the rest
+only in its node's figures).
+
+--json prints {\"nodes\":[...],\"objects\":[...]} with the same fields
+(objects: kind, key (null when unknown), id, removed, the counts with
+semops_local and semops_remote apart, p50_us, p99_us).
+
+A node prints its own line and one line per object on stderr at exit when
+KDIPC_STATS=1.
 ";
 
 const IPCRM_USAGE: &str = "\
@@ -381,7 +405,7 @@ fn cmd_stats(args: &[String]) -> Result<ExitCode, String> {
             other => return Err(format!("stats: unknown argument {other:?} (try kdipc stats --help)")),
         }
     }
-    let nodes = match with_node(|n| n.stats()) {
+    let (nodes, objects) = match with_node(|n| n.stats()) {
         Ok(Ok(l)) => l,
         Ok(Err(Errno(e))) => return failure(&format!("stats: {}", std::io::Error::from_raw_os_error(e))),
         Err(e) => return failure(&format!("stats: {e}")),
@@ -394,12 +418,76 @@ fn cmd_stats(args: &[String]) -> Result<ExitCode, String> {
                 format!("{{\"node\":{node},\"pid\":{pid},\"alive\":{alive},{}}}", fields.join(","))
             })
             .collect();
-        println!("[{}]", items.join(","));
+        let objs: Vec<String> = objects
+            .iter()
+            .map(|o| {
+                let s = &o.stats;
+                let key = o.key.map_or("null".to_string(), |k| (k as u32).to_string());
+                format!(
+                    "{{\"kind\":\"{}\",\"key\":{key},\"id\":{},\"removed\":{},\"read_faults\":{},\
+                     \"write_faults\":{},\"pages_in\":{},\"pages_out\":{},\"bytes_in\":{},\"bytes_out\":{},\
+                     \"invalidations\":{},\"semops_local\":{},\"semops_remote\":{},\"p50_us\":{},\"p99_us\":{}}}",
+                    s.kind.name(),
+                    s.id,
+                    o.removed,
+                    s.read_faults,
+                    s.write_faults,
+                    s.pages_in,
+                    s.pages_out,
+                    s.bytes_in,
+                    s.bytes_out,
+                    s.invalidations,
+                    s.semops_local,
+                    s.semops_remote,
+                    s.p50_us(),
+                    s.p99_us()
+                )
+            })
+            .collect();
+        println!("{{\"nodes\":[{}],\"objects\":[{}]}}", items.join(","), objs.join(","));
     } else {
         for (node, pid, alive, s) in &nodes {
             let fields: Vec<String> = s.fields().iter().map(|(k, v)| format!("{k}={v}")).collect();
             let state = if *alive { "running" } else { "gone" };
             println!("node={node} pid={pid} {state} {}", fields.join(" "));
+        }
+        print!("\n------ Objects --------\n");
+        println!(
+            "{:<10} {:<10} {:<4} {:<11} {:<12} {:<9} {:<9} {:<11} {:<11} {:<13} {:<8} {:<8} {:<8} status",
+            "key",
+            "id",
+            "kind",
+            "read_faults",
+            "write_faults",
+            "pages_in",
+            "pages_out",
+            "bytes_in",
+            "bytes_out",
+            "invalidations",
+            "semops",
+            "p50_us",
+            "p99_us"
+        );
+        for o in &objects {
+            let s = &o.stats;
+            let key = o.key.map_or("-".to_string(), |k| format!("0x{:08x}", k as u32));
+            println!(
+                "{:<10} {:<10} {:<4} {:<11} {:<12} {:<9} {:<9} {:<11} {:<11} {:<13} {:<8} {:<8} {:<8} {}",
+                key,
+                s.id,
+                s.kind.name(),
+                s.read_faults,
+                s.write_faults,
+                s.pages_in,
+                s.pages_out,
+                s.bytes_in,
+                s.bytes_out,
+                s.invalidations,
+                s.semops_local + s.semops_remote,
+                s.p50_us(),
+                s.p99_us(),
+                if o.removed { "removed" } else { "live" }
+            );
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -427,13 +515,13 @@ fn cmd_ipcs(args: &[String]) -> Result<ExitCode, String> {
     if shm {
         print!("\n------ Shared Memory Segments --------\n");
         println!(
-            "{:<10} {:<10} {:<10} {:<10} {:<10} {:<10} {:<13} away",
-            "key", "shmid", "owner", "perms", "bytes", "nattch", "status"
+            "{:<10} {:<10} {:<10} {:<10} {:<10} {:<10} {:<13} {:<6} copies",
+            "key", "shmid", "owner", "perms", "bytes", "nattch", "status", "away"
         );
-        for (id, s, away) in segs {
+        for (id, s, away, copies) in segs {
             let dest = if s.mode & SHM_DEST != 0 { "dest" } else { " " };
             println!(
-                "0x{:08x} {:<10} {} {:<10o} {:<10} {:<10} {:<6} {:<6} {}",
+                "0x{:08x} {:<10} {} {:<10o} {:<10} {:<10} {:<6} {:<6} {:<6} {}",
                 s.key as u32,
                 id,
                 owner(s.uid),
@@ -442,16 +530,18 @@ fn cmd_ipcs(args: &[String]) -> Result<ExitCode, String> {
                 s.nattch,
                 dest,
                 " ",
-                away
+                away,
+                copies
             );
         }
     }
     if sem {
         print!("\n------ Semaphore Arrays --------\n");
         println!("{:<10} {:<10} {:<10} {:<10} {:<10} node", "key", "semid", "owner", "perms", "nsems");
-        for (id, s) in sets {
+        for (id, s, holder) in sets {
+            let node = if holder == 0 { "nameserver".to_string() } else { holder.to_string() };
             println!(
-                "0x{:08x} {:<10} {} {:<10o} {:<10} nameserver",
+                "0x{:08x} {:<10} {} {:<10o} {:<10} {node}",
                 s.key as u32,
                 id,
                 owner(s.uid),
@@ -544,8 +634,8 @@ fn cmd_ipcrm(args: &[String]) -> Result<ExitCode, String> {
         if all_shm || all_sem {
             match n.ipc_list() {
                 Ok((segs, sets)) => {
-                    let segs = segs.into_iter().filter(|_| all_shm).map(|(id, _, _)| (Target::ShmId, id));
-                    let sets = sets.into_iter().filter(|_| all_sem).map(|(id, _)| (Target::SemId, id));
+                    let segs = segs.into_iter().filter(|_| all_shm).map(|(id, _, _, _)| (Target::ShmId, id));
+                    let sets = sets.into_iter().filter(|_| all_sem).map(|(id, _, _)| (Target::SemId, id));
                     todo.extend(segs.chain(sets).map(|(t, id)| (t, id, id.to_string())));
                 }
                 Err(Errno(e)) => {

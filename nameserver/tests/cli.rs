@@ -298,7 +298,7 @@ fn ipcs_and_ipcrm_against_a_live_nameserver() {
     assert_eq!(
         o.stdout,
         "\n------ Shared Memory Segments --------\n\
-         key        shmid      owner      perms      bytes      nattch     status        away\n\
+         key        shmid      owner      perms      bytes      nattch     status        away   copies\n\
          \n------ Semaphore Arrays --------\n\
          key        semid      owner      perms      nsems      node\n\n"
     );
@@ -318,7 +318,7 @@ fn ipcs_and_ipcrm_against_a_live_nameserver() {
         (!pw.is_null()).then(|| std::ffi::CStr::from_ptr((*pw).pw_name).to_string_lossy().into_owned())
     };
     let shm = row(&o.stdout, &shm_key).unwrap_or_else(|| panic!("segment not listed: {}", o.stdout));
-    assert_eq!(&shm[3..], ["600", "16384", "0", "0"], "perms bytes nattch away: {}", o.stdout);
+    assert_eq!(&shm[3..], ["600", "16384", "0", "0", "0"], "perms bytes nattch away copies: {}", o.stdout);
     if let Some(me) = &me {
         assert_eq!(shm[2], &me[..me.len().min(10)], "{}", o.stdout);
     }
@@ -400,6 +400,98 @@ fn ipcs_and_ipcrm_against_a_live_nameserver() {
     o.assert_ok("ipcrm -a");
     assert!(o.stdout.is_empty() && o.stderr.is_empty(), "{o:?}");
     assert_eq!(on(&c, &["ipcs"]).stdout.lines().count(), 7, "nothing left after ipcrm -a");
+}
+
+/// A process that read a segment and holds it until its stdin closes.
+struct Holder {
+    child: std::process::Child,
+}
+
+impl Holder {
+    fn start(c: &Cluster, args: &[&str]) -> Holder {
+        use std::io::BufRead;
+        let mut cmd = c.command(0, &support::prog("holdread"));
+        cmd.args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit());
+        let mut child = cmd.spawn().unwrap();
+        let out = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = std::io::BufReader::new(out).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx.recv_timeout(TIMEOUT).unwrap_or_else(|_| {
+            let _ = child.kill();
+            panic!("holdread printed nothing in time")
+        });
+        assert!(line.starts_with("holdread: "), "holdread: {line:?}");
+        Holder { child }
+    }
+
+    /// Closes its stdin and waits for it to exit (successfully).
+    fn stop(mut self) {
+        drop(self.child.stdin.take());
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                assert!(st.success(), "holdread: {st}");
+                return;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("holdread did not exit after its stdin closed");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn ipcs_copies_counts_the_nodes_holding_pages() {
+    let c = Cluster::local();
+    let key = support::fresh_key();
+    // The writer exits: its pages go home, and home copies are not counted.
+    c.run("persist", &["write", &key, "4"], TIMEOUT).assert_ok("persist write");
+    let copies = |what: &str| {
+        let o = on(&c, &["ipcs", "-m"]);
+        o.assert_ok("ipcs -m");
+        let r = row(&o.stdout, &key).unwrap_or_else(|| panic!("{what}: segment not listed: {}", o.stdout));
+        assert_eq!(r.len(), 8, "{what}: key shmid owner perms bytes nattch away copies: {}", o.stdout);
+        (r[5].to_string(), r[7].to_string())
+    };
+    assert_eq!(copies("after the writer"), ("0".into(), "0".into()), "nattch, copies");
+    // Read by two nodes, which keep their copies.
+    let a = Holder::start(&c, &[&key, "4"]);
+    assert_eq!(copies("one reader"), ("1".into(), "1".into()), "nattch, copies");
+    let sem_key = support::fresh_key();
+    c.run("mksem", &[&sem_key, "1"], TIMEOUT).assert_ok("mksem");
+    let sem_node = |what: &str| {
+        let o = on(&c, &["ipcs", "-s"]);
+        row(&o.stdout, &sem_key).unwrap_or_else(|| panic!("{what}: set not listed: {}", o.stdout))[5]
+            .to_string()
+    };
+    assert_eq!(sem_node("unused set"), "nameserver");
+    // The second reader also uses the set alone: it is lent to that node.
+    let b = Holder::start(&c, &[&key, "4", &sem_key]);
+    let lent = sem_node("set used by one node");
+    assert!(lent.parse::<u32>().is_ok_and(|n| n > 0), "node column of a lent set: {lent:?}");
+    assert_eq!(copies("two readers"), ("2".into(), "2".into()), "nattch, copies");
+    // A reader that detached holds nothing.
+    a.stop();
+    assert_eq!(copies("one reader left"), ("1".into(), "1".into()), "nattch, copies");
+    b.stop();
+    assert_eq!(copies("no reader left"), ("0".into(), "0".into()), "nattch, copies");
+    assert_eq!(sem_node("its user exited"), "nameserver", "a set goes home when its node exits");
+    on(&c, &["ipcrm", "-M", &key, "-S", &sem_key]).assert_ok("ipcrm");
+    let help = run(&["ipcs", "--help"]);
+    assert!(help.stdout.contains("copies") && help.stdout.contains("at least one"), "{help:?}");
 }
 
 #[test]

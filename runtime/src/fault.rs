@@ -258,9 +258,10 @@ pub fn prefault(addr: usize, len: usize, write: bool) -> bool {
             continue;
         }
         any = true;
+        let seg = v.seg.load(Ordering::Relaxed);
         let mut page = lo & !(PAGE_SIZE - 1);
         while page < hi {
-            wait_for_page(page, write);
+            wait_for_page(page, write, seg);
             page += PAGE_SIZE;
         }
     }
@@ -271,10 +272,15 @@ const PAGE_SIZE: usize = crate::protocol::PAGE_SIZE;
 
 /// The view containing `addr`: (start, readonly).
 pub fn find_view(addr: usize) -> Option<(usize, bool)> {
+    lookup(addr).map(|(start, readonly, _)| (start, readonly))
+}
+
+/// The view containing `addr`: (start, readonly, segment).
+fn lookup(addr: usize) -> Option<(usize, bool, i32)> {
     for v in views() {
         let start = v.start.load(Ordering::Acquire);
         if start != 0 && addr >= start && addr - start < v.len.load(Ordering::Relaxed) {
-            return Some((start, v.readonly.load(Ordering::Relaxed)));
+            return Some((start, v.readonly.load(Ordering::Relaxed), v.seg.load(Ordering::Relaxed)));
         }
     }
     None
@@ -421,10 +427,10 @@ extern "C" fn handler(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut li
     let errno = unsafe { *libc::__errno_location() };
     // SAFETY: the kernel passes a valid siginfo_t to an SA_SIGINFO handler.
     let (code, addr) = unsafe { ((*info).si_code, (*info).si_addr() as usize) };
-    let view = if code > 0 { find_view(addr) } else { None };
+    let view = if code > 0 { lookup(addr) } else { None };
     match view {
-        Some((_, readonly)) if !(readonly && is_write(ctx)) => {
-            if !wait_for_page(addr, is_write(ctx)) {
+        Some((_, readonly, seg)) if !(readonly && is_write(ctx)) => {
+            if !wait_for_page(addr, is_write(ctx), seg) {
                 // The page is lost: no current copy exists anywhere.
                 // SAFETY: raise is async-signal-safe.
                 unsafe { libc::raise(libc::SIGBUS) };
@@ -436,8 +442,9 @@ extern "C" fn handler(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut li
     unsafe { *libc::__errno_location() = errno };
 }
 
-/// Posts the fault and sleeps until the runtime has served it.
-fn wait_for_page(addr: usize, write: bool) -> bool {
+/// Posts the fault and sleeps until the runtime has served it (`seg`: the
+/// view's segment, for the figures).
+fn wait_for_page(addr: usize, write: bool, seg: i32) -> bool {
     let slot = loop {
         if let Some(s) = SLOTS
             .iter()
@@ -475,9 +482,7 @@ fn wait_for_page(addr: usize, write: bool) -> bool {
         futex_wait(&slot.state, s);
     };
     slot.state.store(FREE, Ordering::Release);
-    let counter = if write { &crate::stats::WRITE_FAULTS } else { &crate::stats::READ_FAULTS };
-    counter.fetch_add(1, Ordering::Relaxed);
-    crate::stats::FAULT_LATENCY.record(monotonic_ns().saturating_sub(t0));
+    crate::stats::fault(seg, write, monotonic_ns().saturating_sub(t0));
     result == DONE
 }
 

@@ -1,9 +1,10 @@
 //! The nameserver: node 0. Registry of keys and ids, membership, manager and
 //! home of every page.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use tracing::{info, warn};
@@ -11,6 +12,7 @@ use tracing::{info, warn};
 use crate::protocol::{Action, Manager, NodeId, MANAGER};
 use crate::registry::{now_secs, Call, Effect, Errno, Registry, Reply};
 use crate::semaphores::{SemCall, SemRegistry, SemopOutcome, Waiter};
+use crate::stats::{ObjKind, ObjReport, ObjStats};
 use crate::transport::{bad, Inbound, Transport};
 use crate::wire::Msg;
 
@@ -30,8 +32,32 @@ struct Server {
     /// Nodes by connection (a node's own stream says `Hello { None }`).
     by_conn: HashMap<usize, NodeId>,
     next_node: NodeId,
-    /// Every node's latest figures: (pid, still there, figures).
-    stats: std::collections::BTreeMap<NodeId, (i32, bool, crate::stats::Stats)>,
+    /// Every node's latest figures: (pid, still there, figures, figures
+    /// per object).
+    stats: BTreeMap<NodeId, (i32, bool, crate::stats::Stats, Vec<ObjStats>)>,
+    /// The key of every object created, for `kdipc stats` of objects
+    /// removed since.
+    keys: HashMap<(ObjKind, i32), i32>,
+    /// `kdipc ipcs` calls waiting for the nodes to say which segments they
+    /// hold pages of, by query number.
+    lists: HashMap<u64, ListQuery>,
+    next_query: u64,
+}
+
+/// How long `kdipc ipcs` waits for the nodes' answers: a node that has not
+/// answered by then is not counted in the copies column.
+const LIST_WAIT: Duration = Duration::from_secs(1);
+
+/// An `IpcList` call in progress.
+struct ListQuery {
+    /// Who asked, and its call's id.
+    asker: NodeId,
+    call: u64,
+    /// Nodes yet to answer.
+    waiting: BTreeSet<NodeId>,
+    /// Per segment: nodes that hold at least one of its pages.
+    copies: HashMap<i32, u32>,
+    deadline: Instant,
 }
 
 /// Runs a nameserver on `listen` with the credentials in `cert_dir` until
@@ -64,8 +90,27 @@ pub async fn serve(
         by_conn: HashMap::new(),
         next_node: 1,
         stats: Default::default(),
+        keys: HashMap::new(),
+        lists: HashMap::new(),
+        next_query: 0,
     };
-    while let Some(m) = irx.recv().await {
+    loop {
+        let deadline = s.lists.values().map(|q| q.deadline).min();
+        let m = tokio::select! {
+            m = irx.recv() => match m {
+                Some(m) => m,
+                None => break,
+            },
+            _ = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d.into()).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                s.expire_lists();
+                continue;
+            }
+        };
         match m {
             Inbound::Msg { from, conn, msg } => s.handle(from, &conn, msg),
             Inbound::Gone { node } => {
@@ -126,17 +171,31 @@ impl Server {
                 }
                 self.replay(id);
             }
-            (Some(node), Msg::Stats { pid, stats }) => {
-                self.stats.insert(node, (pid, self.nodes.contains_key(&node), stats));
+            (Some(node), Msg::Stats { pid, stats, mut objects }) => {
+                // A histogram has 32 buckets; anything beyond is not ours.
+                objects.iter_mut().for_each(|o| o.latency.truncate(32));
+                // A node shown gone (it exited) stays gone.
+                let alive = self.nodes.contains_key(&node) && self.stats.get(&node).is_none_or(|s| s.1);
+                self.stats.insert(node, (pid, alive, stats, objects));
             }
             (Some(node), Msg::Call { id, call: Call::Stats }) => {
-                let list =
-                    self.stats.iter().map(|(&n, (pid, alive, s))| (n, *pid, *alive, s.clone())).collect();
-                self.transport.send(node, Msg::Reply { id, reply: Reply::Stats(list) });
-            }
-            (Some(node), Msg::Call { id, call: Call::IpcList }) => {
-                let reply = self.ipc_list(node);
+                let reply = self.stats_reply(node);
                 self.transport.send(node, Msg::Reply { id, reply });
+            }
+            (Some(node), Msg::Call { id, call: Call::IpcList }) => self.ipc_list(node, id),
+            (Some(node), Msg::Held { query, segs }) => {
+                if let Some(q) = self.lists.get_mut(&query) {
+                    if q.waiting.remove(&node) {
+                        for (seg, pages) in segs {
+                            if pages > 0 {
+                                *q.copies.entry(seg).or_default() += 1;
+                            }
+                        }
+                        if q.waiting.is_empty() {
+                            self.finish_list(query);
+                        }
+                    }
+                }
             }
             (Some(node), Msg::Call { id, call }) if !matches!(call, Call::Register { .. }) => {
                 let (reply, effect) = self.registry.call(node, call);
@@ -190,7 +249,10 @@ impl Server {
         let reply = match c {
             SemCall::Get { key, nsems, flags, cred } => match self.sems.semget(key, nsems, flags, &cred, now)
             {
-                Ok(sid) => Some(Reply::Id(sid)),
+                Ok(sid) => {
+                    self.keys.insert((ObjKind::Sem, sid), key);
+                    Some(Reply::Id(sid))
+                }
                 Err(e) => Some(Reply::Err(e)),
             },
             SemCall::Op { id: sid, ops, cred } => {
@@ -220,6 +282,12 @@ impl Server {
                     });
                 }
                 self.sems.process_exit(node, pid, now);
+                // A node's process says this as it exits (after its last
+                // figures): `kdipc stats` shows it gone from now on, not
+                // only once its connection is closed.
+                if let Some(s) = self.stats.get_mut(&node) {
+                    s.1 = false;
+                }
                 Some(Reply::Ok)
             }
             SemCall::Ctl { id: sid, semnum, cmd, arg, cred } => {
@@ -237,14 +305,85 @@ impl Server {
         }
     }
 
-    /// Every segment with its pages away from home, and every semaphore
-    /// set (`kdipc ipcs`).
-    fn ipc_list(&mut self, node: NodeId) -> Reply {
-        let shm = match self.registry.call(node, Call::ShmList).0 {
-            Reply::List(v) => v.into_iter().map(|(id, s)| (id, s, self.manager.pages_away(id))).collect(),
+    /// `kdipc ipcs`: asks every node which segments it holds pages of;
+    /// answers when all did, or after [`LIST_WAIT`].
+    fn ipc_list(&mut self, node: NodeId, call: u64) {
+        let query = self.next_query;
+        self.next_query += 1;
+        let waiting: BTreeSet<NodeId> = self.nodes.keys().copied().collect();
+        for &n in &waiting {
+            self.transport.send(n, Msg::HeldQuery { query });
+        }
+        let deadline = Instant::now() + LIST_WAIT;
+        self.lists.insert(query, ListQuery { asker: node, call, waiting, copies: HashMap::new(), deadline });
+        if self.lists[&query].waiting.is_empty() {
+            self.finish_list(query);
+        }
+    }
+
+    /// Answers `IpcList` query `query`: every segment with its pages away
+    /// from home and the nodes that said they hold its pages, and every
+    /// semaphore set.
+    fn finish_list(&mut self, query: u64) {
+        let Some(q) = self.lists.remove(&query) else { return };
+        let shm = match self.registry.call(q.asker, Call::ShmList).0 {
+            Reply::List(v) => v
+                .into_iter()
+                .map(|(id, s)| {
+                    let copies = q.copies.get(&id).copied().unwrap_or(0);
+                    (id, s, self.manager.pages_away(id), copies)
+                })
+                .collect(),
             _ => Vec::new(),
         };
-        Reply::IpcList { shm, sem: self.sems.list() }
+        let sem = self
+            .sems
+            .list()
+            .into_iter()
+            .map(|(id, s)| (id, s, self.sems.lent_to(id).unwrap_or(MANAGER)))
+            .collect();
+        let reply = Reply::IpcList { shm, sem };
+        self.transport.send(q.asker, Msg::Reply { id: q.call, reply });
+    }
+
+    /// Answers the `IpcList` queries whose time is up.
+    fn expire_lists(&mut self) {
+        let now = Instant::now();
+        let due: Vec<u64> = self.lists.iter().filter(|(_, q)| q.deadline <= now).map(|(&k, _)| k).collect();
+        for k in due {
+            self.finish_list(k);
+        }
+    }
+
+    /// `kdipc stats`: every node's figures, and every object's summed over
+    /// the nodes (objects that exist but were not counted yet: zeros).
+    fn stats_reply(&mut self, node: NodeId) -> Reply {
+        let nodes = self.stats.iter().map(|(&n, (pid, alive, s, _))| (n, *pid, *alive, s.clone())).collect();
+        let mut live: HashMap<(ObjKind, i32), i32> = HashMap::new();
+        if let Reply::List(v) = self.registry.call(node, Call::ShmList).0 {
+            live.extend(v.into_iter().map(|(id, s)| ((ObjKind::Shm, id), s.key)));
+        }
+        live.extend(self.sems.list().into_iter().map(|(id, s)| ((ObjKind::Sem, id), s.key)));
+        let mut sums: BTreeMap<(ObjKind, i32), ObjStats> = BTreeMap::new();
+        for (_, _, _, objs) in self.stats.values() {
+            for o in objs {
+                sums.entry((o.kind, o.id))
+                    .or_insert_with(|| ObjStats { kind: o.kind, id: o.id, ..Default::default() })
+                    .merge(o);
+            }
+        }
+        for &(kind, id) in live.keys() {
+            sums.entry((kind, id)).or_insert_with(|| ObjStats { kind, id, ..Default::default() });
+        }
+        let objects = sums
+            .into_iter()
+            .map(|(k, stats)| ObjReport {
+                key: live.get(&k).or_else(|| self.keys.get(&k)).copied(),
+                removed: !live.contains_key(&k),
+                stats,
+            })
+            .collect();
+        Reply::Stats { nodes, objects }
     }
 
     fn flush_sem_completions(&mut self) {
@@ -260,7 +399,12 @@ impl Server {
     fn effect(&mut self, e: Effect) {
         match e {
             Effect::None => {}
-            Effect::Created { id, npages } => self.manager.create(id, npages),
+            Effect::Created { id, npages } => {
+                if let Some(key) = self.registry.key_of(id) {
+                    self.keys.insert((ObjKind::Shm, id), key);
+                }
+                self.manager.create(id, npages)
+            }
             Effect::Destroyed { id } => {
                 info!(seg = id, "segment destroyed");
                 self.manager.destroy(id)
@@ -276,6 +420,15 @@ impl Server {
         self.transport.forget(node);
         if let Some(s) = self.stats.get_mut(&node) {
             s.1 = false;
+        }
+        // `kdipc ipcs` calls stop waiting for it.
+        let done: Vec<u64> = self
+            .lists
+            .iter_mut()
+            .filter_map(|(&k, q)| (q.waiting.remove(&node) && q.waiting.is_empty()).then_some(k))
+            .collect();
+        for k in done {
+            self.finish_list(k);
         }
         // Pages only it held are lost; every node learns it is gone (writes
         // waiting for its acknowledgement proceed, requests it was to

@@ -176,6 +176,8 @@ pub fn after_fork_in_child() {
         return;
     }
     fault::free_slots_after_fork();
+    // The child is a node of its own: its figures start from zero.
+    stats::reset();
     let views = fault::take_views();
     for &(_, start, len, _) in &views {
         // SAFETY: replacing our own mapping of the parent's memory with an
@@ -352,11 +354,13 @@ impl NodeHandle {
     }
 
     /// Every distributed segment (with the pages a node other than the home
-    /// owns) and semaphore set, by id.
+    /// owns, and the nodes that hold at least one of its pages) and
+    /// semaphore set (with the node that holds it; 0: the nameserver), by
+    /// id.
     #[allow(clippy::type_complexity)]
     pub fn ipc_list(
         &self,
-    ) -> Result<(Vec<(i32, ShmStat, u32)>, Vec<(i32, crate::semaphores::SemStat)>), Errno> {
+    ) -> Result<(Vec<(i32, ShmStat, u32, u32)>, Vec<(i32, crate::semaphores::SemStat, NodeId)>), Errno> {
         match self.call(Call::IpcList)? {
             Reply::IpcList { shm, sem } => Ok((shm, sem)),
             _ => Err(EINVAL),
@@ -364,10 +368,11 @@ impl NodeHandle {
     }
 
     /// Every node's figures, as the nameserver last heard them: (node,
-    /// pid, still there, figures).
-    pub fn stats(&self) -> Result<Vec<(NodeId, i32, bool, stats::Stats)>, Errno> {
+    /// pid, still there, figures); and every object's, summed over nodes.
+    #[allow(clippy::type_complexity)]
+    pub fn stats(&self) -> Result<(Vec<(NodeId, i32, bool, stats::Stats)>, Vec<stats::ObjReport>), Errno> {
         match self.call(Call::Stats)? {
-            Reply::Stats(v) => Ok(v),
+            Reply::Stats { nodes, objects } => Ok((nodes, objects)),
             _ => Err(EINVAL),
         }
     }
@@ -408,8 +413,7 @@ impl NodeHandle {
         }
         let t0 = Instant::now();
         let r = self.remote_semop(id, ops, timeout, fd, handled, id_call);
-        stats::SEMOPS_REMOTE.fetch_add(1, Ordering::Relaxed);
-        stats::SEMOP_LATENCY.record(t0.elapsed().as_nanos() as u64);
+        stats::semop_remote(id, t0.elapsed().as_nanos() as u64);
         r
     }
 
@@ -483,7 +487,7 @@ impl NodeHandle {
             r
         });
         if outcome != SemopOutcome::Blocked {
-            stats::SEMOPS_LOCAL.fetch_add(1, Ordering::Relaxed);
+            stats::semop_local(id);
         }
         match outcome {
             SemopOutcome::Done => Some(Ok(())),
@@ -657,8 +661,8 @@ struct State {
     sems: LocalSems,
     /// Their values as the nameserver last heard them.
     synced: HashMap<i32, SetState>,
-    /// The figures the nameserver last heard.
-    reported: stats::Stats,
+    /// The figures the nameserver last heard: the node's and per object.
+    reported: (stats::Stats, Vec<stats::ObjStats>),
     transport: Transport,
     segs: HashMap<SegId, Segment>,
     calls: HashMap<u64, oneshot::Sender<Reply>>,
@@ -707,7 +711,7 @@ impl State {
                     }
                 }
                 Action::Install { seg, page, payload } => {
-                    stats::page_in(if let Payload::Bytes(b) = &payload { b.len() } else { 0 });
+                    stats::page_in(seg, if let Payload::Bytes(b) = &payload { b.len() } else { 0 });
                     if let Some(s) = self.segs.get(&seg) {
                         s.write_page(page, &payload);
                     }
@@ -717,7 +721,7 @@ impl State {
                     s.protect(page, keep);
                     fault::membarrier();
                     let payload = s.read_page(page);
-                    stats::page_out(if let Payload::Bytes(b) = &payload { b.len() } else { 0 });
+                    stats::page_out(seg, if let Payload::Bytes(b) = &payload { b.len() } else { 0 });
                     // An owner keeps a read copy when it serves a read, none
                     // when it hands the page to a writer.
                     let write = keep == Access::Invalid;
@@ -727,7 +731,7 @@ impl State {
                 Action::ReleasePage { seg, page, copyset, version } => {
                     let Some(s) = self.segs.get(&seg) else { continue };
                     let bytes = s.read_page(page);
-                    stats::page_out(if let Payload::Bytes(b) = &bytes { b.len() } else { 0 });
+                    stats::page_out(seg, if let Payload::Bytes(b) = &bytes { b.len() } else { 0 });
                     let owned = Some((bytes, copyset, version));
                     self.transport.send(MANAGER, Msg::Coherence(CoherenceMsg::Release { seg, page, owned }));
                 }
@@ -857,8 +861,8 @@ impl State {
     fn inbound(&mut self, from: Option<NodeId>, msg: Msg, conn: &quinn::Connection) {
         match msg {
             Msg::Coherence(m) => {
-                if let CoherenceMsg::Invalidate { .. } = m {
-                    stats::INVALIDATIONS.fetch_add(1, Ordering::Relaxed);
+                if let CoherenceMsg::Invalidate { seg, .. } = m {
+                    stats::invalidation(seg);
                 }
                 let Some(from) = from else {
                     return crate::transport::bad(conn, "coherence message before Hello with an id");
@@ -885,6 +889,10 @@ impl State {
                 self.synced.insert(id, state.clone());
                 lock_sems(&self.sems).adopt(id, state);
             }
+            Msg::HeldQuery { query } if from == Some(MANAGER) => {
+                let segs = self.held_pages();
+                self.transport.send(MANAGER, Msg::Held { query, segs });
+            }
             Msg::SemRecall { id } if from == Some(MANAGER) => {
                 // Not held: it came back already (would have blocked here).
                 if let Some(state) = lock_sems(&self.sems).give_back(id) {
@@ -894,6 +902,8 @@ impl State {
             Msg::Call { .. }
             | Msg::Hello { .. }
             | Msg::Stats { .. }
+            | Msg::Held { .. }
+            | Msg::HeldQuery { .. }
             | Msg::NodeGone { .. }
             | Msg::SemLend { .. }
             | Msg::SemRecall { .. }
@@ -904,13 +914,28 @@ impl State {
 
     /// Sends this node's figures to the nameserver when they changed.
     fn report_stats(&mut self) {
-        let now = stats::snapshot();
+        let now = (stats::snapshot(), stats::objects());
         if now != self.reported {
             // SAFETY: getpid has no preconditions.
             let pid = unsafe { libc::getpid() };
-            self.transport.send(MANAGER, Msg::Stats { pid, stats: now.clone() });
+            let msg = Msg::Stats { pid, stats: now.0.clone(), objects: now.1.clone() };
+            self.transport.send(MANAGER, msg);
             self.reported = now;
         }
+    }
+
+    /// How many pages of each attached segment this node can read or
+    /// write now (`kdipc ipcs`' copies column asks).
+    fn held_pages(&self) -> Vec<(SegId, u32)> {
+        let mut v: Vec<(SegId, u32)> = self
+            .segs
+            .iter()
+            .map(|(&id, s)| {
+                (id, (0..s.npages).filter(|&p| self.protocol.access(id, p) != Access::Invalid).count() as u32)
+            })
+            .collect();
+        v.sort_unstable();
+        v
     }
 
     /// Tells the nameserver the values of the sets lent here that changed
@@ -1153,7 +1178,7 @@ async fn connect(
         print_stats: config.stats,
         sems,
         synced: HashMap::new(),
-        reported: stats::Stats::default(),
+        reported: Default::default(),
         transport,
         segs: HashMap::new(),
         calls: HashMap::new(),
@@ -1237,6 +1262,16 @@ async fn command(state: Shared, lock: Rc<tokio::sync::Mutex<()>>, c: Command) {
                 let line: Vec<String> =
                     stats::snapshot().fields().iter().map(|(k, v)| format!("{k}={v}")).collect();
                 eprintln!("kdipc stats: node={me} pid={pid} {}", line.join(" "));
+                // Then one line per object this node counted.
+                for o in stats::objects() {
+                    let line: Vec<String> = o.fields().iter().map(|(k, v)| format!("{k}={v}")).collect();
+                    eprintln!(
+                        "kdipc stats: node={me} pid={pid} {}={} {}",
+                        o.kind.name(),
+                        o.id,
+                        line.join(" ")
+                    );
+                }
             }
             // Peers learn at once that this node is gone (a read request
             // sent here by a stale hint then goes to the manager).

@@ -195,13 +195,19 @@ pub enum Reply {
     Ok,
     Err(Errno),
     /// `IpcList`: segments (id, stat, pages owned by a node other than the
-    /// home) and semaphore sets (id, stat), by id.
+    /// home, nodes that hold at least one of its pages) and semaphore sets
+    /// (id, stat, the node that holds it: 0 for the nameserver, else the
+    /// node it is lent to), by id.
     IpcList {
-        shm: Vec<(i32, ShmStat, u32)>,
-        sem: Vec<(i32, crate::semaphores::SemStat)>,
+        shm: Vec<(i32, ShmStat, u32, u32)>,
+        sem: Vec<(i32, crate::semaphores::SemStat, NodeId)>,
     },
-    /// `Stats`: (node, pid, still there, figures), by node.
-    Stats(Vec<(NodeId, i32, bool, crate::stats::Stats)>),
+    /// `Stats`: (node, pid, still there, figures), by node, and every
+    /// object's figures summed over the nodes, by kind and id.
+    Stats {
+        nodes: Vec<(NodeId, i32, bool, crate::stats::Stats)>,
+        objects: Vec<crate::stats::ObjReport>,
+    },
 }
 
 struct Segment {
@@ -358,6 +364,11 @@ impl Registry {
     }
 
     /// The node is gone: its attaches go with it.
+    /// The key of segment `id`, if it exists.
+    pub fn key_of(&self, id: i32) -> Option<i32> {
+        self.by_id.get(&id).map(|s| s.stat.key)
+    }
+
     pub fn node_gone(&mut self, node: NodeId) -> Vec<Effect> {
         let ids: Vec<i32> = self.by_id.keys().copied().collect();
         let mut effects = Vec::new();

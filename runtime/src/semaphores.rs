@@ -945,6 +945,11 @@ impl SemRegistry {
         self.sets.keys().copied().collect()
     }
 
+    /// The key of set `id`, if it exists.
+    pub fn key_of(&self, id: i32) -> Option<i32> {
+        self.sets.get(&id).map(|s| s.key)
+    }
+
     /// Every set, by id (for `kdipc ipcs`).
     pub fn list(&self) -> Vec<(i32, SemStat)> {
         self.sets.iter().map(|(&id, s)| (id, s.stat())).collect()

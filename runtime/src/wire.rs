@@ -37,8 +37,15 @@ pub enum Msg {
     PeerAddr { node: NodeId, addr: SocketAddr },
     /// nameserver → node: that node died or left.
     NodeGone { node: NodeId },
-    /// node → nameserver: its figures now (for `kdipc stats`).
-    Stats { pid: i32, stats: crate::stats::Stats },
+    /// node → nameserver: its figures now, in all and per object (for
+    /// `kdipc stats`).
+    Stats { pid: i32, stats: crate::stats::Stats, objects: Vec<crate::stats::ObjStats> },
+    /// nameserver → node: which segments do you hold pages of (for the
+    /// copies column of `kdipc ipcs`)?
+    HeldQuery { query: u64 },
+    /// node → nameserver: the answer: (segment, pages this node can read
+    /// or write) for every segment attached here.
+    Held { query: u64, segs: Vec<(i32, u32)> },
     /// nameserver → node: semaphore set `id` is lent to you (before the
     /// answer to the operation that made it so).
     SemLend { id: i32, state: SetState },

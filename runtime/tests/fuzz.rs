@@ -18,6 +18,7 @@ use kdipc_runtime::registry::{Call, Cred, Errno, Registry, Reply, ShmStat};
 use kdipc_runtime::semaphores::{
     SemCall, SemInfo, SemOp, SemRegistry, SemStat, SemctlArg, SemctlReply, SemopOutcome, Waiter,
 };
+use kdipc_runtime::stats::{ObjKind, ObjReport, ObjStats, Stats};
 use kdipc_runtime::wire::{self, Frame, Msg, WireError, MAX_FRAME, PROTOCOL_VERSION};
 use proptest::prelude::*;
 use proptest::test_runner::Config;
@@ -57,6 +58,16 @@ fn fields() -> impl Strategy<Value = Fields> {
             bytes: (0..len).map(|k| (k as u32 ^ n) as u8).collect(),
             nodes,
         })
+}
+
+fn obj_stats(f: &Fields) -> ObjStats {
+    ObjStats {
+        kind: if f.flag { ObjKind::Shm } else { ObjKind::Sem },
+        id: f.i,
+        write_faults: f.x,
+        latency: f.nodes.iter().map(|&n| n as u64).collect(),
+        ..Default::default()
+    }
 }
 
 fn cred(f: &Fields) -> Cred {
@@ -202,11 +213,22 @@ fn samples(f: &Fields) -> Vec<Msg> {
         Reply::List(vec![(f.i, shm_stat(f))]),
         Reply::Ok,
         Reply::Err(Errno(f.i)),
-        Reply::IpcList { shm: vec![(f.i, shm_stat(f), f.n)], sem: vec![(f.i, sem_stat(f))] },
+        Reply::IpcList { shm: vec![(f.i, shm_stat(f), f.n, f.n)], sem: vec![(f.i, sem_stat(f), f.n)] },
+        Reply::Stats {
+            nodes: vec![(f.n, f.i, f.flag, Stats { read_faults: f.x, ..Default::default() })],
+            objects: vec![ObjReport { key: f.flag.then_some(f.i), removed: f.flag, stats: obj_stats(f) }],
+        },
     ];
     let mut msgs = vec![
         Msg::Hello { node: f.flag.then_some(f.n) },
         Msg::PeerAddr { node: f.n, addr: SocketAddr::from(([127, 0, 0, 1], f.n as u16)) },
+        Msg::Stats {
+            pid: f.i,
+            stats: Stats { semop_p99_us: f.x, ..Default::default() },
+            objects: vec![obj_stats(f)],
+        },
+        Msg::HeldQuery { query: f.x },
+        Msg::Held { query: f.x, segs: vec![(f.i, f.n)] },
     ];
     msgs.extend(coherence(f).into_iter().map(Msg::Coherence));
     msgs.extend(calls.into_iter().enumerate().map(|(k, call)| Msg::Call { id: f.x ^ k as u64, call }));
