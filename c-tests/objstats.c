@@ -6,8 +6,9 @@
  *
  * Creates segment A (PAGES pages), segment B (1 page), sets S and T (one
  * semaphore each), all IPC_CREAT | IPC_EXCL | 0600 | IPC_KDIPC. Attaches A
- * and B, writes one byte at the start of every page of A (PAGES write
- * faults: each page is touched once, by a write), never touches B, does
+ * and B, writes one byte at the start of every page of A, in order (each
+ * page is touched once, by a write: at most PAGES write faults, fewer when
+ * the runtime claims pages ahead), never touches B, does
  * SEMOPS operations (+1, never blocking) on S and none on T, checks S's
  * value, then detaches and removes all four.
  *

@@ -138,7 +138,7 @@ fn stats_count_what_a_run_did() {
 #[test]
 fn stats_per_object_match_what_a_program_did() {
     let c = Cluster::local();
-    // objstats: N write faults on segment A, none on B; M operations on set
+    // objstats: writes N pages of segment A, none on B; M operations on set
     // S, none on T; all four removed at the end.
     const N: u64 = 24;
     const M: u64 = 9;
@@ -160,7 +160,9 @@ fn stats_per_object_match_what_a_program_did() {
     // KDIPC_STATS=1: the node's line, then one line per object it used.
     let la =
         object_line(&o.stderr, "shm", &a).unwrap_or_else(|| panic!("no line for segment A: {}", o.stderr));
-    assert!(field(la, "write_faults") >= N && field(la, "pages_in") >= N, "{la}");
+    // Writing N pages in order takes between 1 fault (the rest claimed
+    // ahead, see docs/design.md) and N; every page comes in.
+    assert!((1..=N).contains(&field(la, "write_faults")) && field(la, "pages_in") >= N, "{la}");
     assert!(field(la, "fault_p99_us") >= field(la, "fault_p50_us") && field(la, "fault_p50_us") >= 1, "{la}");
     let ls = object_line(&o.stderr, "sem", &s).unwrap_or_else(|| panic!("no line for set S: {}", o.stderr));
     assert_eq!(field(ls, "semops_local") + field(ls, "semops_remote"), M, "{ls}");
