@@ -548,6 +548,7 @@ const STREAMS: usize = 4;
 
 /// The most pages asked for together with a faulting one because they left
 /// this node with it (see `NodeProtocol::group`): a grid row of up to 16 KiB.
+/// `KDIPC_READAHEAD=0` turns groups off too (one page per fault).
 const GROUP: u32 = 3;
 
 #[derive(Default, Clone, Copy)]
@@ -809,7 +810,7 @@ impl State {
                 continue;
             };
             let now = self.now();
-            let group = self.protocol.group(seg, page, write, GROUP);
+            let group = self.protocol.group(seg, page, write, GROUP.min(self.readahead));
             let present = self.protocol.fault(seg, page, write, now, &mut out);
             if let Ok(false) = present {
                 self.waiters.entry((seg, page)).or_default().push((slot, write));
