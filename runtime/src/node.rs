@@ -128,7 +128,46 @@ pub struct NodeHandle {
 
 /// The node of this process (leaked; a forked child replaces it).
 static NODE: AtomicPtr<Result<NodeHandle, String>> = AtomicPtr::new(std::ptr::null_mut());
-static NODE_INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+static NODE_INIT: InitLock = InitLock(std::sync::atomic::AtomicI32::new(0));
+
+/// The lock that serializes node start-up. Not a `std::sync::Mutex`: a
+/// thread of the parent may hold it (while it starts the node) when another
+/// thread calls `fork`, and in the child, where that thread does not exist,
+/// it would stay held for ever; [`after_fork_in_child`] resets it. A futex
+/// word: 0 free, 1 held.
+struct InitLock(std::sync::atomic::AtomicI32);
+
+/// Holds [`InitLock`] until dropped.
+struct InitGuard(&'static InitLock);
+
+impl InitLock {
+    fn lock(&'static self) -> InitGuard {
+        while self.0.compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed).is_err() {
+            // Start-up takes milliseconds (seconds when a nameserver is
+            // started): sleep until woken, or 10 ms at most.
+            let t = libc::timespec { tv_sec: 0, tv_nsec: 10_000_000 };
+            // SAFETY: FUTEX_WAIT on our own aligned word, with a valid
+            // timeout; returns at once if the word is no longer 1.
+            unsafe {
+                libc::syscall(libc::SYS_futex, self.0.as_ptr(), libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG, 1, &t as *const _)
+            };
+        }
+        InitGuard(self)
+    }
+
+    /// In the child of `fork`: whoever held it is not here.
+    fn reset(&self) {
+        self.0.store(0, Ordering::Release);
+    }
+}
+
+impl Drop for InitGuard {
+    fn drop(&mut self) {
+        self.0 .0.store(0, Ordering::Release);
+        // SAFETY: FUTEX_WAKE on our own word.
+        unsafe { libc::syscall(libc::SYS_futex, self.0 .0.as_ptr(), libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG, i32::MAX) };
+    }
+}
 
 fn current() -> Option<&'static Result<NodeHandle, String>> {
     let p = NODE.load(Ordering::Acquire);
@@ -141,7 +180,7 @@ pub fn node() -> Result<&'static NodeHandle, Errno> {
     let n = match current() {
         Some(n) => n,
         None => {
-            let _g = NODE_INIT.lock().unwrap_or_else(|e| e.into_inner());
+            let _g = NODE_INIT.lock();
             match current() {
                 Some(n) => n,
                 None => {
@@ -172,6 +211,9 @@ pub fn started() -> Option<&'static NodeHandle> {
 /// `PROT_NONE` and fetch pages like any node's, and it attaches every
 /// segment again (the child counts in `shm_nattch`, as with the kernel).
 pub fn after_fork_in_child() {
+    // Another thread of the parent may have been starting the node: the
+    // child starts its own on first use.
+    NODE_INIT.reset();
     if current().is_none() {
         return;
     }

@@ -141,3 +141,23 @@ fn own_sigaltstack_and_stack_overflow_handler_keep_working() {
         assert!(o.stdout.contains("overflows=25 ok"), "{}", o.stdout);
     }
 }
+
+/// The start-up lock across `fork`: a process forks children every 300 µs
+/// while a second thread makes its first distributed call (starting the
+/// node); every child's own distributed `shmget` completes (a child that
+/// inherited the lock held would hang until its `alarm(10)`).
+#[test]
+fn fork_while_another_thread_starts_the_node_children_do_not_hang() {
+    let c = Cluster::local();
+    let o = c.run("forkinit", &[&support::fresh_key(), &iters(5, 30).to_string()], T);
+    o.assert_ok("forkinit");
+    let during: u32 = o
+        .stdout
+        .split("rounds, ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count in {:?}", o.stdout));
+    assert!(during >= 1, "no fork happened during a start-up: {}", o.stdout);
+    print!("{}", o.stdout);
+}
