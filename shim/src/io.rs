@@ -9,8 +9,8 @@
 use kdipc_runtime::fault;
 use kdipc_runtime::protocol::PAGE_SIZE;
 
-use crate::ffi::{guard, real_fn, FromErr};
-use crate::user::{copy_in, copy_in_slice};
+use crate::ffi::{fail, guard, real_fn, FromErr};
+use crate::user::{copy_in, copy_in_slice, copy_out};
 
 /// Attempts before an `EFAULT` from a distributed buffer is passed on. A
 /// call whose buffers span several pages that other nodes keep writing
@@ -222,22 +222,49 @@ hook! {
     /// Hook for libc::writev.
     fn writev(fd: Int, iov: *const libc::iovec, cnt: Int) -> isize; iov_bufs(iov, cnt.max(0) as usize, false)
 }
-hook! {
-    /// Hook for libc::recv.
-    fn recv(fd: Int, buf: Ptr, n: usize, flags: Int) -> isize; vec![(buf as usize, n, true)]
+/// Hook for libc::recv (see [`recv_bounced`]).
+///
+/// # Safety
+/// As for libc's `recv`.
+#[cfg_attr(not(test), no_mangle)]
+pub unsafe extern "C" fn recv(fd: Int, buf: Ptr, n: usize, flags: Int) -> isize {
+    // SAFETY: the same contract; recv is recvfrom without an address.
+    unsafe { recvfrom(fd, buf, n, flags, std::ptr::null_mut(), std::ptr::null_mut()) }
 }
-hook! {
-    /// Hook for libc::recvfrom.
-    fn recvfrom(fd: Int, buf: Ptr, n: usize, flags: Int, addr: *mut libc::sockaddr, alen: *mut libc::socklen_t)
-        -> isize;
-    {
+
+/// Hook for libc::recvfrom (see [`recv_bounced`]).
+///
+/// # Safety
+/// As for libc's `recvfrom`.
+#[cfg_attr(not(test), no_mangle)]
+pub unsafe extern "C" fn recvfrom(
+    fd: Int,
+    buf: Ptr,
+    n: usize,
+    flags: Int,
+    addr: *mut libc::sockaddr,
+    alen: *mut libc::socklen_t,
+) -> isize {
+    guard(|| {
+        let f = real_fn!(recvfrom: fn(Int, Ptr, usize, Int, *mut libc::sockaddr, *mut libc::socklen_t) -> isize);
+        // SAFETY: libc's function with the program's arguments.
+        let call = || unsafe { f(fd, buf, n, flags, addr, alen) };
+        if !fault::installed() {
+            return call();
+        }
         let alen_v = if alen.is_null() { 0 } else { copy_in(alen).unwrap_or(0) as usize };
-        vec![
+        let bufs = vec![
             (buf as usize, n, true),
             (addr as usize, alen_v, true),
             (alen as usize, std::mem::size_of::<libc::socklen_t>(), true),
-        ]
-    }
+        ];
+        if bounce_needed(fd, &bufs) {
+            let iov = [libc::iovec { iov_base: buf, iov_len: n }];
+            let name = if addr.is_null() || alen.is_null() { None } else { Some((addr as usize, alen)) };
+            return recv_bounced(fd, &iov, name, None, flags).map_or_else(fail, |(r, _)| r);
+        }
+        with_pages(&bufs, call)
+    })
 }
 hook! {
     /// Hook for libc::send.
@@ -249,10 +276,180 @@ hook! {
         -> isize;
     vec![(buf as usize, n, false), (addr as usize, alen as usize, false)]
 }
-hook! {
-    /// Hook for libc::recvmsg: the `msghdr`, its iovec array and buffers,
-    /// its name and its control buffer.
-    fn recvmsg(fd: Int, msg: *mut libc::msghdr, flags: Int) -> isize; msg_bufs(msg, true)
+/// Hook for libc::recvmsg: the `msghdr`, its iovec array and buffers, its
+/// name and its control buffer (see [`recv_bounced`]).
+///
+/// # Safety
+/// As for libc's `recvmsg`.
+#[cfg_attr(not(test), no_mangle)]
+pub unsafe extern "C" fn recvmsg(fd: Int, msg: *mut libc::msghdr, flags: Int) -> isize {
+    guard(|| {
+        let f = real_fn!(recvmsg: fn(Int, *mut libc::msghdr, Int) -> isize);
+        // SAFETY: libc's function with the program's arguments.
+        let call = || unsafe { f(fd, msg, flags) };
+        if !fault::installed() {
+            return call();
+        }
+        let bufs = msg_bufs(msg, true);
+        if bounce_needed(fd, &bufs) {
+            let Ok(m) = copy_in(msg) else { return call() };
+            let Ok(iov) = copy_in_slice(m.msg_iov as *const libc::iovec, m.msg_iovlen) else { return call() };
+            let r = recv_bounced(fd, &iov, None, Some(&m), flags).and_then(|(r, out)| {
+                let out = out.expect("recvmsg passes its msghdr");
+                let mut m2 = m;
+                (m2.msg_namelen, m2.msg_controllen, m2.msg_flags) =
+                    (out.msg_namelen, out.msg_controllen, out.msg_flags);
+                copy_out(msg, &m2)?;
+                Ok(r)
+            });
+            return r.unwrap_or_else(fail);
+        }
+        with_pages(&bufs, call)
+    })
+}
+
+/// Largest receive that goes through a bounce buffer (beyond it, the
+/// prefault-and-retry path).
+const BOUNCE_MAX: usize = 64 << 20;
+
+/// Whether a receive must go through a bounce buffer: some page of `bufs`
+/// is distributed and writable, and `fd` is a socket that keeps record
+/// boundaries. The kernel dequeues a datagram before it copies it out and
+/// drops it when the copy fails: a page that leaves between our touch and
+/// that copy (another node writes it while the call blocks) would lose the
+/// datagram, where a byte stream keeps unread data for the retry.
+fn bounce_needed(fd: Int, bufs: &[Buf]) -> bool {
+    let total: usize = bufs.iter().map(|b| b.1).sum();
+    if total > BOUNCE_MAX || !bufs.iter().any(|&(a, l, _)| writable_distributed(a, l)) {
+        return false;
+    }
+    let mut ty: Int = 0;
+    let mut len = std::mem::size_of::<Int>() as libc::socklen_t;
+    // SAFETY: SO_TYPE writes one int into `ty`.
+    let r = unsafe {
+        libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_TYPE, &mut ty as *mut Int as Ptr, &mut len)
+    };
+    r == 0 && matches!(ty, libc::SOCK_DGRAM | libc::SOCK_SEQPACKET | libc::SOCK_RAW | libc::SOCK_RDM)
+}
+
+/// Whether a page of `[addr, addr + len)` lies in a writable distributed view.
+fn writable_distributed(addr: usize, len: usize) -> bool {
+    if addr == 0 || len == 0 {
+        return false;
+    }
+    let end = addr.saturating_add(len);
+    let mut page = addr & !(PAGE_SIZE - 1);
+    while page < end {
+        if matches!(fault::find_view(page.max(addr)), Some((_, false))) {
+            return true;
+        }
+        page += PAGE_SIZE;
+    }
+    false
+}
+
+/// A receive through private buffers: the kernel writes only memory that
+/// is always present, and the bytes are then stored into the program's
+/// buffers as the program would store them (our fault handler serves
+/// distributed pages). Same flags (`MSG_PEEK`, `MSG_TRUNC`, ...), same
+/// result; the address and control data are copied back with their
+/// lengths. `msg` is the program's `msghdr` (for `recvmsg`), `name` the
+/// address buffer and its length of `recvfrom`. Returns the call's
+/// result, and for `recvmsg` the `msghdr` as the kernel filled it.
+fn recv_bounced(
+    fd: Int,
+    iov: &[libc::iovec],
+    name: Option<(usize, *mut libc::socklen_t)>,
+    msg: Option<&libc::msghdr>,
+    flags: Int,
+) -> Result<(isize, Option<libc::msghdr>), kdipc_runtime::registry::Errno> {
+    use kdipc_runtime::registry::Errno;
+    let f = real_fn!(recvmsg: fn(Int, *mut libc::msghdr, Int) -> isize);
+    let total = iov.iter().try_fold(0usize, |a, v| a.checked_add(v.iov_len)).ok_or(Errno(libc::EINVAL))?;
+    let mut data = vec![0u8; total];
+    let (name_addr, name_cap) = match (name, msg) {
+        (Some((a, alen)), _) => (a, copy_in(alen)? as usize),
+        (None, Some(m)) if !m.msg_name.is_null() => (m.msg_name as usize, m.msg_namelen as usize),
+        _ => (0, 0),
+    };
+    let mut name_buf = vec![0u8; name_cap];
+    let (ctl_addr, ctl_cap) = msg.map_or((0, 0), |m| (m.msg_control as usize, m.msg_controllen));
+    let mut ctl_buf = vec![0u8; if ctl_addr == 0 { 0 } else { ctl_cap }];
+    let mut one = libc::iovec { iov_base: data.as_mut_ptr() as Ptr, iov_len: total };
+    // SAFETY: msghdr is plain data; all zeroes is a valid value.
+    let mut m: libc::msghdr = unsafe { std::mem::zeroed() };
+    m.msg_iov = &mut one;
+    m.msg_iovlen = 1;
+    if name_addr != 0 {
+        m.msg_name = name_buf.as_mut_ptr() as Ptr;
+        m.msg_namelen = name_cap as libc::socklen_t;
+    }
+    if !ctl_buf.is_empty() {
+        m.msg_control = ctl_buf.as_mut_ptr() as Ptr;
+        m.msg_controllen = ctl_cap;
+    }
+    // SAFETY: libc's recvmsg on the program's descriptor, into our own
+    // buffers, which live until it returns.
+    let r = unsafe { f(fd, &mut m, flags) };
+    if r < 0 {
+        return Ok((r, None));
+    }
+    // The data, scattered as the kernel would (MSG_TRUNC: `r` may exceed
+    // what fits).
+    let mut left = (r as usize).min(total);
+    let mut from = 0;
+    for v in iov {
+        if left == 0 {
+            break;
+        }
+        let n = v.iov_len.min(left);
+        copy_out_bytes(v.iov_base as usize, &data[from..from + n])?;
+        from += n;
+        left -= n;
+    }
+    if name_addr != 0 {
+        let n = (m.msg_namelen as usize).min(name_cap);
+        copy_out_bytes(name_addr, &name_buf[..n])?;
+        if let Some((_, alen)) = name {
+            crate::user::copy_out(alen, &m.msg_namelen)?;
+        }
+    }
+    if !ctl_buf.is_empty() {
+        copy_out_bytes(ctl_addr, &ctl_buf[..m.msg_controllen.min(ctl_cap)])?;
+    } else {
+        m.msg_controllen = 0;
+    }
+    Ok((r, Some(m)))
+}
+
+/// `copy_to_user` of bytes: plain stores into distributed pages (our
+/// handler serves them), the checked copy elsewhere.
+fn copy_out_bytes(dst: usize, src: &[u8]) -> Result<(), kdipc_runtime::registry::Errno> {
+    let mut done = 0;
+    while done < src.len() {
+        let a = dst + done;
+        let n = (PAGE_SIZE - a % PAGE_SIZE).min(src.len() - done);
+        let chunk = &src[done..done + n];
+        match fault::find_view(a) {
+            Some((_, false)) => {
+                // SAFETY: `[a, a + n)` lies in one page of a read-write
+                // distributed view; the fault handler serves the stores.
+                unsafe { std::ptr::copy_nonoverlapping(chunk.as_ptr(), a as *mut u8, n) };
+            }
+            _ => {
+                let local = libc::iovec { iov_base: chunk.as_ptr() as Ptr, iov_len: n };
+                let remote = libc::iovec { iov_base: a as Ptr, iov_len: n };
+                // SAFETY: process_vm_writev checks the remote (our own)
+                // range and fails with EFAULT instead of faulting.
+                let w = unsafe { libc::process_vm_writev(libc::getpid(), &local, 1, &remote, 1, 0) };
+                if w != n as isize {
+                    return Err(kdipc_runtime::registry::Errno(libc::EFAULT));
+                }
+            }
+        }
+        done += n;
+    }
+    Ok(())
 }
 hook! {
     /// Hook for libc::sendmsg.

@@ -161,3 +161,14 @@ fn fork_while_another_thread_starts_the_node_children_do_not_hang() {
     assert!(during >= 1, "no fork happened during a start-up: {}", o.stdout);
     print!("{}", o.stdout);
 }
+
+/// Datagrams received (recv, recvfrom, recvmsg, MSG_PEEK, MSG_TRUNC) into
+/// pages another node wrote while the receiver was blocked in the call:
+/// the kernel drops a datagram it cannot copy out, and none is lost.
+#[test]
+fn datagrams_received_into_pages_taken_away_during_the_call_are_not_lost() {
+    let c = Cluster::local();
+    let o = c.run("dgram", &[&support::fresh_key(), "40"], T);
+    o.assert_ok("dgram");
+    assert!(o.stdout.contains("dgram: 40 datagrams"), "{}", o.stdout);
+}
