@@ -186,6 +186,11 @@ pub fn node() -> Result<&'static NodeHandle, Errno> {
                 None => {
                     crate::config::init_logging();
                     let r = Config::from_env().and_then(start);
+                    if let Ok(h) = &r {
+                        // SEM_UNDO adjustments an earlier image of this
+                        // process left with a keeper come back.
+                        crate::undo::adopt(h);
+                    }
                     let leaked: &'static mut Result<NodeHandle, String> = Box::leak(Box::new(r));
                     NODE.store(leaked, Ordering::Release);
                     leaked
@@ -218,6 +223,8 @@ pub fn after_fork_in_child() {
         return;
     }
     fault::free_slots_after_fork();
+    // The child has no SEM_UNDO adjustments (as on Linux).
+    crate::undo::HAS_UNDO.store(false, Ordering::Relaxed);
     let views = fault::take_views();
     for &(_, start, len, _) in &views {
         // SAFETY: replacing our own mapping of the parent's memory with an
@@ -433,6 +440,9 @@ impl NodeHandle {
     /// the kernel's, never restarted). A withdrawn operation applied
     /// nothing; one that completed while being withdrawn counts as done.
     pub fn semop(&self, id: i32, ops: Vec<SemOp>, timeout: Option<Duration>) -> Result<(), Errno> {
+        if ops.iter().any(|o| o.flg & crate::semaphores::SEM_UNDO != 0) {
+            crate::undo::HAS_UNDO.store(true, Ordering::Relaxed);
+        }
         thread_local! {
             // SAFETY: eventfd with valid flags; checked below.
             static WAKE: i32 = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
@@ -538,6 +548,42 @@ impl NodeHandle {
                 }
             }
         }
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.me
+    }
+
+    /// Moves process `pid`'s `SEM_UNDO` adjustments from node `from` to
+    /// node `to` (see `crate::undo`); returns how many are not zero.
+    pub fn move_undo(&self, from: NodeId, to: NodeId, pid: i32) -> Result<usize, Errno> {
+        match self.call(Call::Sem(SemCall::MoveUndo { from, to, pid }))? {
+            Reply::Id(n) => Ok(n as usize),
+            _ => Err(EINVAL),
+        }
+    }
+
+    /// Process `pid` exited: its adjustments held by this node apply.
+    pub fn sem_exit(&self, pid: i32) -> Result<(), Errno> {
+        self.call(Call::Sem(SemCall::Exit { pid })).map(|_| ())
+    }
+
+    /// Before `exec`: this process's adjustments go to node `keeper`. The
+    /// sets lent here go home first (with the adjustments on them; the
+    /// run loop sends them before any later call).
+    pub fn hand_undo_over(&self, keeper: NodeId) -> Result<usize, Errno> {
+        {
+            let mut local = lock_sems(&self.sems);
+            for id in local.ids() {
+                if let Some(state) = local.give_back(id) {
+                    self.cmds.send(Command::SemReturn { id, state }).map_err(|_| ENOMEM)?;
+                }
+            }
+        }
+        // SAFETY: getpid has no preconditions.
+        let pid = unsafe { libc::getpid() };
+        self.move_undo(self.me, keeper, pid)
     }
 
     /// Detaches everything, handing this node's pages back (process exit).
@@ -995,7 +1041,7 @@ pub fn udp_port_in_use(addr: std::net::SocketAddr) -> bool {
 }
 
 /// `kdipc` beside the library that contains this code, or `KDIPC_BIN`.
-fn kdipc_binary() -> std::path::PathBuf {
+pub(crate) fn kdipc_binary() -> std::path::PathBuf {
     if let Some(b) = std::env::var_os("KDIPC_BIN") {
         return b.into();
     }

@@ -172,3 +172,18 @@ fn datagrams_received_into_pages_taken_away_during_the_call_are_not_lost() {
     o.assert_ok("dgram");
     assert!(o.stdout.contains("dgram: 40 datagrams"), "{}", o.stdout);
 }
+
+/// `SEM_UNDO` across `exec`, as Linux: a process takes a semaphore with
+/// `SEM_UNDO` and `exec`s; the adjustment does not apply at the `exec`
+/// but when the new image exits (normally, or killed), even though the
+/// new image never touches IPC; a new image that gives the semaphore back
+/// with `SEM_UNDO` cancels the old image's adjustment (nothing applies at
+/// its exit).
+#[test]
+fn sem_undo_survives_exec_and_applies_at_the_final_exit() {
+    let c = Cluster::local();
+    let o = c.run("undoexec", &[&support::fresh_key()], T);
+    o.assert_ok("undoexec");
+    assert!(o.stdout.contains("undoexec: ok"), "{}", o.stdout);
+    print!("{}", o.stdout);
+}
