@@ -149,7 +149,13 @@ impl InitLock {
             // SAFETY: FUTEX_WAIT on our own aligned word, with a valid
             // timeout; returns at once if the word is no longer 1.
             unsafe {
-                libc::syscall(libc::SYS_futex, self.0.as_ptr(), libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG, 1, &t as *const _)
+                libc::syscall(
+                    libc::SYS_futex,
+                    self.0.as_ptr(),
+                    libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
+                    1,
+                    &t as *const _,
+                )
             };
         }
         InitGuard(self)
@@ -165,7 +171,14 @@ impl Drop for InitGuard {
     fn drop(&mut self) {
         self.0 .0.store(0, Ordering::Release);
         // SAFETY: FUTEX_WAKE on our own word.
-        unsafe { libc::syscall(libc::SYS_futex, self.0 .0.as_ptr(), libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG, i32::MAX) };
+        unsafe {
+            libc::syscall(
+                libc::SYS_futex,
+                self.0 .0.as_ptr(),
+                libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
+                i32::MAX,
+            )
+        };
     }
 }
 

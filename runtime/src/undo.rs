@@ -115,7 +115,8 @@ pub fn before_exec(n: &NodeHandle) {
 fn spawn_keeper(pid: i32) -> Option<(OwnedFd, NodeId)> {
     let mut sv = [0i32; 2];
     // SAFETY: socketpair fills two descriptors; checked.
-    if unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0, sv.as_mut_ptr()) } != 0
+    if unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0, sv.as_mut_ptr()) }
+        != 0
     {
         return None;
     }
@@ -147,7 +148,8 @@ fn spawn_keeper(pid: i32) -> Option<(OwnedFd, NodeId)> {
         for fd in [1, 2] {
             libc::posix_spawn_file_actions_addopen(&mut fa, fd, c"/dev/null".as_ptr(), libc::O_WRONLY, 0);
         }
-        let r = libc::posix_spawn(&mut child, bin.as_ptr(), &fa, std::ptr::null(), argv.as_ptr(), envp.as_ptr());
+        let r =
+            libc::posix_spawn(&mut child, bin.as_ptr(), &fa, std::ptr::null(), argv.as_ptr(), envp.as_ptr());
         libc::posix_spawn_file_actions_destroy(&mut fa);
         r
     };
@@ -239,7 +241,11 @@ pub fn keeper_main(pid: i32) -> i32 {
     loop {
         let mut fds = [
             libc::pollfd { fd: pidfd, events: libc::POLLIN, revents: 0 },
-            libc::pollfd { fd: listen.as_ref().map_or(-1, |s| s.as_raw_fd()), events: libc::POLLIN, revents: 0 },
+            libc::pollfd {
+                fd: listen.as_ref().map_or(-1, |s| s.as_raw_fd()),
+                events: libc::POLLIN,
+                revents: 0,
+            },
         ];
         // SAFETY: two valid pollfds.
         if unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) } < 0 {
@@ -250,7 +256,8 @@ pub fn keeper_main(pid: i32) -> i32 {
             let _ = h.sem_exit(pid);
             return done(h);
         }
-        if fds[1].revents != 0 && handed_to_new_image(listen.as_ref().map_or(-1, |s| s.as_raw_fd()), pid, h.id())
+        if fds[1].revents != 0
+            && handed_to_new_image(listen.as_ref().map_or(-1, |s| s.as_raw_fd()), pid, h.id())
         {
             return done(h);
         }
@@ -272,7 +279,13 @@ fn handed_to_new_image(listen: i32, pid: i32, me: NodeId) -> bool {
     let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
     // SAFETY: as above.
     let r = unsafe {
-        libc::getsockopt(c.as_raw_fd(), libc::SOL_SOCKET, libc::SO_PEERCRED, &mut cred as *mut _ as *mut _, &mut len)
+        libc::getsockopt(
+            c.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            &mut cred as *mut _ as *mut _,
+            &mut len,
+        )
     };
     if r != 0 || cred.pid != pid {
         return false;

@@ -246,7 +246,8 @@ pub unsafe extern "C" fn recvfrom(
     alen: *mut libc::socklen_t,
 ) -> isize {
     guard(|| {
-        let f = real_fn!(recvfrom: fn(Int, Ptr, usize, Int, *mut libc::sockaddr, *mut libc::socklen_t) -> isize);
+        let f =
+            real_fn!(recvfrom: fn(Int, Ptr, usize, Int, *mut libc::sockaddr, *mut libc::socklen_t) -> isize);
         // SAFETY: libc's function with the program's arguments.
         let call = || unsafe { f(fd, buf, n, flags, addr, alen) };
         if !fault::installed() {
