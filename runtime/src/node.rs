@@ -320,7 +320,9 @@ fn wait_readable(fd: i32, timeout: Option<Duration>) -> Result<(), Errno> {
         .map(|t| libc::timespec { tv_sec: t.as_secs() as libc::time_t, tv_nsec: t.subsec_nanos() as _ });
     let tsp = ts.as_ref().map_or(std::ptr::null(), |t| t as *const libc::timespec);
     // SAFETY: one valid pollfd; `tsp` is null or points to a live timespec.
-    let r = unsafe { libc::ppoll(&mut pfd, 1, tsp, std::ptr::null()) };
+    // The raw system call: `ppoll` from this library is the shim's hook.
+    let r =
+        unsafe { libc::syscall(libc::SYS_ppoll, &mut pfd, 1, tsp, std::ptr::null::<libc::sigset_t>(), 8) };
     if r > 0 {
         return Ok(());
     }

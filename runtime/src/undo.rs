@@ -82,8 +82,12 @@ fn wait_readable(fd: i32, timeout: Duration) -> bool {
     loop {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
         let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
-        // SAFETY: one valid pollfd.
-        let r = unsafe { libc::poll(&mut p, 1, left.as_millis().min(i32::MAX as u128) as i32) };
+        let t = libc::timespec { tv_sec: left.as_secs() as libc::time_t, tv_nsec: left.subsec_nanos() as _ };
+        // SAFETY: one valid pollfd and timespec (the raw system call: the
+        // shim hooks `poll`).
+        let r = unsafe {
+            libc::syscall(libc::SYS_ppoll, &mut p, 1, &t as *const libc::timespec, std::ptr::null::<u8>(), 8)
+        };
         if r > 0 {
             return true;
         }
