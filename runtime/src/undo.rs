@@ -101,9 +101,12 @@ fn wait_readable(fd: i32, timeout: Duration) -> bool {
 /// adjustments to a keeper. Without a keeper (none could start), they
 /// apply at `exec`, as before.
 pub fn before_exec(n: &NodeHandle) {
-    if !HAS_UNDO.load(Ordering::Relaxed) {
-        return;
+    if HAS_UNDO.load(Ordering::Relaxed) {
+        keeping_errno(|| hand_to_keeper(n))
     }
+}
+
+fn hand_to_keeper(n: &NodeHandle) {
     // SAFETY: getpid has no preconditions.
     let pid = unsafe { libc::getpid() };
     let Some((sock, keeper)) = spawn_keeper(pid) else {
@@ -170,9 +173,24 @@ fn spawn_keeper(pid: i32) -> Option<(OwnedFd, NodeId)> {
     Some((ours, keeper))
 }
 
+/// Runs `f` leaving the program's `errno` as it was (a successful call
+/// must not show our failed `connect`).
+fn keeping_errno<R>(f: impl FnOnce() -> R) -> R {
+    // SAFETY: errno is thread-local and always valid.
+    let e = unsafe { *libc::__errno_location() };
+    let r = f();
+    // SAFETY: as above.
+    unsafe { *libc::__errno_location() = e };
+    r
+}
+
 /// At node start: takes back the adjustments a keeper holds for this
 /// process (an earlier image of it had them).
 pub fn adopt(n: &NodeHandle) {
+    keeping_errno(|| adopt_inner(n))
+}
+
+fn adopt_inner(n: &NodeHandle) {
     // SAFETY: getpid has no preconditions.
     let pid = unsafe { libc::getpid() };
     let Some(s) = unix_socket() else { return };
