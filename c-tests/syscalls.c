@@ -15,7 +15,9 @@
  * hands the kernel a buffer (fstat/stat/lstat/fstatat/statx and the
  * pre-2.33 __xstat names, getdents64, pipe/pipe2, socketpair, readlink,
  * getcwd, clock_gettime, gettimeofday, uname, getrusage, sendmsg/recvmsg
- * with the msghdr, iovecs, data, name and control buffer all there, and
+ * with the msghdr, iovecs, data, name and control buffer all there (on a
+ * stream and a datagram socket), sendmmsg/recvmmsg, poll/ppoll/select/
+ * pselect with their arrays, sets and time-outs there, and
  * fread/fwrite larger than stdio's buffer; open/openat/creat/access/unlink
  * of paths there) with
  * its buffers (and paths) in those pages, and compares with the same call
@@ -27,7 +29,9 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <pthread.h>
+#include <sys/select.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -208,6 +212,105 @@ static void other_calls(uint8_t *e)
     close(sv[0]);
     close(sv[1]);
 
+    /* A datagram with a descriptor (SCM_RIGHTS) received by recvmsg into
+     * region E: the shim's bounce buffer copies the control data back. */
+    int dsv[2]; /* private: region E's buffers are reused below */
+    CHECK(socketpair(AF_UNIX, SOCK_DGRAM, 0, dsv) == 0, "socketpair(DGRAM): %s", strerror(errno));
+    {
+        char cbuf[CMSG_SPACE(sizeof(int))];
+        struct iovec v = { "datagram", 8 };
+        struct msghdr sm = { .msg_iov = &v, .msg_iovlen = 1, .msg_control = cbuf, .msg_controllen = sizeof cbuf };
+        struct cmsghdr *c0 = CMSG_FIRSTHDR(&sm);
+        c0->cmsg_level = SOL_SOCKET;
+        c0->cmsg_type = SCM_RIGHTS;
+        c0->cmsg_len = CMSG_LEN(sizeof(int));
+        memcpy(CMSG_DATA(c0), &fd, sizeof(int));
+        CHECK(sendmsg(dsv[0], &sm, 0) == 8, "sendmsg(DGRAM): %s", strerror(errno));
+    }
+    m = (struct msghdr *)next_buf(e);
+    iov = (struct iovec *)next_buf(e);
+    in = (char *)next_buf(e);
+    ctl = (char *)next_buf(e);
+    memset(m, 0, sizeof *m);
+    iov[0] = (struct iovec){ in, 64 };
+    m->msg_iov = iov;
+    m->msg_iovlen = 1;
+    m->msg_control = ctl;
+    m->msg_controllen = CMSG_SPACE(sizeof(int));
+    got = recvmsg(dsv[1], m, 0);
+    CHECK(got == 8 && memcmp(in, "datagram", 8) == 0 && m->msg_controllen == CMSG_SPACE(sizeof(int)),
+          "recvmsg(DGRAM): %zd (%s)", got, strerror(errno));
+    cm = CMSG_FIRSTHDR(m);
+    CHECK(cm != NULL && cm->cmsg_type == SCM_RIGHTS, "recvmsg(DGRAM): no descriptor came");
+    memcpy(&passed, CMSG_DATA(cm), sizeof passed);
+    CHECK(fstat(passed, &ps) == 0 && ps.st_ino == mine.st_ino, "recvmsg(DGRAM): the passed descriptor is wrong");
+    close(passed);
+
+    /* sendmmsg/recvmmsg: the mmsghdr arrays, iovecs and data in region E. */
+    struct mmsghdr *mm = (struct mmsghdr *)next_buf(e);
+    struct iovec *mv = (struct iovec *)next_buf(e);
+    char *m1 = (char *)next_buf(e), *m2 = (char *)next_buf(e);
+    strcpy(m1, "first");
+    strcpy(m2, "second!");
+    mv[0] = (struct iovec){ m1, 5 };
+    mv[1] = (struct iovec){ m2, 7 };
+    memset(mm, 0, 2 * sizeof *mm);
+    mm[0].msg_hdr.msg_iov = &mv[0];
+    mm[0].msg_hdr.msg_iovlen = 1;
+    mm[1].msg_hdr.msg_iov = &mv[1];
+    mm[1].msg_hdr.msg_iovlen = 1;
+    int sent = sendmmsg(dsv[0], mm, 2, 0);
+    CHECK(sent == 2 && mm[0].msg_len == 5 && mm[1].msg_len == 7, "sendmmsg: %d (%s)", sent, strerror(errno));
+    mm = (struct mmsghdr *)next_buf(e);
+    mv = (struct iovec *)next_buf(e);
+    m1 = (char *)next_buf(e);
+    m2 = (char *)next_buf(e);
+    mv[0] = (struct iovec){ m1, 64 };
+    mv[1] = (struct iovec){ m2, 64 };
+    memset(mm, 0, 2 * sizeof *mm);
+    mm[0].msg_hdr.msg_iov = &mv[0];
+    mm[0].msg_hdr.msg_iovlen = 1;
+    mm[1].msg_hdr.msg_iov = &mv[1];
+    mm[1].msg_hdr.msg_iovlen = 1;
+    int rcvd = recvmmsg(dsv[1], mm, 2, MSG_DONTWAIT, NULL);
+    CHECK(rcvd == 2 && mm[0].msg_len == 5 && mm[1].msg_len == 7 && memcmp(m1, "first", 5) == 0
+              && memcmp(m2, "second!", 7) == 0,
+          "recvmmsg: %d (%s)", rcvd, strerror(errno));
+
+    /* poll, ppoll, select, pselect: arrays and sets in region E, on a
+     * socket with a datagram waiting (readable) and one that is not. */
+    CHECK(send(dsv[0], "x", 1, 0) == 1, "send: %s", strerror(errno));
+    struct pollfd *pf = (struct pollfd *)next_buf(e);
+    pf[0] = (struct pollfd){ .fd = dsv[1], .events = POLLIN };
+    pf[1] = (struct pollfd){ .fd = dsv[0], .events = POLLIN };
+    int pr = poll(pf, 2, 1000);
+    CHECK(pr == 1 && pf[0].revents == POLLIN && pf[1].revents == 0, "poll: %d (%s) revents %d %d", pr,
+          strerror(errno), pf[0].revents, pf[1].revents);
+    pf = (struct pollfd *)next_buf(e);
+    pf[0] = (struct pollfd){ .fd = dsv[1], .events = POLLIN };
+    struct timespec *pt = (struct timespec *)next_buf(e);
+    *pt = (struct timespec){ .tv_sec = 1 };
+    pr = ppoll(pf, 1, pt, NULL);
+    CHECK(pr == 1 && pf[0].revents == POLLIN, "ppoll: %d (%s)", pr, strerror(errno));
+    fd_set *rs = (fd_set *)next_buf(e);
+    struct timeval *stv = (struct timeval *)next_buf(e);
+    FD_ZERO(rs);
+    FD_SET(dsv[1], rs);
+    FD_SET(dsv[0], rs);
+    *stv = (struct timeval){ .tv_sec = 1 };
+    int nfd = (dsv[0] > dsv[1] ? dsv[0] : dsv[1]) + 1;
+    pr = select(nfd, rs, NULL, NULL, stv);
+    CHECK(pr == 1 && FD_ISSET(dsv[1], rs) && !FD_ISSET(dsv[0], rs), "select: %d (%s)", pr, strerror(errno));
+    rs = (fd_set *)next_buf(e);
+    pt = (struct timespec *)next_buf(e);
+    FD_ZERO(rs);
+    FD_SET(dsv[1], rs);
+    *pt = (struct timespec){ .tv_sec = 1 };
+    pr = pselect(nfd, rs, NULL, NULL, pt, NULL);
+    CHECK(pr == 1 && FD_ISSET(dsv[1], rs), "pselect: %d (%s)", pr, strerror(errno));
+    close(dsv[0]);
+    close(dsv[1]);
+
     /* readlink, getcwd: the same strings as into private memory. */
     char want[256];
     ssize_t wl = readlink("/proc/self/exe", want, sizeof want);
@@ -229,8 +332,8 @@ static void other_calls(uint8_t *e)
     ts = (struct timespec *)next_buf(e);
     CHECK(clock_gettime(CLOCK_PROCESS_CPUTIME_ID, ts) == 0 && ts->tv_nsec < 1000000000L,
           "clock_gettime(CLOCK_PROCESS_CPUTIME_ID): %s", strerror(errno));
-    struct timeval *tv = (struct timeval *)next_buf(e);
-    CHECK(gettimeofday(tv, NULL) == 0 && tv->tv_sec >= before.tv_sec / 2 && tv->tv_usec < 1000000,
+    struct timeval *gtv = (struct timeval *)next_buf(e);
+    CHECK(gettimeofday(gtv, NULL) == 0 && gtv->tv_sec >= before.tv_sec / 2 && gtv->tv_usec < 1000000,
           "gettimeofday: %s", strerror(errno));
     struct utsname un, *u = (struct utsname *)next_buf(e);
     CHECK(uname(u) == 0 && uname(&un) == 0 && strcmp(u->release, un.release) == 0, "uname: %s",

@@ -166,6 +166,11 @@ fn main() -> ExitCode {
         Some("ipcrm") => cmd_ipcrm(&args[1..]),
         Some("certs") => cmd_certs(&args[1..]),
         Some("stats") => cmd_stats(&args[1..]),
+        // Internal: started by a node before `exec` (kdipc_runtime::undo).
+        Some("undo-keeper") => match args.get(1).and_then(|p| p.parse().ok()) {
+            Some(pid) => Ok(ExitCode::from(kdipc_runtime::undo::keeper_main(pid) as u8)),
+            None => Err("undo-keeper PID".into()),
+        },
         Some("help") | Some("--help") | Some("-h") => cmd_help(&args[1..]),
         Some(other) => Err(format!("unknown command {other:?} (try kdipc --help)")),
         None => Err("missing command (try kdipc --help)".into()),

@@ -12,4 +12,5 @@ pub mod registry;
 pub mod semaphores;
 pub mod stats;
 pub mod transport;
+pub mod undo;
 pub mod wire;

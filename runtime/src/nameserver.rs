@@ -290,6 +290,11 @@ impl Server {
                 }
                 Some(Reply::Ok)
             }
+            SemCall::MoveUndo { from, to, pid } => {
+                // Never to a node that is gone: they would never apply.
+                let n = if self.nodes.contains_key(&to) { self.sems.move_undo(from, to, pid) } else { 0 };
+                Some(Reply::Id(n as i32))
+            }
             SemCall::Ctl { id: sid, semnum, cmd, arg, cred } => {
                 match self.sems.semctl(sid, semnum, cmd, arg, &cred, now) {
                     Ok(r) => Some(Reply::SemCtl(r)),

@@ -128,7 +128,59 @@ pub struct NodeHandle {
 
 /// The node of this process (leaked; a forked child replaces it).
 static NODE: AtomicPtr<Result<NodeHandle, String>> = AtomicPtr::new(std::ptr::null_mut());
-static NODE_INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+static NODE_INIT: InitLock = InitLock(std::sync::atomic::AtomicI32::new(0));
+
+/// The lock that serializes node start-up. Not a `std::sync::Mutex`: a
+/// thread of the parent may hold it (while it starts the node) when another
+/// thread calls `fork`, and in the child, where that thread does not exist,
+/// it would stay held for ever; [`after_fork_in_child`] resets it. A futex
+/// word: 0 free, 1 held.
+struct InitLock(std::sync::atomic::AtomicI32);
+
+/// Holds [`InitLock`] until dropped.
+struct InitGuard(&'static InitLock);
+
+impl InitLock {
+    fn lock(&'static self) -> InitGuard {
+        while self.0.compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed).is_err() {
+            // Start-up takes milliseconds (seconds when a nameserver is
+            // started): sleep until woken, or 10 ms at most.
+            let t = libc::timespec { tv_sec: 0, tv_nsec: 10_000_000 };
+            // SAFETY: FUTEX_WAIT on our own aligned word, with a valid
+            // timeout; returns at once if the word is no longer 1.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_futex,
+                    self.0.as_ptr(),
+                    libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
+                    1,
+                    &t as *const _,
+                )
+            };
+        }
+        InitGuard(self)
+    }
+
+    /// In the child of `fork`: whoever held it is not here.
+    fn reset(&self) {
+        self.0.store(0, Ordering::Release);
+    }
+}
+
+impl Drop for InitGuard {
+    fn drop(&mut self) {
+        self.0 .0.store(0, Ordering::Release);
+        // SAFETY: FUTEX_WAKE on our own word.
+        unsafe {
+            libc::syscall(
+                libc::SYS_futex,
+                self.0 .0.as_ptr(),
+                libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
+                i32::MAX,
+            )
+        };
+    }
+}
 
 fn current() -> Option<&'static Result<NodeHandle, String>> {
     let p = NODE.load(Ordering::Acquire);
@@ -141,12 +193,17 @@ pub fn node() -> Result<&'static NodeHandle, Errno> {
     let n = match current() {
         Some(n) => n,
         None => {
-            let _g = NODE_INIT.lock().unwrap_or_else(|e| e.into_inner());
+            let _g = NODE_INIT.lock();
             match current() {
                 Some(n) => n,
                 None => {
                     crate::config::init_logging();
                     let r = Config::from_env().and_then(start);
+                    if let Ok(h) = &r {
+                        // SEM_UNDO adjustments an earlier image of this
+                        // process left with a keeper come back.
+                        crate::undo::adopt(h);
+                    }
                     let leaked: &'static mut Result<NodeHandle, String> = Box::leak(Box::new(r));
                     NODE.store(leaked, Ordering::Release);
                     leaked
@@ -172,12 +229,17 @@ pub fn started() -> Option<&'static NodeHandle> {
 /// `PROT_NONE` and fetch pages like any node's, and it attaches every
 /// segment again (the child counts in `shm_nattch`, as with the kernel).
 pub fn after_fork_in_child() {
+    // Another thread of the parent may have been starting the node: the
+    // child starts its own on first use.
+    NODE_INIT.reset();
     if current().is_none() {
         return;
     }
     fault::free_slots_after_fork();
     // The child is a node of its own: its figures start from zero.
     stats::reset();
+    // The child has no SEM_UNDO adjustments (as on Linux).
+    crate::undo::HAS_UNDO.store(false, Ordering::Relaxed);
     let views = fault::take_views();
     for &(_, start, len, _) in &views {
         // SAFETY: replacing our own mapping of the parent's memory with an
@@ -260,7 +322,9 @@ fn wait_readable(fd: i32, timeout: Option<Duration>) -> Result<(), Errno> {
         .map(|t| libc::timespec { tv_sec: t.as_secs() as libc::time_t, tv_nsec: t.subsec_nanos() as _ });
     let tsp = ts.as_ref().map_or(std::ptr::null(), |t| t as *const libc::timespec);
     // SAFETY: one valid pollfd; `tsp` is null or points to a live timespec.
-    let r = unsafe { libc::ppoll(&mut pfd, 1, tsp, std::ptr::null()) };
+    // The raw system call: `ppoll` from this library is the shim's hook.
+    let r =
+        unsafe { libc::syscall(libc::SYS_ppoll, &mut pfd, 1, tsp, std::ptr::null::<libc::sigset_t>(), 8) };
     if r > 0 {
         return Ok(());
     }
@@ -396,6 +460,9 @@ impl NodeHandle {
     /// the kernel's, never restarted). A withdrawn operation applied
     /// nothing; one that completed while being withdrawn counts as done.
     pub fn semop(&self, id: i32, ops: Vec<SemOp>, timeout: Option<Duration>) -> Result<(), Errno> {
+        if ops.iter().any(|o| o.flg & crate::semaphores::SEM_UNDO != 0) {
+            crate::undo::HAS_UNDO.store(true, Ordering::Relaxed);
+        }
         thread_local! {
             // SAFETY: eventfd with valid flags; checked below.
             static WAKE: i32 = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
@@ -500,6 +567,42 @@ impl NodeHandle {
                 }
             }
         }
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.me
+    }
+
+    /// Moves process `pid`'s `SEM_UNDO` adjustments from node `from` to
+    /// node `to` (see `crate::undo`); returns how many are not zero.
+    pub fn move_undo(&self, from: NodeId, to: NodeId, pid: i32) -> Result<usize, Errno> {
+        match self.call(Call::Sem(SemCall::MoveUndo { from, to, pid }))? {
+            Reply::Id(n) => Ok(n as usize),
+            _ => Err(EINVAL),
+        }
+    }
+
+    /// Process `pid` exited: its adjustments held by this node apply.
+    pub fn sem_exit(&self, pid: i32) -> Result<(), Errno> {
+        self.call(Call::Sem(SemCall::Exit { pid })).map(|_| ())
+    }
+
+    /// Before `exec`: this process's adjustments go to node `keeper`. The
+    /// sets lent here go home first (with the adjustments on them; the
+    /// run loop sends them before any later call).
+    pub fn hand_undo_over(&self, keeper: NodeId) -> Result<usize, Errno> {
+        {
+            let mut local = lock_sems(&self.sems);
+            for id in local.ids() {
+                if let Some(state) = local.give_back(id) {
+                    self.cmds.send(Command::SemReturn { id, state }).map_err(|_| ENOMEM)?;
+                }
+            }
+        }
+        // SAFETY: getpid has no preconditions.
+        let pid = unsafe { libc::getpid() };
+        self.move_undo(self.me, keeper, pid)
     }
 
     /// Detaches everything, handing this node's pages back (process exit).
@@ -1068,7 +1171,7 @@ pub fn udp_port_in_use(addr: std::net::SocketAddr) -> bool {
 }
 
 /// `kdipc` beside the library that contains this code, or `KDIPC_BIN`.
-fn kdipc_binary() -> std::path::PathBuf {
+pub(crate) fn kdipc_binary() -> std::path::PathBuf {
     if let Some(b) = std::env::var_os("KDIPC_BIN") {
         return b.into();
     }

@@ -156,6 +156,17 @@ pub enum SemCall {
         arg: SemctlArg,
         cred: Cred,
     },
+    /// Process `pid`'s `SEM_UNDO` adjustments kept for node `from` go to
+    /// node `to` (added to any it has), which applies them when `pid`
+    /// exits: across `exec`, the old image's node hands them to a keeper
+    /// process, and the new image's node takes them from it. Answered
+    /// `Id(n)`, the number of non-zero adjustments moved (0 when `to` is
+    /// not a live node: nothing moves).
+    MoveUndo {
+        from: NodeId,
+        to: NodeId,
+        pid: i32,
+    },
 }
 
 /// One `struct sembuf`.
@@ -801,6 +812,22 @@ impl SemRegistry {
     /// `exit_sem`).
     pub fn process_exit(&mut self, node: NodeId, pid: i32, now: i64) -> Vec<Waiter> {
         self.processes_gone(|p| p == (node, pid), now)
+    }
+
+    /// Moves the `SEM_UNDO` adjustments of `(from, pid)` to `(to, pid)`,
+    /// adding them to any there, on every set at home (a set lent to
+    /// `from` must come back first). Returns how many are not zero.
+    pub fn move_undo(&mut self, from: NodeId, to: NodeId, pid: i32) -> usize {
+        let mut moved = 0;
+        for set in self.sets.values_mut().filter(|s| s.lent.is_none()) {
+            let Some(adj) = set.undo.remove(&(from, pid)) else { continue };
+            let dst = set.undo.entry((to, pid)).or_default();
+            for (num, a) in adj {
+                moved += usize::from(a != 0);
+                *dst.entry(num).or_default() += a;
+            }
+        }
+        moved
     }
 
     /// Every process of `node` is gone: as `process_exit` for each.
@@ -1631,6 +1658,27 @@ mod tests {
         assert_eq!(value(&mut r, id, 0, libc::GETNCNT), 1);
         assert_eq!(semop(&mut r, id, 3, 1, &[op(0, 1, 0)]), SemopOutcome::Done);
         assert_eq!(r.take_completed(), vec![(w(2, 1), Ok(()))]);
+    }
+
+    #[test]
+    fn moved_undo_applies_when_the_new_node_goes_and_merges() {
+        let mut r = SemRegistry::new();
+        let id = new_set(&mut r, 1);
+        setval(&mut r, id, 0, 1);
+        assert_eq!(semop(&mut r, id, 7, 1, &[op(0, -1, SEM_UNDO)]), SemopOutcome::Done);
+        assert_eq!(r.move_undo(1, 9, 7), 1);
+        r.process_exit(1, 7, NOW);
+        assert_eq!(getval(&mut r, id, 0), 0, "the old node's exit no longer undoes it");
+        // The new image (node 3, same pid) takes it and gives the
+        // semaphore back itself: nothing is left to undo.
+        assert_eq!(r.move_undo(9, 3, 7), 1);
+        let w = Waiter { node: 3, pid: 7, token: 2 };
+        assert_eq!(r.semop(id, &[op(0, 1, SEM_UNDO)], w, &user(1000), NOW), SemopOutcome::Done);
+        assert_eq!(r.move_undo(3, 5, 7), 0, "the adjustments cancelled out");
+        r.node_gone(3, NOW);
+        assert_eq!(getval(&mut r, id, 0), 1);
+        r.node_gone(9, NOW);
+        assert_eq!(getval(&mut r, id, 0), 1);
     }
 
     #[test]

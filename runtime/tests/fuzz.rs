@@ -156,6 +156,7 @@ fn samples(f: &Fields) -> Vec<Msg> {
         SemCall::Get { key: f.i, nsems: f.i, flags: f.i, cred: c.clone() },
         SemCall::Op { id, ops, cred: c.clone() },
         SemCall::Cancel { token: f.x, pid: f.i },
+        SemCall::MoveUndo { from: f.i as u32, to: f.i as u32, pid: f.i },
         SemCall::Ctl { id, semnum: f.i, cmd: f.i, arg: SemctlArg::None, cred: c.clone() },
         SemCall::Ctl { id, semnum: 0, cmd: f.i, arg: SemctlArg::Val(f.i), cred: c.clone() },
         SemCall::Ctl {

@@ -8,9 +8,10 @@
 
 use kdipc_runtime::fault;
 use kdipc_runtime::protocol::PAGE_SIZE;
+use kdipc_runtime::registry::Errno;
 
-use crate::ffi::{guard, real_fn, FromErr};
-use crate::user::{copy_in, copy_in_slice};
+use crate::ffi::{fail, guard, real_fn, FromErr};
+use crate::user::{copy_in, copy_in_slice, copy_out};
 
 /// Attempts before an `EFAULT` from a distributed buffer is passed on. A
 /// call whose buffers span several pages that other nodes keep writing
@@ -127,6 +128,24 @@ fn msg_bufs(msg: *const libc::msghdr, write: bool) -> Vec<Buf> {
     out
 }
 
+/// The buffers of an `mmsghdr` array (the kernel writes each `msg_len`)
+/// and of every message in it.
+fn mmsg_bufs(vec: *const libc::mmsghdr, vlen: usize, write: bool) -> Vec<Buf> {
+    let vlen = vlen.min(libc::UIO_MAXIOV as usize);
+    let mut out = vec![(vec as usize, vlen * std::mem::size_of::<libc::mmsghdr>(), true)];
+    for i in 0..vlen {
+        out.extend(msg_bufs(vec.wrapping_add(i) as *const libc::msghdr, write));
+    }
+    out
+}
+
+/// The bytes of an `fd_set` the kernel copies for `nfds` descriptors
+/// (whole longs).
+fn fd_set_bytes(nfds: Int) -> usize {
+    let bits = 8 * std::mem::size_of::<libc::c_long>();
+    (nfds.max(0) as usize).div_ceil(bits) * std::mem::size_of::<libc::c_long>()
+}
+
 /// A NUL-terminated string the kernel reads (a path): its bytes when it
 /// starts in a distributed view (read here, which faults them in), else
 /// nothing to do.
@@ -222,22 +241,57 @@ hook! {
     /// Hook for libc::writev.
     fn writev(fd: Int, iov: *const libc::iovec, cnt: Int) -> isize; iov_bufs(iov, cnt.max(0) as usize, false)
 }
-hook! {
-    /// Hook for libc::recv.
-    fn recv(fd: Int, buf: Ptr, n: usize, flags: Int) -> isize; vec![(buf as usize, n, true)]
+/// Hook for libc::recv (see [`recv_bounced`]).
+///
+/// # Safety
+/// As for libc's `recv`.
+#[cfg_attr(not(test), no_mangle)]
+pub unsafe extern "C" fn recv(fd: Int, buf: Ptr, n: usize, flags: Int) -> isize {
+    // SAFETY: the same contract; recv is recvfrom without an address.
+    unsafe { recvfrom(fd, buf, n, flags, std::ptr::null_mut(), std::ptr::null_mut()) }
 }
-hook! {
-    /// Hook for libc::recvfrom.
-    fn recvfrom(fd: Int, buf: Ptr, n: usize, flags: Int, addr: *mut libc::sockaddr, alen: *mut libc::socklen_t)
-        -> isize;
-    {
+
+/// Hook for libc::recvfrom (see [`recv_bounced`]).
+///
+/// # Safety
+/// As for libc's `recvfrom`.
+#[cfg_attr(not(test), no_mangle)]
+pub unsafe extern "C" fn recvfrom(
+    fd: Int,
+    buf: Ptr,
+    n: usize,
+    flags: Int,
+    addr: *mut libc::sockaddr,
+    alen: *mut libc::socklen_t,
+) -> isize {
+    guard(|| {
+        let f =
+            real_fn!(recvfrom: fn(Int, Ptr, usize, Int, *mut libc::sockaddr, *mut libc::socklen_t) -> isize);
+        // SAFETY: libc's function with the program's arguments.
+        let call = || unsafe { f(fd, buf, n, flags, addr, alen) };
+        if !fault::installed() {
+            return call();
+        }
         let alen_v = if alen.is_null() { 0 } else { copy_in(alen).unwrap_or(0) as usize };
-        vec![
+        let bufs = vec![
             (buf as usize, n, true),
             (addr as usize, alen_v, true),
             (alen as usize, std::mem::size_of::<libc::socklen_t>(), true),
-        ]
-    }
+        ];
+        if bounce_needed(fd, &bufs) {
+            let iov = vec![libc::iovec { iov_base: buf, iov_len: n }];
+            let name = if alen.is_null() { (0, 0) } else { (addr as usize, alen_v) };
+            let r =
+                Bounce::new(iov, name, (0, 0)).and_then(|b| recv_bounced(fd, b, flags)).and_then(|(r, m)| {
+                    if r >= 0 && name.0 != 0 {
+                        copy_out(alen, &m.msg_namelen)?;
+                    }
+                    Ok(r)
+                });
+            return r.unwrap_or_else(fail);
+        }
+        with_pages(&bufs, call)
+    })
 }
 hook! {
     /// Hook for libc::send.
@@ -249,14 +303,328 @@ hook! {
         -> isize;
     vec![(buf as usize, n, false), (addr as usize, alen as usize, false)]
 }
-hook! {
-    /// Hook for libc::recvmsg: the `msghdr`, its iovec array and buffers,
-    /// its name and its control buffer.
-    fn recvmsg(fd: Int, msg: *mut libc::msghdr, flags: Int) -> isize; msg_bufs(msg, true)
+/// Hook for libc::recvmsg: the `msghdr`, its iovec array and buffers, its
+/// name and its control buffer (see [`recv_bounced`]).
+///
+/// # Safety
+/// As for libc's `recvmsg`.
+#[cfg_attr(not(test), no_mangle)]
+pub unsafe extern "C" fn recvmsg(fd: Int, msg: *mut libc::msghdr, flags: Int) -> isize {
+    guard(|| {
+        let f = real_fn!(recvmsg: fn(Int, *mut libc::msghdr, Int) -> isize);
+        // SAFETY: libc's function with the program's arguments.
+        let call = || unsafe { f(fd, msg, flags) };
+        if !fault::installed() {
+            return call();
+        }
+        let bufs = msg_bufs(msg, true);
+        if bounce_needed(fd, &bufs) {
+            let Ok(orig) = copy_in(msg) else { return call() };
+            let r = Bounce::of_msg(&orig).and_then(|b| recv_bounced(fd, b, flags)).and_then(|(r, m)| {
+                if r >= 0 {
+                    copy_back_hdr(msg, &orig, &m)?;
+                }
+                Ok(r)
+            });
+            return r.unwrap_or_else(fail);
+        }
+        with_pages(&bufs, call)
+    })
+}
+
+/// Largest receive that goes through a bounce buffer (beyond it, the
+/// prefault-and-retry path).
+const BOUNCE_MAX: usize = 64 << 20;
+
+/// Whether a receive must go through a bounce buffer: some page of `bufs`
+/// is distributed and writable, and `fd` is a socket that keeps record
+/// boundaries. The kernel dequeues a datagram before it copies it out and
+/// drops it when the copy fails: a page that leaves between our touch and
+/// that copy (another node writes it while the call blocks) would lose the
+/// datagram, where a byte stream keeps unread data for the retry.
+fn bounce_needed(fd: Int, bufs: &[Buf]) -> bool {
+    let total: usize = bufs.iter().map(|b| b.1).sum();
+    if total > BOUNCE_MAX || !bufs.iter().any(|&(a, l, _)| writable_distributed(a, l)) {
+        return false;
+    }
+    let mut ty: Int = 0;
+    let mut len = std::mem::size_of::<Int>() as libc::socklen_t;
+    // SAFETY: SO_TYPE writes one int into `ty`.
+    let r = unsafe {
+        libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_TYPE, &mut ty as *mut Int as Ptr, &mut len)
+    };
+    r == 0 && matches!(ty, libc::SOCK_DGRAM | libc::SOCK_SEQPACKET | libc::SOCK_RAW | libc::SOCK_RDM)
+}
+
+/// Whether a page of `[addr, addr + len)` lies in a writable distributed view.
+fn writable_distributed(addr: usize, len: usize) -> bool {
+    if addr == 0 || len == 0 {
+        return false;
+    }
+    let end = addr.saturating_add(len);
+    let mut page = addr & !(PAGE_SIZE - 1);
+    while page < end {
+        if matches!(fault::find_view(page.max(addr)), Some((_, false))) {
+            return true;
+        }
+        page += PAGE_SIZE;
+    }
+    false
+}
+
+/// One message's private buffers for a receive: the kernel writes only
+/// memory that is always present, and the bytes are then stored into the
+/// program's buffers as the program would store them (our fault handler
+/// serves distributed pages). Same flags (`MSG_PEEK`, `MSG_TRUNC`, ...),
+/// same result; the address and control data are copied back with their
+/// lengths.
+struct Bounce {
+    /// The program's data buffers.
+    iov: Vec<libc::iovec>,
+    data: Vec<u8>,
+    /// The program's address buffer and its capacity.
+    name: (usize, usize),
+    name_buf: Vec<u8>,
+    /// The program's control buffer and its capacity.
+    ctl: (usize, usize),
+    ctl_buf: Vec<u8>,
+    /// Our iovec, pointing at `data`.
+    one: Box<libc::iovec>,
+}
+
+impl Bounce {
+    fn new(iov: Vec<libc::iovec>, name: (usize, usize), ctl: (usize, usize)) -> Result<Bounce, Errno> {
+        let total =
+            iov.iter().try_fold(0usize, |a, v| a.checked_add(v.iov_len)).ok_or(Errno(libc::EINVAL))?;
+        let mut data = vec![0u8; total];
+        let name = if name.0 == 0 { (0, 0) } else { name };
+        let ctl = if ctl.0 == 0 { (0, 0) } else { ctl };
+        let one = Box::new(libc::iovec { iov_base: data.as_mut_ptr() as Ptr, iov_len: total });
+        Ok(Bounce { iov, data, name, name_buf: vec![0u8; name.1], ctl, ctl_buf: vec![0u8; ctl.1], one })
+    }
+
+    /// For the program's `msghdr` (as read from its memory).
+    fn of_msg(m: &libc::msghdr) -> Result<Bounce, Errno> {
+        let iov = copy_in_slice(m.msg_iov as *const libc::iovec, m.msg_iovlen)?;
+        Bounce::new(
+            iov,
+            (m.msg_name as usize, m.msg_namelen as usize),
+            (m.msg_control as usize, m.msg_controllen),
+        )
+    }
+
+    /// The `msghdr` the kernel fills (valid while `self` lives).
+    fn hdr(&mut self) -> libc::msghdr {
+        // SAFETY: msghdr is plain data; all zeroes is a valid value.
+        let mut m: libc::msghdr = unsafe { std::mem::zeroed() };
+        m.msg_iov = &mut *self.one;
+        m.msg_iovlen = 1;
+        if self.name.0 != 0 {
+            m.msg_name = self.name_buf.as_mut_ptr() as Ptr;
+            m.msg_namelen = self.name.1 as libc::socklen_t;
+        }
+        if self.ctl.0 != 0 {
+            m.msg_control = self.ctl_buf.as_mut_ptr() as Ptr;
+            m.msg_controllen = self.ctl.1;
+        }
+        m
+    }
+
+    /// Copies what the kernel received (`n` bytes, more with `MSG_TRUNC`
+    /// than fit) into the program's buffers; `m` is the `msghdr` from
+    /// [`Bounce::hdr`] after the call.
+    fn finish(&self, m: &libc::msghdr, n: usize) -> Result<(), Errno> {
+        let mut left = n.min(self.data.len());
+        let mut from = 0;
+        for v in &self.iov {
+            if left == 0 {
+                break;
+            }
+            let k = v.iov_len.min(left);
+            copy_out_bytes(v.iov_base as usize, &self.data[from..from + k])?;
+            from += k;
+            left -= k;
+        }
+        if self.name.0 != 0 {
+            copy_out_bytes(self.name.0, &self.name_buf[..(m.msg_namelen as usize).min(self.name.1)])?;
+        }
+        if self.ctl.0 != 0 {
+            copy_out_bytes(self.ctl.0, &self.ctl_buf[..m.msg_controllen.min(self.ctl.1)])?;
+        }
+        Ok(())
+    }
+}
+
+/// `recvfrom`/`recvmsg` through a [`Bounce`]: the call's result, and the
+/// `msghdr` as the kernel filled it.
+fn recv_bounced(fd: Int, mut b: Bounce, flags: Int) -> Result<(isize, libc::msghdr), Errno> {
+    let f = real_fn!(recvmsg: fn(Int, *mut libc::msghdr, Int) -> isize);
+    let mut m = b.hdr();
+    // SAFETY: libc's recvmsg on the program's descriptor, into our own
+    // buffers, which live until it returns.
+    let r = unsafe { f(fd, &mut m, flags) };
+    if r >= 0 {
+        b.finish(&m, r as usize)?;
+    }
+    Ok((r, m))
+}
+
+/// The program's `msghdr` after a bounced receive: lengths and flags as
+/// the kernel set them in ours.
+fn copy_back_hdr(dst: *mut libc::msghdr, orig: &libc::msghdr, filled: &libc::msghdr) -> Result<(), Errno> {
+    let mut m = *orig;
+    m.msg_namelen = if orig.msg_name.is_null() { orig.msg_namelen } else { filled.msg_namelen };
+    m.msg_controllen = filled.msg_controllen; // the kernel writes it always (0 without a buffer)
+    m.msg_flags = filled.msg_flags;
+    copy_out(dst, &m)
+}
+
+/// `copy_to_user` of bytes: plain stores into distributed pages (our
+/// handler serves them), the checked copy elsewhere.
+fn copy_out_bytes(dst: usize, src: &[u8]) -> Result<(), Errno> {
+    let mut done = 0;
+    while done < src.len() {
+        let a = dst + done;
+        let n = (PAGE_SIZE - a % PAGE_SIZE).min(src.len() - done);
+        let chunk = &src[done..done + n];
+        match fault::find_view(a) {
+            Some((_, false)) => {
+                // SAFETY: `[a, a + n)` lies in one page of a read-write
+                // distributed view; the fault handler serves the stores.
+                unsafe { std::ptr::copy_nonoverlapping(chunk.as_ptr(), a as *mut u8, n) };
+            }
+            _ => {
+                let local = libc::iovec { iov_base: chunk.as_ptr() as Ptr, iov_len: n };
+                let remote = libc::iovec { iov_base: a as Ptr, iov_len: n };
+                // SAFETY: process_vm_writev checks the remote (our own)
+                // range and fails with EFAULT instead of faulting.
+                let w = unsafe { libc::process_vm_writev(libc::getpid(), &local, 1, &remote, 1, 0) };
+                if w != n as isize {
+                    return Err(Errno(libc::EFAULT));
+                }
+            }
+        }
+        done += n;
+    }
+    Ok(())
 }
 hook! {
     /// Hook for libc::sendmsg.
     fn sendmsg(fd: Int, msg: *const libc::msghdr, flags: Int) -> isize; msg_bufs(msg, false)
+}
+/// Hook for libc::recvmmsg: the `mmsghdr` array (the kernel writes
+/// `msg_len`) and every message's buffers; on a datagram socket through a
+/// [`Bounce`] per message, as `recvmsg`.
+///
+/// # Safety
+/// As for libc's `recvmmsg`.
+#[cfg_attr(not(test), no_mangle)]
+pub unsafe extern "C" fn recvmmsg(
+    fd: Int,
+    vec: *mut libc::mmsghdr,
+    vlen: libc::c_uint,
+    flags: Int,
+    tmo: *mut libc::timespec,
+) -> Int {
+    guard(|| {
+        let f =
+            real_fn!(recvmmsg: fn(Int, *mut libc::mmsghdr, libc::c_uint, Int, *mut libc::timespec) -> Int);
+        // SAFETY: libc's function with the program's arguments.
+        let call = || unsafe { f(fd, vec, vlen, flags, tmo) };
+        if !fault::installed() {
+            return call();
+        }
+        let vlen = vlen.min(libc::UIO_MAXIOV as u32);
+        let mut bufs = mmsg_bufs(vec, vlen as usize, true);
+        bufs.push((tmo as usize, std::mem::size_of::<libc::timespec>(), true));
+        if !bounce_needed(fd, &bufs) {
+            return with_pages(&bufs, call);
+        }
+        let r = (|| {
+            let orig = copy_in_slice(vec as *const libc::mmsghdr, vlen as usize)?;
+            let mut bounces =
+                orig.iter().map(|m| Bounce::of_msg(&m.msg_hdr)).collect::<Result<Vec<_>, _>>()?;
+            let mut ours: Vec<libc::mmsghdr> =
+                bounces.iter_mut().map(|b| libc::mmsghdr { msg_hdr: b.hdr(), msg_len: 0 }).collect();
+            touch(tmo as usize, std::mem::size_of::<libc::timespec>(), true);
+            // SAFETY: libc's recvmmsg on the program's descriptor, into our
+            // own buffers, which live until it returns; the time-out is
+            // the program's (present: touched just above).
+            let n = unsafe { f(fd, ours.as_mut_ptr(), vlen, flags, tmo) };
+            for i in 0..n.max(0) as usize {
+                bounces[i].finish(&ours[i].msg_hdr, ours[i].msg_len as usize)?;
+                let dst = vec.wrapping_add(i);
+                copy_back_hdr(dst as *mut libc::msghdr, &orig[i].msg_hdr, &ours[i].msg_hdr)?;
+                let len = (dst as usize + std::mem::offset_of!(libc::mmsghdr, msg_len)) as *mut libc::c_uint;
+                copy_out(len, &ours[i].msg_len)?;
+            }
+            Ok(n)
+        })();
+        r.unwrap_or_else(fail)
+    })
+}
+
+hook! {
+    /// Hook for libc::sendmmsg (the kernel reads the buffers and writes
+    /// `msg_len`).
+    fn sendmmsg(fd: Int, vec: *mut libc::mmsghdr, vlen: libc::c_uint, flags: Int) -> Int;
+    mmsg_bufs(vec, vlen as usize, false)
+}
+hook! {
+    /// Hook for libc::poll: the kernel reads the array and writes `revents`.
+    fn poll(fds: *mut libc::pollfd, nfds: libc::nfds_t, timeout: Int) -> Int;
+    vec![(fds as usize, nfds as usize * std::mem::size_of::<libc::pollfd>(), true)]
+}
+hook! {
+    /// Hook for glibc's `__poll_chk` (`poll` with `_FORTIFY_SOURCE`).
+    fn __poll_chk(fds: *mut libc::pollfd, nfds: libc::nfds_t, timeout: Int, len: usize) -> Int;
+    vec![(fds as usize, nfds as usize * std::mem::size_of::<libc::pollfd>(), true)]
+}
+hook! {
+    /// Hook for libc::ppoll.
+    fn ppoll(fds: *mut libc::pollfd, nfds: libc::nfds_t, tmo: *const libc::timespec, mask: *const libc::sigset_t)
+        -> Int;
+    vec![
+        (fds as usize, nfds as usize * std::mem::size_of::<libc::pollfd>(), true),
+        (tmo as usize, std::mem::size_of::<libc::timespec>(), false),
+        (mask as usize, 8, false),
+    ]
+}
+hook! {
+    /// Hook for libc::select: the three sets (read and written, as many
+    /// longs as `nfds` needs) and the time-out (Linux writes what is left).
+    fn select(nfds: Int, r: *mut libc::fd_set, w: *mut libc::fd_set, e: *mut libc::fd_set, tv: *mut libc::timeval)
+        -> Int;
+    {
+        let n = fd_set_bytes(nfds);
+        vec![
+            (r as usize, n, true),
+            (w as usize, n, true),
+            (e as usize, n, true),
+            (tv as usize, std::mem::size_of::<libc::timeval>(), true),
+        ]
+    }
+}
+hook! {
+    /// Hook for libc::pselect.
+    fn pselect(
+        nfds: Int,
+        r: *mut libc::fd_set,
+        w: *mut libc::fd_set,
+        e: *mut libc::fd_set,
+        tmo: *const libc::timespec,
+        mask: *const libc::sigset_t
+    ) -> Int;
+    {
+        let n = fd_set_bytes(nfds);
+        vec![
+            (r as usize, n, true),
+            (w as usize, n, true),
+            (e as usize, n, true),
+            (tmo as usize, std::mem::size_of::<libc::timespec>(), false),
+            (mask as usize, 8, false),
+        ]
+    }
 }
 hook! {
     /// Hook for libc::stat (and stat64).

@@ -17,10 +17,11 @@ mod user;
 
 pub use io::{
     __fxstat, __fxstat64, __fxstatat, __fxstatat64, __lxstat, __lxstat64, __open64_2, __open_2, __openat64_2,
-    __openat_2, __xstat, __xstat64, access, clock_gettime, creat, creat64, fread, fstat, fstat64, fstatat,
-    fstatat64, fwrite, getcwd, getdents64, getrusage, gettimeofday, lstat, lstat64, open, open64, openat,
-    openat64, pipe, pipe2, pread, pread64, pwrite, pwrite64, read, readlink, readlinkat, readv, recv,
-    recvfrom, recvmsg, send, sendmsg, sendto, socketpair, stat, stat64, statx, uname, unlink, write, writev,
+    __openat_2, __poll_chk, __xstat, __xstat64, access, clock_gettime, creat, creat64, fread, fstat, fstat64,
+    fstatat, fstatat64, fwrite, getcwd, getdents64, getrusage, gettimeofday, lstat, lstat64, open, open64,
+    openat, openat64, pipe, pipe2, poll, ppoll, pread, pread64, pselect, pwrite, pwrite64, read, readlink,
+    readlinkat, readv, recv, recvfrom, recvmmsg, recvmsg, select, send, sendmmsg, sendmsg, sendto,
+    socketpair, stat, stat64, statx, uname, unlink, write, writev,
 };
 pub use process::{_Exit, _exit, execl, execle, execlp, execv, execve, execvp, execvpe, fexecve, fork};
 pub use sem::{semctl, semget, semop, semtimedop};

@@ -92,8 +92,12 @@ static EXEC_REAL: [AtomicUsize; 8] = [const { AtomicUsize::new(0) }; 8];
 /// again). Returns the real function's address.
 extern "C" fn before_exec(which: usize, first: usize) -> usize {
     let _ = std::panic::catch_unwind(|| {
-        if owns_node() && node::started().is_some() && will_exec(which, first) {
-            crate::shm::at_exit();
+        if owns_node() && will_exec(which, first) {
+            if let Some(n) = node::started() {
+                // SEM_UNDO outlives exec (Linux applies it at exit).
+                kdipc_runtime::undo::before_exec(n);
+                crate::shm::at_exit();
+            }
         }
     });
     let mut p = EXEC_REAL[which].load(Ordering::Acquire);

@@ -141,3 +141,49 @@ fn own_sigaltstack_and_stack_overflow_handler_keep_working() {
         assert!(o.stdout.contains("overflows=25 ok"), "{}", o.stdout);
     }
 }
+
+/// The start-up lock across `fork`: a process forks children every 300 µs
+/// while a second thread makes its first distributed call (starting the
+/// node); every child's own distributed `shmget` completes (a child that
+/// inherited the lock held would hang until its `alarm(10)`).
+#[test]
+fn fork_while_another_thread_starts_the_node_children_do_not_hang() {
+    let c = Cluster::local();
+    let o = c.run("forkinit", &[&support::fresh_key(), &iters(5, 30).to_string()], T);
+    o.assert_ok("forkinit");
+    let during: u32 = o
+        .stdout
+        .split("rounds, ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count in {:?}", o.stdout));
+    assert!(during >= 1, "no fork happened during a start-up: {}", o.stdout);
+    print!("{}", o.stdout);
+}
+
+/// Datagrams received (recv, recvfrom, recvmsg, MSG_PEEK, MSG_TRUNC) into
+/// pages another node wrote while the receiver was blocked in the call:
+/// the kernel drops a datagram it cannot copy out, and none is lost.
+#[test]
+fn datagrams_received_into_pages_taken_away_during_the_call_are_not_lost() {
+    let c = Cluster::local();
+    let o = c.run("dgram", &[&support::fresh_key(), "40"], T);
+    o.assert_ok("dgram");
+    assert!(o.stdout.contains("dgram: 40 datagrams"), "{}", o.stdout);
+}
+
+/// `SEM_UNDO` across `exec`, as Linux: a process takes a semaphore with
+/// `SEM_UNDO` and `exec`s; the adjustment does not apply at the `exec`
+/// but when the new image exits (normally, or killed), even though the
+/// new image never touches IPC; a new image that gives the semaphore back
+/// with `SEM_UNDO` cancels the old image's adjustment (nothing applies at
+/// its exit).
+#[test]
+fn sem_undo_survives_exec_and_applies_at_the_final_exit() {
+    let c = Cluster::local();
+    let o = c.run("undoexec", &[&support::fresh_key()], T);
+    o.assert_ok("undoexec");
+    assert!(o.stdout.contains("undoexec: ok"), "{}", o.stdout);
+    print!("{}", o.stdout);
+}
