@@ -275,6 +275,17 @@ pub fn find_view(addr: usize) -> Option<(usize, bool)> {
     lookup(addr).map(|(start, readonly, _)| (start, readonly))
 }
 
+/// Whether `[addr, addr + len)` meets any distributed view: one check per
+/// view, so that the system-call hooks pass the buffers of everything else
+/// (the runtime's own 64 KiB socket buffers, say) through at once.
+pub fn meets_view(addr: usize, len: usize) -> bool {
+    let end = addr.saturating_add(len);
+    views().iter().any(|v| {
+        let start = v.start.load(Ordering::Acquire);
+        start != 0 && start < end && addr < start.saturating_add(v.len.load(Ordering::Relaxed))
+    })
+}
+
 /// The view containing `addr`: (start, readonly, segment).
 fn lookup(addr: usize) -> Option<(usize, bool, i32)> {
     for v in views() {

@@ -126,6 +126,17 @@ pub struct NodeHandle {
     sems: LocalSems,
 }
 
+thread_local! {
+    static RUNTIME_THREAD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether the calling thread is this process's runtime thread: the shim's
+/// system-call hooks pass its calls (quinn's `recvmmsg` and `sendmsg` on
+/// its own buffers) straight through.
+pub fn on_runtime_thread() -> bool {
+    RUNTIME_THREAD.get()
+}
+
 /// The node of this process (leaked; a forked child replaces it).
 static NODE: AtomicPtr<Result<NodeHandle, String>> = AtomicPtr::new(std::ptr::null_mut());
 static NODE_INIT: InitLock = InitLock(std::sync::atomic::AtomicI32::new(0));
@@ -284,6 +295,7 @@ fn start(config: Config) -> Result<NodeHandle, String> {
     std::thread::Builder::new()
         .name("kdipc-runtime".into())
         .spawn(move || {
+            RUNTIME_THREAD.set(true);
             block_signals();
             let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                 Ok(rt) => rt,

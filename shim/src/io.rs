@@ -58,7 +58,18 @@ impl FromErr for *mut libc::c_char {
 /// OR of 0, which changes nothing): a present page costs a load, a
 /// missing one is a fault our handler serves. Returns whether any page of
 /// the range is distributed.
+/// Whether a hooked call goes straight to libc: no distributed memory in
+/// this process, or the runtime thread calling (it never passes the
+/// program's views; checking its 64 KiB socket buffers on every `recvmmsg`
+/// cost more than the receive).
+fn passthrough() -> bool {
+    !fault::installed() || kdipc_runtime::node::on_runtime_thread()
+}
+
 fn touch(addr: usize, len: usize, write: bool) -> bool {
+    if len == 0 || !fault::meets_view(addr, len) {
+        return false;
+    }
     let end = addr.saturating_add(len);
     let mut any = false;
     let mut page = addr & !(PAGE_SIZE - 1);
@@ -180,7 +191,7 @@ macro_rules! hook {
         pub unsafe extern "C" fn $name($($arg: $ty),*) -> $ret {
             guard(|| {
                 let f = real_fn!($name: fn($($ty),*) -> $ret);
-                if !fault::installed() {
+                if passthrough() {
                     // No distributed memory in this process.
                     // SAFETY: libc's function with the program's arguments.
                     return unsafe { f($($arg),*) };
@@ -269,7 +280,7 @@ pub unsafe extern "C" fn recvfrom(
             real_fn!(recvfrom: fn(Int, Ptr, usize, Int, *mut libc::sockaddr, *mut libc::socklen_t) -> isize);
         // SAFETY: libc's function with the program's arguments.
         let call = || unsafe { f(fd, buf, n, flags, addr, alen) };
-        if !fault::installed() {
+        if passthrough() {
             return call();
         }
         let alen_v = if alen.is_null() { 0 } else { copy_in(alen).unwrap_or(0) as usize };
@@ -314,7 +325,7 @@ pub unsafe extern "C" fn recvmsg(fd: Int, msg: *mut libc::msghdr, flags: Int) ->
         let f = real_fn!(recvmsg: fn(Int, *mut libc::msghdr, Int) -> isize);
         // SAFETY: libc's function with the program's arguments.
         let call = || unsafe { f(fd, msg, flags) };
-        if !fault::installed() {
+        if passthrough() {
             return call();
         }
         let bufs = msg_bufs(msg, true);
@@ -358,7 +369,7 @@ fn bounce_needed(fd: Int, bufs: &[Buf]) -> bool {
 
 /// Whether a page of `[addr, addr + len)` lies in a writable distributed view.
 fn writable_distributed(addr: usize, len: usize) -> bool {
-    if addr == 0 || len == 0 {
+    if addr == 0 || len == 0 || !fault::meets_view(addr, len) {
         return false;
     }
     let end = addr.saturating_add(len);
@@ -531,7 +542,7 @@ pub unsafe extern "C" fn recvmmsg(
             real_fn!(recvmmsg: fn(Int, *mut libc::mmsghdr, libc::c_uint, Int, *mut libc::timespec) -> Int);
         // SAFETY: libc's function with the program's arguments.
         let call = || unsafe { f(fd, vec, vlen, flags, tmo) };
-        if !fault::installed() {
+        if passthrough() {
             return call();
         }
         let vlen = vlen.min(libc::UIO_MAXIOV as u32);
@@ -778,7 +789,7 @@ fn stdio(
     call: impl Fn(usize, usize) -> usize,
 ) -> usize {
     let total = size.saturating_mul(n);
-    if !fault::installed() || total == 0 {
+    if passthrough() || total == 0 {
         return call(buf, total) / size.max(1);
     }
     let mut done = 0;
