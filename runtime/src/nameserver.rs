@@ -80,7 +80,12 @@ pub async fn serve(
                     match conn.close_reason() {
                         Some(quinn::ConnectionError::ApplicationClosed(_)) => info!(node = n, "node left"),
                         why => {
-                            warn!(node = n, "node lost: {}", why.map_or("unknown".into(), |e| e.to_string()))
+                            warn!(
+                                node = n,
+                                lease_ms = crate::config::lease().as_millis() as u64,
+                                "node lost: {}",
+                                why.map_or("unknown".into(), |e| e.to_string())
+                            )
                         }
                     }
                     s.node_gone(n);
@@ -94,6 +99,16 @@ pub async fn serve(
 impl Server {
     fn handle(&mut self, from: Option<NodeId>, conn: &quinn::Connection, msg: Msg) {
         let from = from.or_else(|| self.by_conn.get(&conn.stable_id()).copied());
+        if let Some(n) = from {
+            if !self.nodes.contains_key(&n) {
+                // Declared dead (its lease ran out, e.g. a cut link that
+                // healed): its pages and semaphore state were given up;
+                // nothing it says is trusted until it registers anew.
+                warn!(node = n, remote = %conn.remote_address(), "refusing a node declared dead: it must register again");
+                conn.close(2u32.into(), b"declared dead");
+                return;
+            }
+        }
         match (from, msg) {
             (None, Msg::Call { id, call: Call::Register { pid } }) => {
                 let node = self.next_node;

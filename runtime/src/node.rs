@@ -643,6 +643,10 @@ struct State {
     wake_at: Option<u64>,
     /// The process is exiting: connections close on purpose.
     closing: bool,
+    /// Cut off from the nameserver for longer than the lease: this node
+    /// was declared dead. Its pages are closed (accesses get `SIGBUS`),
+    /// every call fails with `EIDRM`, peers' messages are ignored.
+    fenced: bool,
 }
 
 type Shared = Rc<RefCell<State>>;
@@ -658,6 +662,10 @@ impl State {
 
     fn call_as(&mut self, id: u64, call: Call) -> oneshot::Receiver<Reply> {
         let (tx, rx) = oneshot::channel();
+        if self.fenced {
+            let _ = tx.send(Reply::Err(Errno(libc::EIDRM)));
+            return rx;
+        }
         if self.closing {
             // The node has shut down: the caller gets an error at once.
             return rx;
@@ -766,6 +774,12 @@ impl State {
         let mut posted = Vec::new();
         fault::take_posted(&mut posted);
         let mut out = Vec::new();
+        if self.fenced {
+            for (slot, _, _) in posted {
+                fault::complete(slot, false);
+            }
+            return;
+        }
         for (slot, addr, write) in posted {
             let found = self.segs.iter().find_map(|(&id, s)| {
                 s.views
@@ -819,6 +833,9 @@ impl State {
     }
 
     fn inbound(&mut self, from: Option<NodeId>, msg: Msg, conn: &quinn::Connection) {
+        if self.fenced {
+            return;
+        }
         match msg {
             Msg::Coherence(m) => {
                 if let CoherenceMsg::Invalidate { .. } = m {
@@ -897,11 +914,12 @@ impl State {
     fn peer_lost(&mut self, node: Option<NodeId>) {
         match node {
             Some(MANAGER) => {
-                if !self.closing {
-                    error!("lost the connection to the nameserver");
+                if self.closing {
+                    // Calls waiting for it fail now rather than never.
+                    self.calls.clear();
+                } else {
+                    self.fence();
                 }
-                // Calls waiting for it fail now rather than never.
-                self.calls.clear();
             }
             Some(n) => {
                 self.transport.forget(n);
@@ -913,6 +931,49 @@ impl State {
                 self.apply(&mut out);
             }
             None => {}
+        }
+    }
+
+    /// The nameserver is unreachable for longer than the lease: it declared
+    /// this node dead, gave its pages up and applied its undo adjustments.
+    /// Nothing held here can be trusted any more: every page closes (an
+    /// access raises `SIGBUS`), calls fail with `EIDRM` (a set or segment
+    /// this node can no longer reach is, for it, removed), the sets lent
+    /// here are dropped. The process must start again to rejoin.
+    fn fence(&mut self) {
+        if self.fenced {
+            return;
+        }
+        self.fenced = true;
+        error!(
+            lease_ms = crate::config::lease().as_millis() as u64,
+            "cut off from the nameserver for longer than the lease: this node is out of the cluster; \
+             its pages are no longer trusted (accesses get SIGBUS) and calls fail with EIDRM"
+        );
+        for (&id, s) in &self.segs {
+            for page in 0..s.npages {
+                if self.protocol.access(id, page) != Access::Invalid {
+                    s.protect(page, Access::Invalid);
+                }
+            }
+        }
+        for (_, list) in self.waiters.drain() {
+            for (slot, _) in list {
+                fault::complete(slot, false);
+            }
+        }
+        for (_, tx) in self.calls.drain() {
+            let _ = tx.send(Reply::Err(Errno(libc::EIDRM)));
+        }
+        for (_, (_, waiters)) in self.releasing.drain() {
+            for w in waiters {
+                let _ = w.send(());
+            }
+        }
+        let sems = self.sems.clone();
+        let mut local = lock_sems(&sems);
+        for id in local.ids() {
+            let _ = local.give_back(id);
         }
     }
 
@@ -1125,6 +1186,7 @@ async fn connect(
         releasing: HashMap::new(),
         wake_at: None,
         closing: false,
+        fenced: false,
     };
     for (from, conn, msg) in early {
         state.inbound(from, msg, &conn);
@@ -1381,7 +1443,11 @@ async fn detach(state: &Shared, addr: usize) -> Result<(), Errno> {
         unsafe { libc::munmap(v.addr as *mut libc::c_void, seg.maplen) };
         (id, seg.views.is_empty())
     };
-    if last {
+    if last && state.borrow().fenced {
+        let mut st = state.borrow_mut();
+        st.protocol.forget(id);
+        st.segs.remove(&id);
+    } else if last {
         // Requests still on their way (read-ahead, another thread's fault
         // that raced the detach) complete first: a page granted here after
         // the release would be stranded.

@@ -1,0 +1,348 @@
+//! Issue 6, failure: processes killed with SIGKILL in the middle of real
+//! runs (`c-tests/prodcons.c`, `c-tests/heat.c`), links cut shorter and
+//! longer than the lease, and a soak of random shared-memory and semaphore
+//! operations with invariants.
+//!
+//! What the survivors must observe (docs/design.md "Node death"):
+//! - the nameserver declares the dead node lost within the lease and logs
+//!   it; the figures below print the detection time;
+//! - survivors either complete with exact results (given what the dead
+//!   process took with it), or, when the only current copy of a page died,
+//!   get `SIGBUS` with a `page lost` line on stderr; never stale data
+//!   (prodcons checks every slot and every total);
+//! - a program that waits for the dead process itself (heat's neighbours)
+//!   gives up on its own time-out: nothing in KDIPC hangs;
+//! - every survivor is done within a bound after the kill.
+
+mod support;
+
+use std::io::Read;
+use std::process::{Child, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use support::{Cluster, Outcome};
+
+/// The lease the kill tests run with (the default is 5 s).
+const LEASE_MS: u64 = 2000;
+
+fn lease_env() -> [(&'static str, String); 1] {
+    [("KDIPC_LEASE_MS", LEASE_MS.to_string())]
+}
+
+/// One rank's process and its drained output.
+struct Proc {
+    child: Child,
+    status: Option<ExitStatus>,
+    done_at: Option<Instant>,
+    out: Option<std::thread::JoinHandle<(String, String)>>,
+}
+
+fn drain(c: &mut Child) -> std::thread::JoinHandle<(String, String)> {
+    let mut out = c.stdout.take().unwrap();
+    let mut err = c.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        let t = std::thread::spawn(move || {
+            let mut e = String::new();
+            let _ = err.read_to_string(&mut e);
+            e
+        });
+        let mut o = String::new();
+        let _ = out.read_to_string(&mut o);
+        (o, t.join().unwrap_or_default())
+    })
+}
+
+/// What a run with a victim gave.
+struct KillRun {
+    outs: Vec<Outcome>,
+    /// Victim's death to the nameserver's `node lost` line.
+    detected: Duration,
+    /// Victim's death to the last survivor's exit.
+    survivors_done: Duration,
+}
+
+/// The log without its colours (escape sequences).
+fn plain(log: &str) -> String {
+    let mut out = String::with_capacity(log.len());
+    let mut esc = false;
+    for ch in log.chars() {
+        match (esc, ch) {
+            (false, '\x1b') => esc = true,
+            (false, _) => out.push(ch),
+            (true, 'm') => esc = false,
+            (true, _) => {}
+        }
+    }
+    out
+}
+
+/// The nameserver's node id for process `pid` (from its `node joined` line).
+fn node_of(log: &str, pid: u32) -> Option<String> {
+    log.lines().find(|l| l.contains("node joined") && l.contains(&format!("pid={pid} "))).and_then(|l| {
+        l.split_whitespace().find_map(|w| w.strip_prefix("node=")).map(str::to_string)
+    })
+}
+
+/// Runs `prog` with `args(rank)` for every rank with `env`; rank
+/// `victim` must die by SIGKILL (it kills itself at the point its flags
+/// say). Every survivor must be done within `bound` of its death, and the
+/// whole run within `total`.
+fn run_with_victim(
+    c: &Cluster,
+    name: &str,
+    nprocs: usize,
+    args: impl Fn(usize) -> Vec<String>,
+    env: &[(&str, String)],
+    victim: usize,
+    bound: Duration,
+    total: Duration,
+) -> KillRun {
+    let start = Instant::now();
+    let mut procs: Vec<Proc> = (0..nprocs)
+        .map(|rank| {
+            let mut cmd = c.command(rank, &support::prog(name));
+            cmd.args(args(rank));
+            for (k, v) in env {
+                cmd.env(k, v);
+            }
+            let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+            let out = Some(drain(&mut child));
+            Proc { child, status: None, done_at: None, out }
+        })
+        .collect();
+    let pid = procs[victim].child.id();
+    let mut killed: Option<Instant> = None;
+    let mut detected: Option<Instant> = None;
+    let mut failure = None;
+    while procs.iter().any(|p| p.status.is_none()) || (killed.is_some() && detected.is_none()) {
+        for p in procs.iter_mut().filter(|p| p.status.is_none()) {
+            if let Some(s) = p.child.try_wait().unwrap() {
+                p.status = Some(s);
+                p.done_at = Some(Instant::now());
+            }
+        }
+        if killed.is_none() {
+            if let Some(t) = procs[victim].done_at {
+                killed = Some(t);
+            }
+        }
+        if let (Some(k), None) = (killed, detected) {
+            let log = plain(&c.ns_log());
+            if let Some(node) = node_of(&log, pid) {
+                if log.lines().any(|l| l.contains("node lost") && l.contains(&format!("node={node} "))) {
+                    detected = Some(Instant::now());
+                }
+            }
+            if k.elapsed() > bound {
+                failure = Some(format!("the victim's death was not detected within {bound:?}"));
+            }
+        }
+        if let Some(k) = killed {
+            if k.elapsed() > bound && procs.iter().any(|p| p.status.is_none()) {
+                failure = Some(format!("survivors still running {bound:?} after the kill"));
+            }
+        }
+        if start.elapsed() > total {
+            failure = Some(format!("run not done within {total:?}"));
+        }
+        if failure.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    for p in procs.iter_mut().filter(|p| p.status.is_none()) {
+        let _ = p.child.kill();
+        p.status = p.child.wait().ok();
+    }
+    let outs: Vec<Outcome> = procs
+        .iter_mut()
+        .map(|p| {
+            let (stdout, stderr) = p.out.take().unwrap().join().unwrap();
+            Outcome { status: p.status.unwrap(), stdout, stderr }
+        })
+        .collect();
+    if let Some(f) = failure {
+        panic!("{f}; outputs: {outs:#?}\nnameserver log:\n{}", c.ns_log());
+    }
+    let killed = killed.expect("victim done");
+    let last = procs.iter().filter_map(|p| p.done_at).max().unwrap();
+    KillRun {
+        outs,
+        detected: detected.unwrap().duration_since(killed),
+        survivors_done: last.saturating_duration_since(killed),
+    }
+}
+
+fn assert_killed(o: &Outcome, what: &str) {
+    assert_eq!(o.signal(), Some(libc::SIGKILL), "{what}: the victim was not killed: {o:#?}");
+}
+
+/// A survivor that touched a page whose only current copy died: SIGBUS
+/// with the runtime's one line saying so.
+fn is_lost_page_sigbus(o: &Outcome) -> bool {
+    o.signal() == Some(libc::SIGBUS) && o.stderr.contains("page lost")
+}
+
+fn assert_no_stale(o: &Outcome, what: &str) {
+    for bad in ["torn or stale", "violation", "ring empty"] {
+        assert!(!o.stdout.contains(bad) && !o.stderr.contains(bad), "{what}: {bad}: {o:#?}");
+    }
+}
+
+fn prodcons(c: &Cluster, victim: usize, n: u64, mode: &str, items: u64) -> KillRun {
+    let key = support::fresh_key();
+    let env = [("PRODCONS_VICTIM", format!("{victim}:{n}:{mode}")), lease_env()[0].clone()];
+    let env: Vec<(&str, String)> = env.iter().map(|(k, v)| (*k, v.clone())).collect();
+    run_with_victim(
+        c,
+        "prodcons",
+        4,
+        |rank| vec![rank.to_string(), "4".into(), key.clone(), items.to_string()],
+        &env,
+        victim,
+        Duration::from_millis(LEASE_MS) + Duration::from_secs(8),
+        Duration::from_secs(90),
+    )
+}
+
+fn report(what: &str, r: &KillRun) {
+    println!(
+        "{what}: death detected after {:.2} s (lease {:.1} s); survivors done {:.2} s after the kill",
+        r.detected.as_secs_f64(),
+        LEASE_MS as f64 / 1000.0,
+        r.survivors_done.as_secs_f64()
+    );
+}
+
+/// The detection time is the lease, give or take a keep-alive.
+fn assert_detection(r: &KillRun, what: &str) {
+    let lease = Duration::from_millis(LEASE_MS);
+    assert!(
+        r.detected >= lease / 2 && r.detected <= lease + Duration::from_secs(2),
+        "{what}: death detected after {:?} with a lease of {lease:?}",
+        r.detected
+    );
+}
+
+/// A consumer (a reader and writer of the ring) killed outside the critical
+/// section: the other consumer takes every remaining item, the run
+/// completes with exact totals (the N items the dead consumer took are the
+/// only ones missing), no page is lost.
+#[test]
+fn prodcons_survives_a_killed_consumer() {
+    let c = Cluster::local_env(&[("KDIPC_LEASE_MS", &LEASE_MS.to_string())]);
+    let items = support::iters(4000, 40000) as u64;
+    let r = prodcons(&c, 3, 200, "idle", items);
+    assert_killed(&r.outs[3], "consumer 3");
+    for (rank, o) in r.outs.iter().enumerate().filter(|(i, _)| *i != 3) {
+        assert_no_stale(o, &format!("rank {rank}"));
+        o.assert_ok(&format!("rank {rank} after consumer 3 was killed"));
+    }
+    let line = r.outs[0].stdout.lines().find(|l| l.starts_with("prodcons:")).unwrap();
+    assert!(line.contains("missing=200 ") && line.contains("lost_items=200"), "{line}");
+    report("consumer killed (idle)", &r);
+    println!("{line}");
+    assert_detection(&r, "consumer killed");
+    assert!(!c.ns_log().contains("pages lost"), "no page should be lost:\n{}", c.ns_log());
+}
+
+/// A producer killed right after its last operation: the ring page may
+/// have died with it (it was its last writer). Survivors either complete
+/// with exact totals (a current copy survived and was recovered) or get
+/// SIGBUS with a `page lost` line; never a stale item; nothing hangs.
+#[test]
+fn prodcons_producer_killed_right_after_a_put() {
+    let c = Cluster::local_env(&[("KDIPC_LEASE_MS", &LEASE_MS.to_string())]);
+    let items = support::iters(4000, 40000) as u64;
+    let r = prodcons(&c, 1, 300, "now", items);
+    assert_killed(&r.outs[1], "producer 1");
+    let mut lost = 0;
+    for (rank, o) in r.outs.iter().enumerate().filter(|(i, _)| *i != 1) {
+        assert_no_stale(o, &format!("rank {rank}"));
+        if is_lost_page_sigbus(o) {
+            lost += 1;
+        } else {
+            o.assert_ok(&format!("rank {rank} after producer 1 was killed"));
+        }
+    }
+    report("producer killed (now)", &r);
+    if lost > 0 {
+        assert!(c.ns_log().contains("pages lost"), "SIGBUS without the nameserver's line:\n{}", c.ns_log());
+        println!("{lost} survivors got SIGBUS: a page whose only current copy died");
+    } else {
+        let line = r.outs[0].stdout.lines().find(|l| l.starts_with("prodcons:")).unwrap();
+        println!("{line}");
+    }
+    assert_detection(&r, "producer killed");
+}
+
+/// A producer killed while it holds MUTEX (taken with SEM_UNDO) and an
+/// EMPTY permit: its undo releases MUTEX when its death is detected, the
+/// others go on and complete with exact totals (one permit gone for good).
+#[test]
+fn prodcons_survives_a_killed_mutex_holder() {
+    let c = Cluster::local_env(&[("KDIPC_LEASE_MS", &LEASE_MS.to_string())]);
+    let items = support::iters(4000, 40000) as u64;
+    let r = prodcons(&c, 1, 500, "mutex", items);
+    assert_killed(&r.outs[1], "producer 1");
+    for (rank, o) in r.outs.iter().enumerate().filter(|(i, _)| *i != 1) {
+        assert_no_stale(o, &format!("rank {rank}"));
+        o.assert_ok(&format!("rank {rank} after the MUTEX holder was killed"));
+    }
+    let line = r.outs[0].stdout.lines().find(|l| l.starts_with("prodcons:")).unwrap();
+    assert!(line.contains("final_sems=63,0,1 "), "{line}");
+    report("MUTEX holder killed", &r);
+    println!("{line}");
+    assert_detection(&r, "MUTEX holder killed");
+    // The survivors waited for the undo: they ended after the detection.
+    assert!(r.survivors_done >= r.detected, "survivors done before the holder's death was known?");
+}
+
+/// Heat on 4 ranks, rank 2 killed after step 20 of 400: its band dies
+/// with it, so no rank may print a result; each survivor either gives up
+/// on its own time-out (`-t 3`, exit 3: a neighbour makes no progress) or
+/// gets SIGBUS for a lost page; all within the bound.
+fn heat_with_a_killed_rank(c: &Cluster, wait: &str) {
+    let key = support::fresh_key();
+    let (victim, nprocs, stall) = (2, 4, 3u64);
+    let env: Vec<(&str, String)> = lease_env().iter().map(|(k, v)| (*k, v.clone())).collect();
+    let args = |rank: usize| -> Vec<String> {
+        let mut a: Vec<String> =
+            ["-n", "256", "-s", "400", "-w", wait, "-t", &stall.to_string()].iter().map(|s| s.to_string()).collect();
+        if rank == victim {
+            a.extend(["-k".into(), "20".into()]);
+        }
+        a.extend([rank.to_string(), nprocs.to_string(), key.clone()]);
+        a
+    };
+    let r = run_with_victim(
+        c,
+        "heat",
+        nprocs,
+        args,
+        &env,
+        victim,
+        Duration::from_millis(LEASE_MS) + Duration::from_secs(stall + 8),
+        Duration::from_secs(90),
+    );
+    assert_killed(&r.outs[victim], "heat rank 2");
+    for (rank, o) in r.outs.iter().enumerate().filter(|(i, _)| *i != victim) {
+        assert!(!o.stdout.contains("checksum"), "rank {rank} printed a result without rank 2's band: {o:#?}");
+        let stalled = o.status.code() == Some(3) && o.stderr.contains("no progress");
+        assert!(stalled || is_lost_page_sigbus(o), "rank {rank}: neither a time-out nor a lost page: {o:#?}");
+    }
+    report(&format!("heat -w {wait}, rank 2 killed"), &r);
+    assert_detection(&r, "heat rank killed");
+}
+
+#[test]
+fn heat_polling_with_a_killed_rank_ends_within_bounds() {
+    let c = Cluster::local_env(&[("KDIPC_LEASE_MS", &LEASE_MS.to_string())]);
+    heat_with_a_killed_rank(&c, "poll");
+}
+
+#[test]
+fn heat_semaphores_with_a_killed_rank_ends_within_bounds() {
+    let c = Cluster::local_env(&[("KDIPC_LEASE_MS", &LEASE_MS.to_string())]);
+    heat_with_a_killed_rank(&c, "sem");
+}
