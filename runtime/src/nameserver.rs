@@ -163,11 +163,14 @@ impl Server {
                 if let Err(e) = self.manager.handle(node, m, &mut out) {
                     bad(conn, &format!("protocol: {e}"));
                 }
-                for a in out {
-                    if let Action::Send { to, msg } = a {
-                        self.transport.send(to, Msg::Coherence(msg));
-                    }
+                self.send_all(out);
+            }
+            (Some(node), Msg::Recovery { dead, report }) => {
+                let mut out = Vec::new();
+                if let Err(e) = self.manager.report(node, dead, report, &mut out) {
+                    bad(conn, &format!("protocol: {e}"));
                 }
+                self.send_all(out);
             }
             (_, other) => bad(conn, &format!("unexpected message at the nameserver: {other:?}")),
         }
@@ -283,6 +286,14 @@ impl Server {
         }
     }
 
+    fn send_all(&mut self, out: Vec<Action>) {
+        for a in out {
+            if let Action::Send { to, msg } = a {
+                self.transport.send(to, Msg::Coherence(msg));
+            }
+        }
+    }
+
     fn node_gone(&mut self, node: NodeId) {
         if self.nodes.remove(&node).is_none() {
             return;
@@ -295,10 +306,15 @@ impl Server {
         // Pages only it held are lost; every node learns it is gone (writes
         // waiting for its acknowledgement proceed, requests it was to
         // answer are asked again).
-        self.manager.node_gone(node);
+        // Every node learns it, and reports what it holds of the pages
+        // the dead node held or was handing over (`Msg::Recovery`).
         for &other in self.nodes.keys() {
             self.transport.send(other, Msg::NodeGone { node });
         }
+        let live: Vec<NodeId> = self.nodes.keys().copied().collect();
+        let mut out = Vec::new();
+        self.manager.node_gone(node, &live, &mut out);
+        self.send_all(out);
         for e in self.registry.node_gone(node) {
             self.effect(e);
         }

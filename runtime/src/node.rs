@@ -876,6 +876,7 @@ impl State {
             | Msg::Hello { .. }
             | Msg::Stats { .. }
             | Msg::NodeGone { .. }
+            | Msg::Recovery { .. }
             | Msg::SemLend { .. }
             | Msg::SemRecall { .. }
             | Msg::SemReturn { .. }
@@ -925,8 +926,19 @@ impl State {
                 self.transport.forget(n);
                 let mut out = Vec::new();
                 let now = self.now();
-                if let Err(e) = self.protocol.peer_gone(n, now, &mut out) {
-                    error!("peer gone: {e}");
+                match self.protocol.peer_gone(n, now, &mut out) {
+                    Ok(Some(mut report)) => {
+                        // The bytes of the copies the dead owner gave, for
+                        // the manager to recover its pages from.
+                        for (seg, page, _, payload) in report.copies.iter_mut() {
+                            if let Some(s) = self.segs.get(seg) {
+                                *payload = s.read_page(*page);
+                            }
+                        }
+                        self.transport.send(MANAGER, Msg::Recovery { dead: n, report });
+                    }
+                    Ok(None) => {}
+                    Err(e) => error!("peer gone: {e}"),
                 }
                 self.apply(&mut out);
             }
@@ -1257,7 +1269,9 @@ async fn command(state: Shared, lock: Rc<tokio::sync::Mutex<()>>, c: Command) {
             // The figures go first: the answer to `Exit` shows they arrived.
             state.borrow_mut().report_stats();
             let rx = state.borrow_mut().call(Call::Sem(SemCall::Exit { pid }));
+            debug!("exit: waiting for the nameserver");
             let _ = rx.await;
+            debug!("exit: done");
             if state.borrow().print_stats {
                 let me = state.borrow().me;
                 let line: Vec<String> =
@@ -1457,6 +1471,9 @@ async fn detach(state: &Shared, addr: usize) -> Result<(), Errno> {
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
+        if state.borrow().protocol.any_pending(id) {
+            warn!(seg = id, pending = ?state.borrow().protocol.pending(id), "detach: requests still unanswered after 10 s");
+        }
         // Hand the pages back before the nameserver counts the detach, so
         // that a segment destroyed by it has nothing in flight.
         let done = {
@@ -1478,7 +1495,9 @@ async fn detach(state: &Shared, addr: usize) -> Result<(), Errno> {
             }
         };
         if let Some(rx) = done {
+            debug!(seg = id, "detach: waiting for the releases");
             let _ = rx.await;
+            debug!(seg = id, "detach: released");
         }
         let mut st = state.borrow_mut();
         st.protocol.forget(id);

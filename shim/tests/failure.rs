@@ -59,6 +59,8 @@ struct KillRun {
     detected: Duration,
     /// Victim's death to the last survivor's exit.
     survivors_done: Duration,
+    /// Each rank's end, in seconds after the victim's death.
+    ends: Vec<f64>,
 }
 
 /// The log without its colours (escape sequences).
@@ -164,9 +166,24 @@ fn run_with_victim(
     if let Some(f) = failure {
         panic!("{f}; outputs: {outs:#?}\nnameserver log:\n{}", c.ns_log());
     }
+    if std::env::var("FAILURE_VERBOSE").is_ok() {
+        println!("nameserver log:\n{}", plain(&c.ns_log()));
+    }
     let killed = killed.expect("victim done");
     let last = procs.iter().filter_map(|p| p.done_at).max().unwrap();
+    let ends = procs
+        .iter()
+        .map(|p| {
+            let t = p.done_at.unwrap();
+            if t >= killed {
+                t.duration_since(killed).as_secs_f64()
+            } else {
+                -killed.duration_since(t).as_secs_f64()
+            }
+        })
+        .collect();
     KillRun {
+        ends,
         outs,
         detected: detected.unwrap().duration_since(killed),
         survivors_done: last.saturating_duration_since(killed),
@@ -212,6 +229,17 @@ fn report(what: &str, r: &KillRun) {
         LEASE_MS as f64 / 1000.0,
         r.survivors_done.as_secs_f64()
     );
+    for (rank, (o, t)) in r.outs.iter().zip(&r.ends).enumerate() {
+        let how = match (o.status.code(), o.signal()) {
+            (Some(c), _) => format!("exit {c}"),
+            (_, Some(s)) => format!("signal {s}"),
+            _ => "?".into(),
+        };
+        println!("  rank {rank}: {how} at {t:+.2} s");
+        if std::env::var("FAILURE_VERBOSE").is_ok() {
+            println!("{}", plain(&o.stderr));
+        }
+    }
 }
 
 /// The detection time is the lease, give or take a keep-alive.

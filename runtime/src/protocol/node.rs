@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 
-use super::{Access, Action, CoherenceMsg, NodeId, PageIdx, ProtocolError, SegId, MANAGER};
+use super::{Access, Action, CoherenceMsg, NodeId, PageIdx, Payload, ProtocolError, Report, SegId, MANAGER};
 
 /// An outstanding request of this node for one page.
 #[derive(Debug, Default)]
@@ -29,7 +29,8 @@ struct NodePage {
     owner: bool,
     /// When owner: nodes holding a read copy this node gave.
     copyset: Vec<NodeId>,
-    /// When owner: the page's version (one more per writer).
+    /// The page's version (one more per writer): as owner, or of the read
+    /// copy held.
     version: u64,
     /// Where to send a read request: the probable owner, when this node
     /// has learnt one for this page.
@@ -163,6 +164,17 @@ impl NodeProtocol {
         self.segs.get(&seg).is_some_and(|s| s.pages.iter().any(|p| p.pending.is_some()))
     }
 
+    /// The outstanding requests of a segment: (page, write, asked, have data).
+    pub fn pending(&self, seg: SegId) -> Vec<(PageIdx, bool, NodeId, bool)> {
+        self.segs.get(&seg).map_or_else(Vec::new, |s| {
+            s.pages
+                .iter()
+                .enumerate()
+                .filter_map(|(i, p)| p.pending.as_ref().map(|q| (i as PageIdx, q.write, q.asked, q.have_data)))
+                .collect()
+        })
+    }
+
     /// Whether a request for the page is outstanding.
     pub fn is_pending(&self, seg: SegId, page: PageIdx) -> bool {
         self.page(seg, page).is_some_and(|p| p.pending.is_some())
@@ -248,6 +260,11 @@ impl NodeProtocol {
         out: &mut Vec<Action>,
     ) -> Result<(), ProtocolError> {
         let (seg, page) = msg.target();
+        if self.dead.contains(&from) {
+            // Sent before it died, arriving after its death was handled
+            // (and reported to the manager as not arrived): ignored.
+            return Ok(());
+        }
         if let CoherenceMsg::Request { write: false, .. } = msg {
             if !self.segs.contains_key(&seg) {
                 // A stale hint: this node detached the segment. The manager
@@ -324,7 +341,9 @@ impl NodeProtocol {
             }
             CoherenceMsg::Released { .. } => {
                 if !p.releasing {
-                    return Err(ProtocolError::Unexpected("Released"));
+                    // A second answer: after a death, the manager answers
+                    // for a dead owner, and so may this node itself.
+                    return Ok(());
                 }
                 p.releasing = false;
                 p.owner = false;
@@ -339,7 +358,25 @@ impl NodeProtocol {
                 // Not waiting: the answer to a request asked again after a
                 // death, whose first answer came after all.
                 if p.pending.take().is_some() {
+                    // No current copy exists: neither is one here.
+                    cx.set_access(p, Access::Invalid);
+                    p.hint = Some(MANAGER);
                     cx.out.push(Action::Lost { seg, page });
+                    // What waited here for the page goes back to the
+                    // manager, which answers it (`Lost`); the writers
+                    // designated after this node were told already.
+                    for (_, m) in std::mem::take(&mut p.queue) {
+                        match m {
+                            CoherenceMsg::Request { write: false, .. } => cx.send(MANAGER, m),
+                            CoherenceMsg::Fetch { to, write: false, .. } => {
+                                cx.send(MANAGER, CoherenceMsg::Request { seg, page, write: false, requester: to })
+                            }
+                            CoherenceMsg::DropReader { node, .. } => {
+                                cx.send(node, CoherenceMsg::Released { seg, page })
+                            }
+                            _ => {}
+                        }
+                    }
                 }
                 Ok(())
             }
@@ -353,30 +390,61 @@ impl NodeProtocol {
     /// connection tells this one). It acknowledges nothing any more: writes
     /// waiting for its acknowledgement proceed; it is nobody's probable
     /// owner; every read this node waits for is asked of the manager again
-    /// (it may have been forwarded to the dead node; the manager answers
-    /// `Lost` for a page the dead node owned). A late answer to the first
-    /// request is ignored (`Data` says whether it answers a read).
-    pub fn peer_gone(&mut self, node: NodeId, now: u64, out: &mut Vec<Action>) -> Result<(), ProtocolError> {
+    /// (it may have been forwarded to the dead node); its messages still on
+    /// their way are ignored; a page this node was to hand to it stays here.
+    /// Returns, the first time only, the [`Report`] for the manager, which
+    /// recovers the pages the dead node held from it: the driver fills in
+    /// the bytes of each copy (`Payload::Zero` here).
+    pub fn peer_gone(
+        &mut self,
+        node: NodeId,
+        now: u64,
+        out: &mut Vec<Action>,
+    ) -> Result<Option<Report>, ProtocolError> {
         if node == MANAGER || !self.dead.insert(node) {
-            return Ok(());
+            return Ok(None);
         }
         let me = self.me;
         let mut writes = Vec::new();
+        let mut report = Report::default();
         for (&seg, set) in self.segs.iter_mut() {
             for (i, p) in set.pages.iter_mut().enumerate() {
                 let page = i as PageIdx;
+                if p.hint == Some(node) && p.releasing && !p.owner {
+                    // The release of a read copy the dead owner gave: the
+                    // owner would have answered it; nobody else will.
+                    p.releasing = false;
+                    out.push(Action::Released { seg, page });
+                }
                 if p.hint == Some(node) {
+                    if p.access == Access::Read && !p.owner && !p.releasing {
+                        // A copy the dead owner gave: current (it would have
+                        // invalidated it before writing).
+                        report.copies.push((seg, page, p.version, Payload::Zero));
+                    }
                     p.hint = Some(MANAGER);
                 }
                 p.copyset.retain(|&r| r != node);
-                p.queue.retain(|(from, m)| {
-                    *from != node
-                        && !matches!(m, CoherenceMsg::Request { requester, .. } if *requester == node)
+                let mut kept = false;
+                p.queue.retain(|(from, m)| match m {
+                    CoherenceMsg::Fetch { to, write, .. } if *to == node => {
+                        kept |= *write;
+                        false
+                    }
+                    CoherenceMsg::Request { requester, .. } => *requester != node && *from != node,
+                    _ => *from != node,
                 });
+                if kept {
+                    report.kept.push((seg, page));
+                }
                 let Some(pend) = p.pending.as_mut() else { continue };
                 if pend.write {
+                    if !pend.have_data {
+                        report.waiting.push((seg, page));
+                    }
                     writes.push((seg, page));
                 } else if !pend.have_data {
+                    report.reading.push((seg, page));
                     pend.asked = MANAGER;
                     out.push(Action::Send {
                         to: MANAGER,
@@ -389,7 +457,7 @@ impl NodeProtocol {
             let (p, mut cx, waiting) = self.parts(seg, page, now, out)?;
             complete(p, &mut cx, waiting)?;
         }
-        Ok(())
+        Ok(Some(report))
     }
 
     /// Serves what waited for a hold to expire.
@@ -605,6 +673,7 @@ fn complete(
         cx.set_access(p, Access::Write);
     } else {
         p.hint = Some(pend.from);
+        p.version = pend.version;
         cx.set_access(p, Access::Read);
     }
     p.hold_until = cx.now + cx.hold;
