@@ -48,7 +48,9 @@
  * producer put N items (and no marker), a dead consumer took N items
  * (missing = N: its bitmap died with it) and left one marker in the ring;
  * the MUTEX holder also took one EMPTY permit for good.  The summary line
- * gains victim=RANK lost_items=N.
+ * gains victim=RANK lost_items=N.  PRODCONS_STALL=SECONDS: a semaphore
+ * wait longer than that ends the rank (exit 3, "no progress"), for runs
+ * where the partners it waits for may die too.
  *
  * Exit status: 0 ok, 1 violation, 2 setup error.
  */
@@ -97,11 +99,21 @@ static uint64_t check_of(uint64_t item)
     return mix64(item ^ 0x5eed);
 }
 
+/* PRODCONS_STALL=SECONDS: a semaphore wait longer than that gives up
+ * (exit 3: a partner it waits for is dead); 0: wait for ever. */
+static long stall_limit;
+
 static void sem(int id, struct sembuf *ops, size_t n, const char *what)
 {
-    while (semop(id, ops, n) != 0) {
+    struct timespec limit = { stall_limit, 0 };
+    while (semtimedop(id, ops, n, stall_limit ? &limit : NULL) != 0) {
         if (errno == EINTR)
             continue;
+        if (errno == EAGAIN && stall_limit) {
+            fprintf(stderr, "prodcons: no progress (%s) for %ld s (a partner dead?)\n", what,
+                    stall_limit);
+            exit(3);
+        }
         fail("semop (%s): %s", what, strerror(errno));
     }
 }
@@ -221,6 +233,8 @@ int main(int argc, char **argv)
     size_t size = (3 + bitmap_pages * (size_t)nc) * PAGE_SIZE;
 
     struct victim vic = parse_victim(a.nprocs);
+    if (getenv("PRODCONS_STALL") != NULL)
+        stall_limit = parse_long("PRODCONS_STALL", getenv("PRODCONS_STALL"));
     if (vic.rank >= 0)
         mutex_flg = SEM_UNDO;
     int vprod = vic.rank >= 0 && vic.rank < np, vcons = vic.rank >= np;

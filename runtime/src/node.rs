@@ -861,7 +861,18 @@ impl State {
                     self.transport.set_addr(node, addr);
                 }
             }
-            Msg::NodeGone { node } if from == Some(MANAGER) => self.peer_lost(Some(node)),
+            Msg::NodeGone { node } if from == Some(MANAGER) => {
+                self.peer_lost(Some(node));
+                // What this node holds of the pages the dead node held or
+                // was handing over, for the manager to recover them.
+                let mut report = self.protocol.report(node);
+                for (seg, page, _, payload) in report.copies.iter_mut() {
+                    if let Some(s) = self.segs.get(seg) {
+                        *payload = s.read_page(*page);
+                    }
+                }
+                self.transport.send(MANAGER, Msg::Recovery { dead: node, report });
+            }
             Msg::SemLend { id, state } if from == Some(MANAGER) => {
                 self.synced.insert(id, state.clone());
                 lock_sems(&self.sems).adopt(id, state);
@@ -926,19 +937,8 @@ impl State {
                 self.transport.forget(n);
                 let mut out = Vec::new();
                 let now = self.now();
-                match self.protocol.peer_gone(n, now, &mut out) {
-                    Ok(Some(mut report)) => {
-                        // The bytes of the copies the dead owner gave, for
-                        // the manager to recover its pages from.
-                        for (seg, page, _, payload) in report.copies.iter_mut() {
-                            if let Some(s) = self.segs.get(seg) {
-                                *payload = s.read_page(*page);
-                            }
-                        }
-                        self.transport.send(MANAGER, Msg::Recovery { dead: n, report });
-                    }
-                    Ok(None) => {}
-                    Err(e) => error!("peer gone: {e}"),
+                if let Err(e) = self.protocol.peer_gone(n, now, &mut out) {
+                    error!("peer gone: {e}");
                 }
                 self.apply(&mut out);
             }

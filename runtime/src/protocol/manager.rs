@@ -60,9 +60,6 @@ pub struct Manager {
     dead: BTreeSet<NodeId>,
     /// Recoveries under way, by dead node.
     recovering: BTreeMap<NodeId, Recovery>,
-    /// Reports about a node not (yet) declared dead here: a survivor that
-    /// saw its connection go first.
-    early: HashMap<NodeId, Vec<(NodeId, Report)>>,
 }
 
 /// Who holds a page, as the manager sees it (for tests and `ipcs`).
@@ -140,14 +137,10 @@ impl Manager {
             }
         }
         rec.awaiting = live.iter().copied().filter(|&n| n != MANAGER && !self.dead.contains(&n)).collect();
-        for (n, r) in self.early.remove(&node).unwrap_or_default() {
-            if rec.awaiting.remove(&n) {
-                rec.reports.push((n, r));
-            }
-        }
         if rec.awaiting.is_empty() {
             done.push(node);
         }
+        tracing::info!(node, pages = rec.pages.len(), awaiting = ?rec.awaiting, "recovering the pages of a dead node");
         self.recovering.insert(node, rec);
         for d in done {
             self.finish(d, out);
@@ -176,6 +169,7 @@ impl Manager {
         if self.dead.contains(&from) {
             return Ok(());
         }
+        tracing::debug!(from, dead, "recovery report");
         match self.recovering.get_mut(&dead) {
             Some(r) => {
                 if r.awaiting.remove(&from) {
@@ -185,9 +179,9 @@ impl Manager {
                     }
                 }
             }
-            // Finished (the node was registered after the death), or early.
+            // Finished (or this node registered after the death).
             None if self.dead.contains(&dead) => {}
-            None => self.early.entry(dead).or_default().push((from, report)),
+            None => return Err(ProtocolError::Unexpected("report about a node not declared dead")),
         }
         Ok(())
     }
@@ -201,6 +195,7 @@ impl Manager {
     /// waited for them.
     fn finish(&mut self, dead: NodeId, out: &mut Vec<Action>) {
         let Some(rec) = self.recovering.remove(&dead) else { return };
+        tracing::info!(node = dead, pages = rec.pages.len(), "every survivor reported: recovering");
         let mut lost: BTreeMap<SegId, usize> = BTreeMap::new();
         for &(seg, page) in &rec.pages {
             let Some(p) = self.segs.get_mut(&seg).and_then(|ps| ps.get_mut(page as usize)) else { continue };

@@ -88,15 +88,33 @@ pub struct NodeProtocol {
     waiting: BTreeSet<(SegId, PageIdx)>,
     /// Nodes known to be dead: they acknowledge nothing any more.
     dead: BTreeSet<NodeId>,
+    /// Pages this node was asked to hand to a node that died, and kept:
+    /// (dead node, segment, page), for the report about it.
+    kept: Vec<(NodeId, SegId, PageIdx)>,
 }
 
 /// A page, its handlers' context, and the set of pages with work waiting.
 type Parts<'a> = (&'a mut NodePage, Ctx<'a>, &'a mut BTreeSet<(SegId, PageIdx)>);
 
+/// Whether a queued message is for a dead node (a request on its behalf, or
+/// a hand-over to it); `kept` is set for a hand-over to it.
+fn for_dead(dead: &BTreeSet<NodeId>, m: &CoherenceMsg, kept: &mut bool) -> bool {
+    match m {
+        CoherenceMsg::Fetch { to, write, .. } if dead.contains(to) => {
+            *kept |= *write;
+            true
+        }
+        CoherenceMsg::Request { requester, .. } => dead.contains(requester),
+        _ => false,
+    }
+}
+
 /// Context for one page's handlers.
 struct Ctx<'a> {
     me: NodeId,
     dead: &'a BTreeSet<NodeId>,
+    /// Hand-overs to dead nodes this node dropped (see `NodeProtocol::kept`).
+    kept: &'a mut Vec<(NodeId, SegId, PageIdx)>,
     seg: SegId,
     page: PageIdx,
     now: u64,
@@ -120,7 +138,14 @@ impl Ctx<'_> {
 impl NodeProtocol {
     /// `hold`: minimum time a granted page stays before it is given away.
     pub fn new(me: NodeId, hold: u64) -> Self {
-        NodeProtocol { me, hold, segs: HashMap::new(), waiting: BTreeSet::new(), dead: BTreeSet::new() }
+        NodeProtocol {
+            me,
+            hold,
+            segs: HashMap::new(),
+            waiting: BTreeSet::new(),
+            dead: BTreeSet::new(),
+            kept: Vec::new(),
+        }
     }
 
     pub fn id(&self) -> NodeId {
@@ -191,7 +216,7 @@ impl NodeProtocol {
         let p = set.pages.get_mut(page as usize).ok_or(ProtocolError::PageOutOfRange { seg, page })?;
         Ok((
             p,
-            Ctx { me: self.me, dead: &self.dead, seg, page, now, hold: self.hold, out },
+            Ctx { me: self.me, dead: &self.dead, kept: &mut self.kept, seg, page, now, hold: self.hold, out },
             &mut self.waiting,
         ))
     }
@@ -245,7 +270,7 @@ impl NodeProtocol {
             });
             return Ok(false);
         }
-        let to = if write { MANAGER } else { p.hint.unwrap_or(MANAGER) };
+        let to = if write { MANAGER } else { p.hint.filter(|h| !cx.dead.contains(h)).unwrap_or(MANAGER) };
         p.pending = Some(Pending { write, asked: to, ..Pending::default() });
         cx.send(to, CoherenceMsg::Request { seg, page, write, requester: me });
         Ok(false)
@@ -319,7 +344,7 @@ impl NodeProtocol {
                     // Served before a write that has already invalidated
                     // this node: stale. Ask again, from the new writer.
                     let me = cx.me;
-                    let to = p.hint.unwrap_or(MANAGER);
+                    let to = p.hint.filter(|h| !cx.dead.contains(h)).unwrap_or(MANAGER);
                     pend.asked = to;
                     cx.send(to, CoherenceMsg::Request { seg, page, write: false, requester: me });
                     return Ok(());
@@ -391,22 +416,15 @@ impl NodeProtocol {
     /// waiting for its acknowledgement proceed; it is nobody's probable
     /// owner; every read this node waits for is asked of the manager again
     /// (it may have been forwarded to the dead node); its messages still on
-    /// their way are ignored; a page this node was to hand to it stays here.
-    /// Returns, the first time only, the [`Report`] for the manager, which
-    /// recovers the pages the dead node held from it: the driver fills in
-    /// the bytes of each copy (`Payload::Zero` here).
-    pub fn peer_gone(
-        &mut self,
-        node: NodeId,
-        now: u64,
-        out: &mut Vec<Action>,
-    ) -> Result<Option<Report>, ProtocolError> {
+    /// their way are ignored; a page this node was to hand to it stays here
+    /// (now or when the manager's `Fetch` comes later). Once the manager
+    /// has declared it dead, [`Self::report`] says what this node holds.
+    pub fn peer_gone(&mut self, node: NodeId, now: u64, out: &mut Vec<Action>) -> Result<(), ProtocolError> {
         if node == MANAGER || !self.dead.insert(node) {
-            return Ok(None);
+            return Ok(());
         }
         let me = self.me;
         let mut writes = Vec::new();
-        let mut report = Report::default();
         for (&seg, set) in self.segs.iter_mut() {
             for (i, p) in set.pages.iter_mut().enumerate() {
                 let page = i as PageIdx;
@@ -416,35 +434,16 @@ impl NodeProtocol {
                     p.releasing = false;
                     out.push(Action::Released { seg, page });
                 }
-                if p.hint == Some(node) {
-                    if p.access == Access::Read && !p.owner && !p.releasing {
-                        // A copy the dead owner gave: current (it would have
-                        // invalidated it before writing).
-                        report.copies.push((seg, page, p.version, Payload::Zero));
-                    }
-                    p.hint = Some(MANAGER);
-                }
                 p.copyset.retain(|&r| r != node);
                 let mut kept = false;
-                p.queue.retain(|(from, m)| match m {
-                    CoherenceMsg::Fetch { to, write, .. } if *to == node => {
-                        kept |= *write;
-                        false
-                    }
-                    CoherenceMsg::Request { requester, .. } => *requester != node && *from != node,
-                    _ => *from != node,
-                });
+                p.queue.retain(|(from, m)| *from != node && !for_dead(&self.dead, m, &mut kept));
                 if kept {
-                    report.kept.push((seg, page));
+                    self.kept.push((node, seg, page));
                 }
                 let Some(pend) = p.pending.as_mut() else { continue };
                 if pend.write {
-                    if !pend.have_data {
-                        report.waiting.push((seg, page));
-                    }
                     writes.push((seg, page));
                 } else if !pend.have_data {
-                    report.reading.push((seg, page));
                     pend.asked = MANAGER;
                     out.push(Action::Send {
                         to: MANAGER,
@@ -457,7 +456,37 @@ impl NodeProtocol {
             let (p, mut cx, waiting) = self.parts(seg, page, now, out)?;
             complete(p, &mut cx, waiting)?;
         }
-        Ok(Some(report))
+        Ok(())
+    }
+
+    /// The [`Report`] for the manager about dead node `node` (after
+    /// [`Self::peer_gone`]), when the nameserver has declared it dead: the
+    /// read copies it gave that are still here (current: it would have
+    /// invalidated them before writing; the driver fills in the bytes,
+    /// `Payload::Zero` here), this node's writes and reads still waiting,
+    /// and the pages it was to hand to the dead node and kept.
+    pub fn report(&mut self, node: NodeId) -> Report {
+        let mut report = Report::default();
+        for (&seg, set) in self.segs.iter() {
+            for (i, p) in set.pages.iter().enumerate() {
+                let page = i as PageIdx;
+                if p.hint == Some(node) && p.access == Access::Read && !p.owner && !p.releasing {
+                    report.copies.push((seg, page, p.version, Payload::Zero));
+                }
+                match &p.pending {
+                    Some(q) if q.write && !q.have_data => report.waiting.push((seg, page)),
+                    Some(q) if !q.write && !q.have_data => report.reading.push((seg, page)),
+                    _ => {}
+                }
+            }
+        }
+        self.kept.retain(|&(d, seg, page)| {
+            if d == node {
+                report.kept.push((seg, page));
+            }
+            d != node
+        });
+        report
     }
 
     /// Serves what waited for a hold to expire.
@@ -493,7 +522,7 @@ impl NodeProtocol {
         let mut n = 0;
         for (i, p) in set.pages.iter_mut().enumerate() {
             let page = i as PageIdx;
-            let mut cx = Ctx { me, dead: &self.dead, seg, page, now: u64::MAX, hold, out };
+            let mut cx = Ctx { me, dead: &self.dead, kept: &mut self.kept, seg, page, now: u64::MAX, hold, out };
             while let Some(msg) = p.deferred.pop_front() {
                 invalidate(p, &mut cx, msg)?;
             }
@@ -534,6 +563,17 @@ fn dispatch(
             return Err(ProtocolError::Unexpected("request on behalf of this node or the manager"));
         }
         _ => {}
+    }
+    let mut kept = false;
+    if for_dead(cx.dead, &msg, &mut kept) {
+        // For a node that died: nobody to serve; a page to hand to it stays.
+        if kept {
+            cx.kept.push((match msg {
+                CoherenceMsg::Fetch { to, .. } => to,
+                _ => MANAGER,
+            }, seg, page));
+        }
+        return Ok(());
     }
     if p.releasing || !p.owner_or_becoming() {
         return match msg {
