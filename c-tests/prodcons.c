@@ -355,7 +355,24 @@ int main(int argc, char **argv)
     }
     double dt = now_seconds() - t0;
 
-    barrier_wait(&b);
+    if (stall_limit) {
+        /* The final barrier gives up too. */
+        b.epoch++;
+        uint64_t target = b.epoch * b.nprocs;
+        __atomic_fetch_add(&b.shared->arrived, 1, __ATOMIC_SEQ_CST);
+        double w0 = now_seconds();
+        unsigned spins = 0;
+        while (__atomic_load_n(&b.shared->arrived, __ATOMIC_SEQ_CST) < target) {
+            if (now_seconds() - w0 > (double)stall_limit) {
+                fprintf(stderr, "prodcons: no progress (final barrier) for %ld s (a partner dead?)\n",
+                        stall_limit);
+                exit(3);
+            }
+            spin_pause(&spins);
+        }
+    } else {
+        barrier_wait(&b);
+    }
     int bad = 0;
     if (a.rank == 0) {
         uint64_t consumed = 0, ooo = 0, torn = 0, dups = 0, missing = 0;

@@ -402,3 +402,128 @@ fn heat_semaphores_with_a_killed_rank_ends_within_bounds() {
     let c = Cluster::local_env(&[("KDIPC_LEASE_MS", &LEASE_MS.to_string())]);
     heat_with_a_killed_rank(&c, "sem");
 }
+
+// ---- soak ---------------------------------------------------------------
+
+/// Issue test 6: N processes × M seconds of random deposits, two-account
+/// transfers (two locks in one semop), unlocked reads that must never go
+/// back, and token semaphores (blocking and IPC_NOWAIT), all with
+/// SEM_UNDO; checked under the locks all along and, at the end, every
+/// account against the sums of what the processes completed
+/// (`c-tests/soak.c`).
+fn soak(c: &Cluster, nprocs: usize, seconds: u32) {
+    let key = support::fresh_key();
+    let outs =
+        c.run_ranks("soak", nprocs, &[key, seconds.to_string()], Duration::from_secs(seconds as u64 + 60));
+    for (rank, o) in outs.iter().enumerate() {
+        o.assert_ok(&format!("soak rank {rank}"));
+    }
+    let line = outs[0].stdout.lines().find(|l| l.starts_with("soak:")).expect("summary line");
+    assert!(line.ends_with(" ok"), "{line}");
+    println!("{line}");
+}
+
+#[test]
+fn soak_random_shm_and_sem_operations() {
+    let _g = serial();
+    let c = Cluster::local();
+    soak(&c, 4, support::iters(10, 60));
+}
+
+#[test]
+fn soak_across_emulated_hosts() {
+    if !support::can_use_netns("soak_across_emulated_hosts") {
+        return;
+    }
+    let _g = serial();
+    let c = Cluster::hosts(2);
+    soak(&c, 4, support::iters(10, 60));
+}
+
+// ---- link cuts ------------------------------------------------------------
+
+/// A program on an emulated host whose link goes down for `secs` in the
+/// middle of a run.
+fn cut_link(c: &Cluster, host: usize, secs: f64, after: Duration) {
+    std::thread::sleep(after);
+    c.set_link(host, false);
+    std::thread::sleep(Duration::from_secs_f64(secs));
+    c.set_link(host, true);
+}
+
+/// Issue test 4, shorter than the lease (2 s of a 5 s lease): nothing is
+/// declared dead, the run completes with exact results.
+#[test]
+fn a_link_cut_shorter_than_the_lease_changes_nothing() {
+    if !support::can_use_netns("a_link_cut_shorter_than_the_lease_changes_nothing") {
+        return;
+    }
+    let _g = serial();
+    let c = Cluster::hosts(2);
+    let key = support::fresh_key();
+    let t0 = Instant::now();
+    let outs = std::thread::scope(|s| {
+        let run = s.spawn(|| c.run_ranks("soak", 4, &[key.clone(), "8".into()], Duration::from_secs(90)));
+        cut_link(&c, 1, 2.0, Duration::from_secs(2));
+        run.join().unwrap()
+    });
+    for (rank, o) in outs.iter().enumerate() {
+        o.assert_ok(&format!("soak rank {rank} across a 2 s cut"));
+    }
+    let log = plain(&c.ns_log());
+    assert!(!log.contains("node lost"), "a node was declared dead:\n{log}");
+    println!("{} ({:.1} s, 2 s cut)", outs[0].stdout.trim(), t0.elapsed().as_secs_f64());
+}
+
+/// Issue test 4, longer than the lease (8 s of a 5 s lease): the cut-off
+/// node is declared dead within the lease; the survivors on the other host
+/// go on (the program's own waits for the dead partner give up, exit 3,
+/// or they get SIGBUS for what only it held); the cut-off process, once
+/// its link is back, is refused: its accesses get SIGBUS and its calls
+/// EIDRM, never its old pages as if current.
+#[test]
+fn a_link_cut_longer_than_the_lease_fences_the_cut_off_node() {
+    if !support::can_use_netns("a_link_cut_longer_than_the_lease_fences_the_cut_off_node") {
+        return;
+    }
+    let _g = serial();
+    let c = Cluster::hosts(2);
+    let key = support::fresh_key();
+    let t0 = Instant::now();
+    // Ranks 0 and 2 on host 0, 1 and 3 on host 1 (cut).
+    let env: Vec<(&str, String)> = vec![("PRODCONS_STALL", "10".into())];
+    let outs = std::thread::scope(|s| {
+        let run = s.spawn(|| {
+            let children: Vec<Child> = (0..4)
+                .map(|rank| {
+                    let mut cmd = c.command(rank, &support::prog("prodcons"));
+                    cmd.args([rank.to_string(), "4".into(), key.clone(), "4000".into()]);
+                    for (k, v) in &env {
+                        cmd.env(k, v);
+                    }
+                    cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
+                })
+                .collect();
+            support::wait_all(children, Duration::from_secs(60), std::path::Path::new("/dev/null"))
+        });
+        cut_link(&c, 1, 8.0, Duration::from_secs(2));
+        run.join().unwrap()
+    });
+    let elapsed = t0.elapsed();
+    let log = plain(&c.ns_log());
+    let lost: Vec<&str> = log.lines().filter(|l| l.contains("node lost")).collect();
+    assert_eq!(lost.len(), 2, "the two nodes of the cut host are declared dead:\n{log}");
+    for (rank, o) in outs.iter().enumerate() {
+        assert_no_stale(o, &format!("rank {rank}"));
+        assert!(!o.status.success(), "rank {rank} cannot complete without its partners: {o:#?}");
+        let gave_up = o.status.code() == Some(3) && o.stderr.contains("no progress");
+        let cut_off = plain(&o.stderr).contains("cut off from the nameserver");
+        let refused = o.stderr.contains("Identifier removed") || o.signal() == Some(libc::SIGBUS);
+        if rank % 2 == 1 {
+            assert!(cut_off && refused, "rank {rank} (cut-off host) was not refused: {o:#?}");
+        } else {
+            assert!(gave_up || is_lost_page_sigbus(o), "rank {rank} (survivor): {o:#?}");
+        }
+    }
+    println!("8 s cut: declared dead: {lost:?}; run over after {:.1} s", elapsed.as_secs_f64());
+}
