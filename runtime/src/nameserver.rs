@@ -74,7 +74,8 @@ pub async fn serve(
             }
             Inbound::Lost { node, conn } => {
                 let node = node.or_else(|| s.by_conn.get(&conn.stable_id()).copied());
-                if let Some(n) = node {
+                // Once per node (each of its connections ends).
+                if let Some(n) = node.filter(|n| s.nodes.contains_key(n)) {
                     // A process that exits closes its connection itself;
                     // anything else (time-out, reset) is a node lost.
                     match conn.close_reason() {

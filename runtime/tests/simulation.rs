@@ -1369,7 +1369,10 @@ mod scenarios {
         assert_eq!(fault(n2, 0, false, 1).1, vec![send(MANAGER, request(0, false, 2))]);
         assert_eq!(at_manager(m, 2, request(0, false, 2)), vec![send(1, fetch(0, 2, false))]);
         let out = at_node(n1, MANAGER, fetch(0, 2, false), 100);
-        assert!(matches!(out[..], [Action::SendPage { to: 2, version: 1, keep: Access::Read, .. }]), "{out:?}");
+        assert!(
+            matches!(out[..], [Action::SendPage { to: 2, version: 1, keep: Access::Read, .. }]),
+            "{out:?}"
+        );
         at_node(n2, 1, data(0, false, vec![], 1), 100);
         assert_eq!(n2.access(SEG, 0), Access::Read);
     }
@@ -1435,7 +1438,7 @@ mod scenarios {
     #[test]
     fn a_hand_over_to_a_dead_designated_owner_stays_with_the_owner() {
         let mut m = manager();
-        let (mut n1, mut n2, mut n3) = (node(1, 10), node(2, 10), node(3, 10));
+        let (mut n1, mut n3) = (node(1, 10), node(3, 10));
         write_from_home(&mut m, &mut n1, 0, 0);
         // n2 is designated, then n3 behind it; n2 dies; n1 hears of it
         // before the Fetch for n2 arrives.

@@ -125,7 +125,10 @@ impl Manager {
                 p.parked.retain(|&(n, _)| n != node);
                 for &(owner, reader) in &p.dropping {
                     if owner == node && !self.dead.contains(&reader) {
-                        out.push(Action::Send { to: reader, msg: CoherenceMsg::Released { seg, page: i as PageIdx } });
+                        out.push(Action::Send {
+                            to: reader,
+                            msg: CoherenceMsg::Released { seg, page: i as PageIdx },
+                        });
                         rec.dropped.push((seg, i as PageIdx, reader));
                     }
                 }
@@ -465,7 +468,13 @@ fn recover(
             Some(to) => send(out, k, CoherenceMsg::Fetch { seg, page, to, write: true }),
             None => p.owner = Some(k),
         }
-        tracing::warn!(seg, page, node = dead, keeper = k, "page kept by the node that was to hand it to a dead one");
+        tracing::warn!(
+            seg,
+            page,
+            node = dead,
+            keeper = k,
+            "page kept by the node that was to hand it to a dead one"
+        );
         return true;
     }
     let copies: Vec<(NodeId, u64, &Payload)> = reports
@@ -495,7 +504,13 @@ fn recover(
                 p.chain.clear();
             }
         }
-        tracing::warn!(seg, page, node = dead, version, "page recovered from a read copy after its owner died");
+        tracing::warn!(
+            seg,
+            page,
+            node = dead,
+            version,
+            "page recovered from a read copy after its owner died"
+        );
         return true;
     }
     for &w in &rest {

@@ -49,7 +49,6 @@ mod node;
 pub use manager::Manager;
 pub use node::{NodeProtocol, PageSet};
 
-
 use serde::{Deserialize, Serialize};
 
 /// A node of the cluster. Node 0 is the nameserver (manager and home).

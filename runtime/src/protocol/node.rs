@@ -195,7 +195,9 @@ impl NodeProtocol {
             s.pages
                 .iter()
                 .enumerate()
-                .filter_map(|(i, p)| p.pending.as_ref().map(|q| (i as PageIdx, q.write, q.asked, q.have_data)))
+                .filter_map(|(i, p)| {
+                    p.pending.as_ref().map(|q| (i as PageIdx, q.write, q.asked, q.have_data))
+                })
                 .collect()
         })
     }
@@ -393,9 +395,10 @@ impl NodeProtocol {
                     for (_, m) in std::mem::take(&mut p.queue) {
                         match m {
                             CoherenceMsg::Request { write: false, .. } => cx.send(MANAGER, m),
-                            CoherenceMsg::Fetch { to, write: false, .. } => {
-                                cx.send(MANAGER, CoherenceMsg::Request { seg, page, write: false, requester: to })
-                            }
+                            CoherenceMsg::Fetch { to, write: false, .. } => cx.send(
+                                MANAGER,
+                                CoherenceMsg::Request { seg, page, write: false, requester: to },
+                            ),
                             CoherenceMsg::DropReader { node, .. } => {
                                 cx.send(node, CoherenceMsg::Released { seg, page })
                             }
@@ -522,7 +525,8 @@ impl NodeProtocol {
         let mut n = 0;
         for (i, p) in set.pages.iter_mut().enumerate() {
             let page = i as PageIdx;
-            let mut cx = Ctx { me, dead: &self.dead, kept: &mut self.kept, seg, page, now: u64::MAX, hold, out };
+            let mut cx =
+                Ctx { me, dead: &self.dead, kept: &mut self.kept, seg, page, now: u64::MAX, hold, out };
             while let Some(msg) = p.deferred.pop_front() {
                 invalidate(p, &mut cx, msg)?;
             }
@@ -568,10 +572,14 @@ fn dispatch(
     if for_dead(cx.dead, &msg, &mut kept) {
         // For a node that died: nobody to serve; a page to hand to it stays.
         if kept {
-            cx.kept.push((match msg {
-                CoherenceMsg::Fetch { to, .. } => to,
-                _ => MANAGER,
-            }, seg, page));
+            cx.kept.push((
+                match msg {
+                    CoherenceMsg::Fetch { to, .. } => to,
+                    _ => MANAGER,
+                },
+                seg,
+                page,
+            ));
         }
         return Ok(());
     }
