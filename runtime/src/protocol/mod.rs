@@ -36,6 +36,12 @@
 //!   a reader's release is passed to the owner (`DropReader`). What reaches
 //!   a releasing owner meanwhile goes back to the manager (`Bounce`).
 //!
+//! * After a death (`Manager::node_gone`, `NodeProtocol::peer_gone`),
+//!   every survivor sends a [`Report`]; the manager parks requests for the
+//!   pages the dead node held or was handing over until all are in, then
+//!   recovers each from the node that kept it or a current read copy, or
+//!   answers `Lost` (docs/design.md, "Node death").
+//!
 //! Requirements on the transport: messages between one pair of nodes arrive
 //! in the order they were sent (one QUIC stream per direction).
 //!
