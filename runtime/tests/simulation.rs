@@ -1517,4 +1517,36 @@ mod scenarios {
         assert!(at_node(&mut n2, 1, data(0, false, vec![], 1), 10).is_empty());
         assert!(n2.is_pending(SEG, 0));
     }
+
+    #[test]
+    fn the_death_of_an_earlier_writer_leaves_a_later_hand_over_alone() {
+        let mut m = manager();
+        let (mut n1, mut n2, mut n3) = (node(1, 10), node(2, 10), node(3, 10));
+        // n1 writes, hands to n2, n2 to n3, and n2 asks again: chain 1, 2,
+        // 3, 2 with n2 waiting for n3's bytes (n3 alive).
+        write_from_home(&mut m, &mut n1, 0, 0);
+        assert_eq!(fault(&mut n2, 0, true, 0).1, vec![send(MANAGER, request(0, true, 2))]);
+        assert_eq!(at_manager(&mut m, 2, request(0, true, 2)), vec![send(1, fetch(0, 2, true))]);
+        let out = at_node(&mut n1, MANAGER, fetch(0, 2, true), 100);
+        assert!(matches!(out[..], [Action::SendPage { to: 2, version: 2, .. }]), "{out:?}");
+        at_node(&mut n2, 1, data(0, true, vec![], 2), 100);
+        assert_eq!(at_manager(&mut m, 3, request(0, true, 3)), vec![send(2, fetch(0, 3, true))]);
+        assert_eq!(fault(&mut n3, 0, true, 100).1, vec![send(MANAGER, request(0, true, 3))]);
+        let out = at_node(&mut n2, MANAGER, fetch(0, 3, true), 1000);
+        assert!(matches!(out[..], [Action::SendPage { to: 3, version: 3, .. }]), "{out:?}");
+        assert_eq!(fault(&mut n2, 0, true, 1000).1, vec![send(MANAGER, request(0, true, 2))]);
+        assert_eq!(at_manager(&mut m, 2, request(0, true, 2)), vec![send(3, fetch(0, 2, true))]);
+        // n1 dies: n2 waits, but for n3; nothing is lost or resent.
+        let mut out = Vec::new();
+        m.node_gone(1, &[2, 3], &mut out);
+        let (_, r2) = gone(&mut n2, 1);
+        assert_eq!(r2.waiting, vec![(SEG, 0)]);
+        let (_, r3) = gone(&mut n3, 1);
+        assert!(report(&mut m, 2, 1, r2).is_empty());
+        assert!(report(&mut m, 3, 1, r3).is_empty());
+        assert_eq!(m.holders(SEG, 0).unwrap().owner, Some(2));
+        at_node(&mut n3, 2, data(0, true, vec![], 3), 1000);
+        let out = at_node(&mut n3, MANAGER, fetch(0, 2, true), 2000);
+        assert!(matches!(out[..], [Action::SendPage { to: 2, version: 4, .. }]), "{out:?}");
+    }
 }

@@ -457,7 +457,11 @@ fn recover(
     let waiting = |n: NodeId| reports.iter().any(|(f, r)| *f == n && r.waiting.contains(&(seg, page)));
     let next = j.and_then(|j| p.chain.get(j + 1).copied());
     let rest: Vec<NodeId> = j.map_or_else(Vec::new, |j| p.chain[j + 1..].to_vec());
-    if next.is_some_and(|n| !waiting(n)) {
+    // The node after the dead one waits for the bytes from it only if its
+    // write is that designation: designated again later, it got them then
+    // and waits for a later hand-over now.
+    let again = rest.iter().skip(1).any(|&n| Some(n) == next);
+    if next.is_some_and(|n| again || !waiting(n)) {
         p.chain.retain(|&n| n != dead);
         return true; // The hand-over out of the dead node completed.
     }
