@@ -862,7 +862,7 @@ impl State {
                 }
             }
             Msg::NodeGone { node } if from == Some(MANAGER) => {
-                self.peer_lost(Some(node));
+                self.peer_dead(node);
                 // What this node holds of the pages the dead node held or
                 // was handing over, for the manager to recover them.
                 let mut report = self.protocol.report(node);
@@ -933,17 +933,26 @@ impl State {
                     self.fence();
                 }
             }
-            Some(n) => {
-                self.transport.forget(n);
-                let mut out = Vec::new();
-                let now = self.now();
-                if let Err(e) = self.protocol.peer_gone(n, now, &mut out) {
-                    error!("peer gone: {e}");
-                }
-                self.apply(&mut out);
-            }
+            // A connection to a peer ended: the next message dials again.
+            // Only the nameserver declares a peer dead (`NodeGone`): a
+            // connection can fail while the peer lives (a dial during a cut
+            // shorter than the lease), and a peer taken for dead here but
+            // not by the manager would wait for ever for what this node
+            // then refuses to send it.
+            Some(n) => self.transport.forget(n),
             None => {}
         }
+    }
+
+    /// The nameserver declared `n` dead.
+    fn peer_dead(&mut self, n: NodeId) {
+        self.transport.forget(n);
+        let mut out = Vec::new();
+        let now = self.now();
+        if let Err(e) = self.protocol.peer_gone(n, now, &mut out) {
+            error!("peer gone: {e}");
+        }
+        self.apply(&mut out);
     }
 
     /// The nameserver is unreachable for longer than the lease: it declared

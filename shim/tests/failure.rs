@@ -484,9 +484,11 @@ fn a_link_cut_shorter_than_the_lease_changes_nothing() {
         run.join().unwrap()
     });
     let ended = seconds_of_day_now();
-    for (rank, o) in outs.iter().enumerate() {
-        o.assert_ok(&format!("soak rank {rank} across a 2 s cut"));
-    }
+    assert!(
+        outs.iter().all(|o| o.status.success()),
+        "soak across a 2 s cut: {outs:#?}\n{}",
+        plain(&c.ns_log())
+    );
     // No death declared during the run (a process whose closing packet is
     // lost as it exits is declared lost a lease later: not a failure).
     let log = plain(&c.ns_log());
