@@ -2,7 +2,8 @@
  * heat - the heat equation on a square plate, System V shared memory
  * version (Tapus thesis, chapter 4).
  *
- *   heat [-n N] [-s STEPS] [-w poll|sem] [-o out.png] RANK NPROCS KEY
+ *   heat [-n N] [-s STEPS] [-w poll|sem] [-o out.png] [-t SECONDS] [-k STEP]
+ *        RANK NPROCS KEY
  *
  * Defaults: N = 256, STEPS = 200, polling, no picture.  Options may come
  * before or after the positional arguments (GNU getopt).  One process per
@@ -54,12 +55,22 @@
  * the same inputs whatever the split, so the result, and the checksum, are
  * bit-identical for any NPROCS.
  *
+ * Failure runs: -t SECONDS gives up when a neighbour (or, at the end, any
+ * rank) makes no progress for that long: "heat rank R: no progress from
+ * ... for T s (dead?)" on stderr, exit status 3 (a semaphore wait is then
+ * a semtimedop with that time-out).  -k STEP: this rank dies by SIGKILL
+ * after publishing step STEP.  A run with a dead rank never prints a
+ * result: its band is gone.
+ *
  * The PNG (8-bit RGB, black-red-yellow-white heat map over 0..100) is
  * written without zlib: deflate "stored" blocks, CRC-32 and Adler-32
  * computed here.
  */
+#define _GNU_SOURCE
 #include "common.h"
 
+#include <signal.h>
+#include <time.h>
 #include <getopt.h>
 #include <sys/sem.h>
 
@@ -120,18 +131,38 @@ static uint64_t *attach_progress(key_t key, int rank)
     return attach_segment(key + rank + 1, PAGE_SIZE);
 }
 
+/* -t: give up after this many seconds without progress (0: never). */
+static long stall_limit;
+static int me_rank;
+
+#define EXIT_STALLED 3
+
+static void stalled(const char *what)
+{
+    fprintf(stderr, "heat rank %d: no progress from %s for %ld s (dead?)\n", me_rank, what,
+            stall_limit);
+    exit(EXIT_STALLED);
+}
+
 static void wait_progress(uint64_t *progress, uint64_t at_least)
 {
     unsigned spins = 0;
-    while (__atomic_load_n(progress, __ATOMIC_ACQUIRE) < at_least)
+    double t0 = stall_limit ? now_seconds() : 0;
+    while (__atomic_load_n(progress, __ATOMIC_ACQUIRE) < at_least) {
         spin_pause(&spins);
+        if (stall_limit && (spins & 1023) == 0 && now_seconds() - t0 > (double)stall_limit)
+            stalled("a neighbour's progress page");
+    }
 }
 
 /* ---- semaphore variant ---------------------------------------------------- */
 
 static void sem_apply(int id, struct sembuf *ops, size_t nops)
 {
-    while (semop(id, ops, nops) != 0) {
+    struct timespec limit = { stall_limit, 0 };
+    while (semtimedop(id, ops, nops, stall_limit ? &limit : NULL) != 0) {
+        if (errno == EAGAIN && stall_limit)
+            stalled("the semaphores");
         if (errno != EINTR)
             die("semop: %s", strerror(errno));
     }
@@ -303,7 +334,8 @@ static void write_png(const char *path, const double *field, long n)
 
 static void usage(const char *prog)
 {
-    die("usage: %s [-n N] [-s STEPS] [-w poll|sem] [-o out.png] RANK NPROCS KEY", prog);
+    die("usage: %s [-n N] [-s STEPS] [-w poll|sem] [-o out.png] [-t SECONDS] [-k STEP] RANK NPROCS KEY",
+        prog);
 }
 
 int main(int argc, char **argv)
@@ -311,8 +343,9 @@ int main(int argc, char **argv)
     long n = 256, steps = 200;
     const char *png = NULL;
     int use_sem = 0;
+    long kill_at = -1;
     int opt;
-    while ((opt = getopt(argc, argv, "n:s:w:o:")) != -1) {
+    while ((opt = getopt(argc, argv, "n:s:w:o:t:k:")) != -1) {
         switch (opt) {
         case 'n': n = parse_long("N", optarg); break;
         case 's': steps = parse_long("STEPS", optarg); break;
@@ -322,6 +355,8 @@ int main(int argc, char **argv)
             use_sem = strcmp(optarg, "sem") == 0;
             break;
         case 'o': png = optarg; break;
+        case 't': stall_limit = parse_long("SECONDS", optarg); break;
+        case 'k': kill_at = parse_long("STEP", optarg); break;
         default: usage(argv[0]);
         }
     }
@@ -330,6 +365,7 @@ int main(int argc, char **argv)
     int rank = (int)parse_long("RANK", argv[optind]);
     int nprocs = (int)parse_long("NPROCS", argv[optind + 1]);
     key_t key = (key_t)parse_long("KEY", argv[optind + 2]);
+    me_rank = rank;
     if (nprocs < 1 || rank < 0 || rank >= nprocs)
         die("need 0 <= RANK < NPROCS (got rank %d, nprocs %d)", rank, nprocs);
     if (n < 3 || n > 65536 || steps < 0)
@@ -386,6 +422,10 @@ int main(int argc, char **argv)
         __atomic_store_n(progress[rank], (uint64_t)s + 2, __ATOMIC_RELEASE);
         if (use_sem)
             sem_post_step(sem_id, rank, nprocs);
+        if (s == kill_at) {
+            fflush(stdout);
+            raise(SIGKILL);
+        }
     }
 
     if (rank != 0) {

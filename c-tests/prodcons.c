@@ -31,9 +31,31 @@
  *   prodcons: items=N producers=P consumers=C consumed=N duplicates=0
  *   missing=0 out_of_order=0 torn=0 per_consumer=a,b
  *
+ * Failure runs (PRODCONS_VICTIM=RANK:N:MODE in the environment of every
+ * rank): rank RANK (not 0) dies by SIGKILL after N items of its own, at a
+ * point MODE chooses:
+ *   idle   outside the critical section, 300 ms after its last operation
+ *          (the others have taken the ring page from it meanwhile);
+ *   now    right after its last operation (the ring page may die with it);
+ *   mutex  a producer only: holding MUTEX (taken with SEM_UNDO) and one
+ *          EMPTY permit, before it touches the ring.
+ * Every rank then takes MUTEX with SEM_UNDO (so that the holder's death
+ * releases it), waits at the start until every rank joined (each holds a
+ * read copy of the barrier page), and the final barrier counts the
+ * survivors.  Producers put their end markers only once every item is in
+ * (so that the surviving consumers take every item before they stop), and
+ * rank 0 also puts a dead producer's marker.  Rank 0 checks the totals knowing what died: a dead
+ * producer put N items (and no marker), a dead consumer took N items
+ * (missing = N: its bitmap died with it) and left one marker in the ring;
+ * the MUTEX holder also took one EMPTY permit for good.  The summary line
+ * gains victim=RANK lost_items=N.  PRODCONS_STALL=SECONDS: a semaphore
+ * wait longer than that ends the rank (exit 3, "no progress"), for runs
+ * where the partners it waits for may die too.
+ *
  * Exit status: 0 ok, 1 violation, 2 setup error.
  */
 #define _GNU_SOURCE
+#include <signal.h>
 #include <sys/sem.h>
 #include <unistd.h>
 
@@ -60,6 +82,7 @@ struct ring {
         uint64_t item;
         uint64_t check;
     } slot[SLOTS];
+    uint64_t items_in; /* puts of items, end markers not counted */
 };
 
 /* Page 2: per-consumer results. */
@@ -76,25 +99,79 @@ static uint64_t check_of(uint64_t item)
     return mix64(item ^ 0x5eed);
 }
 
+/* PRODCONS_STALL=SECONDS: a semaphore wait longer than that gives up
+ * (exit 3: a partner it waits for is dead); 0: wait for ever. */
+static long stall_limit;
+
 static void sem(int id, struct sembuf *ops, size_t n, const char *what)
 {
-    while (semop(id, ops, n) != 0) {
+    struct timespec limit = { stall_limit, 0 };
+    while (semtimedop(id, ops, n, stall_limit ? &limit : NULL) != 0) {
         if (errno == EINTR)
             continue;
+        if (errno == EAGAIN && stall_limit) {
+            fprintf(stderr, "prodcons: no progress (%s) for %ld s (a partner dead?)\n", what,
+                    stall_limit);
+            exit(3);
+        }
         fail("semop (%s): %s", what, strerror(errno));
     }
 }
 
+/* SEM_UNDO on MUTEX in failure runs (PRODCONS_VICTIM). */
+static short mutex_flg;
+
+static short flg(int num)
+{
+    return num == MUTEX ? mutex_flg : 0;
+}
+
 static void P1(int id, int num, const char *what)
 {
-    struct sembuf s = { (unsigned short)num, -1, 0 };
+    struct sembuf s = { (unsigned short)num, -1, flg(num) };
     sem(id, &s, 1, what);
 }
 
 static void V1(int id, int num, const char *what)
 {
-    struct sembuf s = { (unsigned short)num, 1, 0 };
+    struct sembuf s = { (unsigned short)num, 1, flg(num) };
     sem(id, &s, 1, what);
+}
+
+/* PRODCONS_VICTIM=RANK:N:MODE, see the header. */
+struct victim {
+    int rank;     /* -1: none */
+    uint64_t n;
+    char mode[8]; /* idle, now, mutex */
+};
+
+static struct victim parse_victim(int nprocs)
+{
+    struct victim v = { -1, 0, "" };
+    const char *e = getenv("PRODCONS_VICTIM");
+    if (e == NULL || *e == '\0')
+        return v;
+    unsigned long long n;
+    if (sscanf(e, "%d:%llu:%7s", &v.rank, &n, v.mode) != 3 || v.rank <= 0 || v.rank >= nprocs ||
+        (strcmp(v.mode, "idle") != 0 && strcmp(v.mode, "now") != 0 && strcmp(v.mode, "mutex") != 0))
+        die("PRODCONS_VICTIM: expected RANK:N:idle|now|mutex with 0 < RANK < NPROCS, got '%s'", e);
+    if (strcmp(v.mode, "mutex") == 0 && v.rank >= nprocs / 2)
+        die("PRODCONS_VICTIM: mode mutex is for a producer");
+    v.n = n;
+    return v;
+}
+
+/* The victim, after its N items: dies as its mode says. */
+static void die_now(const struct victim *v, int id)
+{
+    fflush(stdout);
+    if (strcmp(v->mode, "idle") == 0)
+        usleep(300 * 1000);
+    if (strcmp(v->mode, "mutex") == 0) {
+        P1(id, EMPTY, "victim P(empty)");
+        P1(id, MUTEX, "victim P(mutex)");
+    }
+    raise(SIGKILL);
 }
 
 /* Rank 0: creates and initialises; the others wait for sem_otime. */
@@ -155,9 +232,26 @@ int main(int argc, char **argv)
     size_t bitmap_pages = (bitmap_bytes * (size_t)np + PAGE_SIZE - 1) / PAGE_SIZE;
     size_t size = (3 + bitmap_pages * (size_t)nc) * PAGE_SIZE;
 
+    struct victim vic = parse_victim(a.nprocs);
+    if (getenv("PRODCONS_STALL") != NULL)
+        stall_limit = parse_long("PRODCONS_STALL", getenv("PRODCONS_STALL"));
+    if (vic.rank >= 0)
+        mutex_flg = SEM_UNDO;
+    int vprod = vic.rank >= 0 && vic.rank < np, vcons = vic.rank >= np;
+    if (vic.rank >= 0 && vic.n > per)
+        die("PRODCONS_VICTIM: N is more than the %llu items a rank handles", (unsigned long long)per);
+
     int shmid;
     uint8_t *seg = attach_segment_id(a.key, size, &shmid);
     struct barrier b = barrier_join((struct barrier_shared *)seg, a.nprocs);
+    if (vic.rank >= 0) {
+        /* Everyone joined: each rank holds a current read copy of the
+         * barrier page, whoever wrote it last. */
+        unsigned spins = 0;
+        while (__atomic_load_n(&b.shared->joined, __ATOMIC_SEQ_CST) < (uint64_t)a.nprocs)
+            spin_pause(&spins);
+        b.nprocs = (uint64_t)a.nprocs - 1; /* the final barrier: survivors */
+    }
     volatile struct ring *ring = (volatile struct ring *)(seg + PAGE_SIZE);
     volatile struct result *res = (volatile struct result *)(seg + 2 * PAGE_SIZE);
 
@@ -167,8 +261,36 @@ int main(int argc, char **argv)
     if (a.rank < np) {
         /* Producer. */
         uint64_t me = (uint64_t)a.rank;
+        uint64_t e_items = vprod ? items - per + vic.n : items;
         for (uint64_t seq = 0; seq <= per; seq++) {
             uint64_t item = me << 32 | (seq == per ? END_SEQ : seq);
+            if (seq == per && vic.rank >= 0) {
+                /* Markers after every item (see the header). */
+                for (;;) {
+                    P1(id, MUTEX, "producer P(mutex) (waiting for the other puts)");
+                    uint64_t in = ring->items_in;
+                    V1(id, MUTEX, "producer V(mutex) (waiting for the other puts)");
+                    if (in >= e_items)
+                        break;
+                    usleep(1000);
+                }
+            }
+            P1(id, EMPTY, "producer P(empty)");
+            P1(id, MUTEX, "producer P(mutex)");
+            uint64_t in = ring->in;
+            ring->slot[in % SLOTS].item = item;
+            ring->slot[in % SLOTS].check = check_of(item);
+            ring->in = in + 1;
+            if (seq != per)
+                ring->items_in++;
+            V1(id, MUTEX, "producer V(mutex)");
+            V1(id, FULL, "producer V(full)");
+            if (a.rank == vic.rank && seq + 1 == vic.n)
+                die_now(&vic, id);
+        }
+        if (vprod && a.rank == 0) {
+            /* The dead producer's end marker (every item is in). */
+            uint64_t item = (uint64_t)vic.rank << 32 | END_SEQ;
             P1(id, EMPTY, "producer P(empty)");
             P1(id, MUTEX, "producer P(mutex)");
             uint64_t in = ring->in;
@@ -189,7 +311,7 @@ int main(int argc, char **argv)
             last[p] = -1;
         uint64_t taken = 0, ooo = 0, torn = 0, dup_local = 0; /* torn: fail() at once */
         for (;;) {
-            struct sembuf take[2] = { { FULL, -1, 0 }, { MUTEX, -1, 0 } };
+            struct sembuf take[2] = { { FULL, -1, 0 }, { MUTEX, -1, mutex_flg } };
             sem(id, take, 2, "consumer P(full)+P(mutex)");
             uint64_t out = ring->out;
             if (out >= ring->in)
@@ -198,8 +320,10 @@ int main(int argc, char **argv)
             uint64_t item = ring->slot[out % SLOTS].item;
             uint64_t check = ring->slot[out % SLOTS].check;
             ring->out = out + 1;
-            struct sembuf give[2] = { { MUTEX, 1, 0 }, { EMPTY, 1, 0 } };
+            struct sembuf give[2] = { { MUTEX, 1, mutex_flg }, { EMPTY, 1, 0 } };
             sem(id, give, 2, "consumer V(mutex)+V(empty)");
+            if (a.rank == vic.rank && taken + 1 == vic.n && (item & 0xffffffffu) != END_SEQ)
+                die_now(&vic, id);
 
             uint64_t p = item >> 32;
             uint32_t seq = (uint32_t)item;
@@ -231,13 +355,32 @@ int main(int argc, char **argv)
     }
     double dt = now_seconds() - t0;
 
-    barrier_wait(&b);
+    if (stall_limit) {
+        /* The final barrier gives up too. */
+        b.epoch++;
+        uint64_t target = b.epoch * b.nprocs;
+        __atomic_fetch_add(&b.shared->arrived, 1, __ATOMIC_SEQ_CST);
+        double w0 = now_seconds();
+        unsigned spins = 0;
+        while (__atomic_load_n(&b.shared->arrived, __ATOMIC_SEQ_CST) < target) {
+            if (now_seconds() - w0 > (double)stall_limit) {
+                fprintf(stderr, "prodcons: no progress (final barrier) for %ld s (a partner dead?)\n",
+                        stall_limit);
+                exit(3);
+            }
+            spin_pause(&spins);
+        }
+    } else {
+        barrier_wait(&b);
+    }
     int bad = 0;
     if (a.rank == 0) {
         uint64_t consumed = 0, ooo = 0, torn = 0, dups = 0, missing = 0;
         char per_consumer[256] = "";
         size_t len = 0;
         for (int c = 0; c < nc; c++) {
+            if (vcons && c == vic.rank - np)
+                continue; /* died with its results */
             if (!res[c].done)
                 fail("consumer %d did not publish its results", c);
             consumed += res[c].taken;
@@ -247,9 +390,12 @@ int main(int argc, char **argv)
                                     c ? "," : "", (unsigned long long)res[c].taken);
         }
         for (int p = 0; p < np; p++) {
-            for (uint64_t seq = 0; seq < per; seq++) {
+            uint64_t put = vprod && p == vic.rank ? vic.n : per;
+            for (uint64_t seq = 0; seq < put; seq++) {
                 int n = 0;
                 for (int c = 0; c < nc; c++) {
+                    if (vcons && c == vic.rank - np)
+                        continue;
                     const uint64_t *bm = (const uint64_t *)(seg + (3 + bitmap_pages * (size_t)c) *
                                                                       PAGE_SIZE) +
                                          (size_t)p * (bitmap_bytes / 8);
@@ -269,14 +415,27 @@ int main(int argc, char **argv)
             die("GETALL: %s", strerror(errno));
         printf("prodcons: items=%llu producers=%d consumers=%d consumed=%llu duplicates=%llu "
                "missing=%llu out_of_order=%llu torn=%llu per_consumer=%s puts=%llu takes=%llu "
-               "final_sems=%u,%u,%u seconds=%.2f\n",
+               "final_sems=%u,%u,%u seconds=%.2f victim=%d lost_items=%llu\n",
                (unsigned long long)items, np, nc, (unsigned long long)consumed,
                (unsigned long long)dups, (unsigned long long)missing, (unsigned long long)ooo,
                (unsigned long long)torn, per_consumer, (unsigned long long)in,
-               (unsigned long long)out, vals[0], vals[1], vals[2], dt);
+               (unsigned long long)out, vals[0], vals[1], vals[2], dt, vic.rank,
+               (unsigned long long)(vcons ? vic.n : 0));
         uint64_t markers = (uint64_t)np;
-        bad = consumed != items || dups || missing || ooo || torn || in != items + markers ||
-              out != items + markers || vals[EMPTY] != SLOTS || vals[FULL] != 0 || vals[MUTEX] != 1;
+        /* Expected totals, given what died. */
+        uint64_t e_items = items, e_consumed = items, e_missing = 0, e_left = 0, e_permits = SLOTS;
+        if (vprod)
+            e_items = e_consumed = items - per + vic.n; /* its marker was put by rank 0 */
+        if (vcons) {
+            e_consumed = items - vic.n;
+            e_missing = vic.n;
+            e_left = 1; /* one end marker nobody takes */
+        }
+        if (vprod && strcmp(vic.mode, "mutex") == 0)
+            e_permits = SLOTS - 1;
+        bad = consumed != e_consumed || dups || missing != e_missing || ooo || torn ||
+              in != e_items + markers || out != e_items + markers - e_left ||
+              vals[EMPTY] != e_permits - e_left || vals[FULL] != e_left || vals[MUTEX] != 1;
         if (semctl(id, 0, IPC_RMID) != 0)
             die("semctl(IPC_RMID): %s", strerror(errno));
         remove_segment(shmid);

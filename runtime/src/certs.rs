@@ -125,8 +125,11 @@ pub fn load(dir: &Path) -> Result<TlsConfigs, CertError> {
     let server = quinn::crypto::rustls::QuicServerConfig::try_from(server).map_err(|e| tls(&e))?;
     let client = quinn::crypto::rustls::QuicClientConfig::try_from(client).map_err(|e| tls(&e))?;
     let mut transport = quinn::TransportConfig::default();
-    transport.keep_alive_interval(Some(std::time::Duration::from_secs(1)));
-    transport.max_idle_timeout(Some(std::time::Duration::from_secs(5).try_into().map_err(|e| tls(&e))?));
+    // The lease: a peer silent this long is dead. Keep-alives five times
+    // per lease, so that a lost packet or two does not end a live peer.
+    let lease = crate::config::lease();
+    transport.keep_alive_interval(Some(lease / 5));
+    transport.max_idle_timeout(Some(lease.try_into().map_err(|e| tls(&e))?));
     // A page is 4 KiB: start at the largest datagram any Ethernet path
     // carries (1500-byte MTU, IPv6) instead of 1200, and let path MTU
     // discovery go up to jumbo frames (loopback, some LANs), so that a page

@@ -11,6 +11,7 @@
 //! | `KDIPC_READAHEAD` | `64` | most pages requested ahead of a run of faults on neighbouring pages (0: none) |
 //! | `KDIPC_SEM_LEND` | `3` | (nameserver) consecutive operations of one node after which a semaphore set is lent to it (0: never) |
 //! | `KDIPC_STATS` | unset | `1`: print this node's figures (`kdipc stats` fields) on stderr at exit |
+//! | `KDIPC_LEASE_MS` | `5000` | a peer silent this long (no packet, keep-alives every fifth of it) is declared dead |
 //! | `KDIPC_LOG` | `warn` | log filter (`RUST_LOG` syntax), to stderr |
 //! | `KDIPC_BIN` | `kdipc` beside `libkdipc.so` | the `kdipc` binary, to start a nameserver on demand |
 
@@ -133,6 +134,14 @@ impl Config {
         let stats = var("KDIPC_STATS").is_some_and(|v| v != "0");
         Ok(Config { nameserver, auto, cert_dir, bind, keys, hold_us, spin_us, readahead, stats })
     }
+}
+
+/// The lease: a node (or the nameserver) that sends nothing for this long
+/// is declared dead (`KDIPC_LEASE_MS`, 5000 by default, at least 100).
+/// Both sides of a connection use the smaller of their two settings.
+pub fn lease() -> std::time::Duration {
+    let ms = std::env::var("KDIPC_LEASE_MS").ok().and_then(|v| v.trim().parse::<u64>().ok()).unwrap_or(5000);
+    std::time::Duration::from_millis(ms.max(100))
 }
 
 /// Sets up `tracing` to stderr with the `KDIPC_LOG` filter (once).

@@ -119,13 +119,19 @@ pub async fn serve(
             }
             Inbound::Lost { node, conn } => {
                 let node = node.or_else(|| s.by_conn.get(&conn.stable_id()).copied());
-                if let Some(n) = node {
+                // Once per node (each of its connections ends).
+                if let Some(n) = node.filter(|n| s.nodes.contains_key(n)) {
                     // A process that exits closes its connection itself;
                     // anything else (time-out, reset) is a node lost.
                     match conn.close_reason() {
                         Some(quinn::ConnectionError::ApplicationClosed(_)) => info!(node = n, "node left"),
                         why => {
-                            warn!(node = n, "node lost: {}", why.map_or("unknown".into(), |e| e.to_string()))
+                            warn!(
+                                node = n,
+                                lease_ms = crate::config::lease().as_millis() as u64,
+                                "node lost: {}",
+                                why.map_or("unknown".into(), |e| e.to_string())
+                            )
                         }
                     }
                     s.node_gone(n);
@@ -139,6 +145,16 @@ pub async fn serve(
 impl Server {
     fn handle(&mut self, from: Option<NodeId>, conn: &quinn::Connection, msg: Msg) {
         let from = from.or_else(|| self.by_conn.get(&conn.stable_id()).copied());
+        if let Some(n) = from {
+            if !self.nodes.contains_key(&n) {
+                // Declared dead (its lease ran out, e.g. a cut link that
+                // healed): its pages and semaphore state were given up;
+                // nothing it says is trusted until it registers anew.
+                warn!(node = n, remote = %conn.remote_address(), "refusing a node declared dead: it must register again");
+                conn.close(2u32.into(), b"declared dead");
+                return;
+            }
+        }
         match (from, msg) {
             (None, Msg::Call { id, call: Call::Register { pid } }) => {
                 let node = self.next_node;
@@ -207,11 +223,14 @@ impl Server {
                 if let Err(e) = self.manager.handle(node, m, &mut out) {
                     bad(conn, &format!("protocol: {e}"));
                 }
-                for a in out {
-                    if let Action::Send { to, msg } = a {
-                        self.transport.send(to, Msg::Coherence(msg));
-                    }
+                self.send_all(out);
+            }
+            (Some(node), Msg::Recovery { dead, report }) => {
+                let mut out = Vec::new();
+                if let Err(e) = self.manager.report(node, dead, report, &mut out) {
+                    bad(conn, &format!("protocol: {e}"));
                 }
+                self.send_all(out);
             }
             (_, other) => bad(conn, &format!("unexpected message at the nameserver: {other:?}")),
         }
@@ -417,6 +436,14 @@ impl Server {
         }
     }
 
+    fn send_all(&mut self, out: Vec<Action>) {
+        for a in out {
+            if let Action::Send { to, msg } = a {
+                self.transport.send(to, Msg::Coherence(msg));
+            }
+        }
+    }
+
     fn node_gone(&mut self, node: NodeId) {
         if self.nodes.remove(&node).is_none() {
             return;
@@ -438,10 +465,15 @@ impl Server {
         // Pages only it held are lost; every node learns it is gone (writes
         // waiting for its acknowledgement proceed, requests it was to
         // answer are asked again).
-        self.manager.node_gone(node);
+        // Every node learns it, and reports what it holds of the pages
+        // the dead node held or was handing over (`Msg::Recovery`).
         for &other in self.nodes.keys() {
             self.transport.send(other, Msg::NodeGone { node });
         }
+        let live: Vec<NodeId> = self.nodes.keys().copied().collect();
+        let mut out = Vec::new();
+        self.manager.node_gone(node, &live, &mut out);
+        self.send_all(out);
         for e in self.registry.node_gone(node) {
             self.effect(e);
         }

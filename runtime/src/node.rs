@@ -789,6 +789,10 @@ struct State {
     wake_at: Option<u64>,
     /// The process is exiting: connections close on purpose.
     closing: bool,
+    /// Cut off from the nameserver for longer than the lease: this node
+    /// was declared dead. Its pages are closed (accesses get `SIGBUS`),
+    /// every call fails with `EIDRM`, peers' messages are ignored.
+    fenced: bool,
 }
 
 type Shared = Rc<RefCell<State>>;
@@ -804,6 +808,10 @@ impl State {
 
     fn call_as(&mut self, id: u64, call: Call) -> oneshot::Receiver<Reply> {
         let (tx, rx) = oneshot::channel();
+        if self.fenced {
+            let _ = tx.send(Reply::Err(Errno(libc::EIDRM)));
+            return rx;
+        }
         if self.closing {
             // The node has shut down: the caller gets an error at once.
             return rx;
@@ -912,6 +920,12 @@ impl State {
         let mut posted = Vec::new();
         fault::take_posted(&mut posted);
         let mut out = Vec::new();
+        if self.fenced {
+            for (slot, _, _) in posted {
+                fault::complete(slot, false);
+            }
+            return;
+        }
         for (slot, addr, write) in posted {
             let found = self.segs.iter().find_map(|(&id, s)| {
                 s.views
@@ -975,6 +989,9 @@ impl State {
     }
 
     fn inbound(&mut self, from: Option<NodeId>, msg: Msg, conn: &quinn::Connection) {
+        if self.fenced {
+            return;
+        }
         match msg {
             Msg::Coherence(m) => {
                 if let CoherenceMsg::Invalidate { seg, .. } = m {
@@ -1000,7 +1017,18 @@ impl State {
                     self.transport.set_addr(node, addr);
                 }
             }
-            Msg::NodeGone { node } if from == Some(MANAGER) => self.peer_lost(Some(node)),
+            Msg::NodeGone { node } if from == Some(MANAGER) => {
+                self.peer_dead(node);
+                // What this node holds of the pages the dead node held or
+                // was handing over, for the manager to recover them.
+                let mut report = self.protocol.report(node);
+                for (seg, page, _, payload) in report.copies.iter_mut() {
+                    if let Some(s) = self.segs.get(seg) {
+                        *payload = s.read_page(*page);
+                    }
+                }
+                self.transport.send(MANAGER, Msg::Recovery { dead: node, report });
+            }
             Msg::SemLend { id, state } if from == Some(MANAGER) => {
                 self.synced.insert(id, state.clone());
                 lock_sems(&self.sems).adopt(id, state);
@@ -1021,6 +1049,7 @@ impl State {
             | Msg::Held { .. }
             | Msg::HeldQuery { .. }
             | Msg::NodeGone { .. }
+            | Msg::Recovery { .. }
             | Msg::SemLend { .. }
             | Msg::SemRecall { .. }
             | Msg::SemReturn { .. }
@@ -1074,22 +1103,75 @@ impl State {
     fn peer_lost(&mut self, node: Option<NodeId>) {
         match node {
             Some(MANAGER) => {
-                if !self.closing {
-                    error!("lost the connection to the nameserver");
+                if self.closing {
+                    // Calls waiting for it fail now rather than never.
+                    self.calls.clear();
+                } else {
+                    self.fence();
                 }
-                // Calls waiting for it fail now rather than never.
-                self.calls.clear();
             }
-            Some(n) => {
-                self.transport.forget(n);
-                let mut out = Vec::new();
-                let now = self.now();
-                if let Err(e) = self.protocol.peer_gone(n, now, &mut out) {
-                    error!("peer gone: {e}");
-                }
-                self.apply(&mut out);
-            }
+            // A connection to a peer ended: the next message dials again.
+            // Only the nameserver declares a peer dead (`NodeGone`): a
+            // connection can fail while the peer lives (a dial during a cut
+            // shorter than the lease), and a peer taken for dead here but
+            // not by the manager would wait for ever for what this node
+            // then refuses to send it.
+            Some(n) => self.transport.forget(n),
             None => {}
+        }
+    }
+
+    /// The nameserver declared `n` dead.
+    fn peer_dead(&mut self, n: NodeId) {
+        self.transport.forget(n);
+        let mut out = Vec::new();
+        let now = self.now();
+        if let Err(e) = self.protocol.peer_gone(n, now, &mut out) {
+            error!("peer gone: {e}");
+        }
+        self.apply(&mut out);
+    }
+
+    /// The nameserver is unreachable for longer than the lease: it declared
+    /// this node dead, gave its pages up and applied its undo adjustments.
+    /// Nothing held here can be trusted any more: every page closes (an
+    /// access raises `SIGBUS`), calls fail with `EIDRM` (a set or segment
+    /// this node can no longer reach is, for it, removed), the sets lent
+    /// here are dropped. The process must start again to rejoin.
+    fn fence(&mut self) {
+        if self.fenced {
+            return;
+        }
+        self.fenced = true;
+        error!(
+            lease_ms = crate::config::lease().as_millis() as u64,
+            "cut off from the nameserver for longer than the lease: this node is out of the cluster; \
+             its pages are no longer trusted (accesses get SIGBUS) and calls fail with EIDRM"
+        );
+        for (&id, s) in &self.segs {
+            for page in 0..s.npages {
+                if self.protocol.access(id, page) != Access::Invalid {
+                    s.protect(page, Access::Invalid);
+                }
+            }
+        }
+        for (_, list) in self.waiters.drain() {
+            for (slot, _) in list {
+                fault::complete(slot, false);
+            }
+        }
+        for (_, tx) in self.calls.drain() {
+            let _ = tx.send(Reply::Err(Errno(libc::EIDRM)));
+        }
+        for (_, (_, waiters)) in self.releasing.drain() {
+            for w in waiters {
+                let _ = w.send(());
+            }
+        }
+        let sems = self.sems.clone();
+        let mut local = lock_sems(&sems);
+        for id in local.ids() {
+            let _ = local.give_back(id);
         }
     }
 
@@ -1364,6 +1446,7 @@ async fn connect(
         releasing: HashMap::new(),
         wake_at: None,
         closing: false,
+        fenced: false,
     };
     for (from, conn, msg) in early {
         state.inbound(from, msg, &conn);
@@ -1434,7 +1517,9 @@ async fn command(state: Shared, lock: Rc<tokio::sync::Mutex<()>>, c: Command) {
             // The figures go first: the answer to `Exit` shows they arrived.
             state.borrow_mut().report_stats();
             let rx = state.borrow_mut().call(Call::Sem(SemCall::Exit { pid }));
+            debug!("exit: waiting for the nameserver");
             let _ = rx.await;
+            debug!("exit: done");
             if state.borrow().print_stats {
                 let me = state.borrow().me;
                 let line: Vec<String> =
@@ -1630,7 +1715,11 @@ async fn detach(state: &Shared, addr: usize) -> Result<(), Errno> {
         unsafe { libc::munmap(v.addr as *mut libc::c_void, seg.maplen) };
         (id, seg.views.is_empty())
     };
-    if last {
+    if last && state.borrow().fenced {
+        let mut st = state.borrow_mut();
+        st.protocol.forget(id);
+        st.segs.remove(&id);
+    } else if last {
         // Requests still on their way (read-ahead, another thread's fault
         // that raced the detach) complete first: a page granted here after
         // the release would be stranded.
@@ -1639,6 +1728,9 @@ async fn detach(state: &Shared, addr: usize) -> Result<(), Errno> {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        if state.borrow().protocol.any_pending(id) {
+            warn!(seg = id, pending = ?state.borrow().protocol.pending(id), "detach: requests still unanswered after 10 s");
         }
         // Hand the pages back before the nameserver counts the detach, so
         // that a segment destroyed by it has nothing in flight.
@@ -1661,7 +1753,9 @@ async fn detach(state: &Shared, addr: usize) -> Result<(), Errno> {
             }
         };
         if let Some(rx) = done {
+            debug!(seg = id, "detach: waiting for the releases");
             let _ = rx.await;
+            debug!(seg = id, "detach: released");
         }
         let mut st = state.borrow_mut();
         st.protocol.forget(id);

@@ -11,7 +11,7 @@ use crate::registry::{Call, Reply};
 use crate::semaphores::SetState;
 
 /// Bumped on every incompatible change of [`Msg`].
-pub const PROTOCOL_VERSION: u16 = 7;
+pub const PROTOCOL_VERSION: u16 = 8;
 /// Largest frame accepted (a page plus headroom, or a registry answer).
 pub const MAX_FRAME: usize = 1 << 20;
 
@@ -37,6 +37,10 @@ pub enum Msg {
     PeerAddr { node: NodeId, addr: SocketAddr },
     /// nameserver → node: that node died or left.
     NodeGone { node: NodeId },
+    /// node → nameserver: after `dead` died (or this node lost its
+    /// connection to it), what this node holds of the pages the dead node
+    /// may have held; the manager recovers them from these.
+    Recovery { dead: NodeId, report: crate::protocol::Report },
     /// node → nameserver: its figures now, in all and per object (for
     /// `kdipc stats`).
     Stats { pid: i32, stats: crate::stats::Stats, objects: Vec<crate::stats::ObjStats> },

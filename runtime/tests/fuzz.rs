@@ -12,7 +12,8 @@
 use std::net::SocketAddr;
 
 use kdipc_runtime::protocol::{
-    Action, CoherenceMsg, Manager, NodeProtocol, PageIdx, Payload, ProtocolError, SegId, MANAGER, PAGE_SIZE,
+    Action, CoherenceMsg, Manager, NodeProtocol, PageIdx, Payload, ProtocolError, Report, SegId, MANAGER,
+    PAGE_SIZE,
 };
 use kdipc_runtime::registry::{Call, Cred, Errno, Registry, Reply, ShmStat};
 use kdipc_runtime::semaphores::{
@@ -79,6 +80,17 @@ fn payload(f: &Fields) -> Payload {
         Payload::Bytes(f.bytes.clone())
     } else {
         Payload::Zero
+    }
+}
+
+/// A survivor's report after a death, about page `f.n` of segment `f.i`.
+fn report(f: &Fields) -> Report {
+    let at = (f.i, f.n);
+    Report {
+        copies: vec![(f.i, f.n, f.x, payload(f))],
+        waiting: if f.flag { vec![at] } else { vec![] },
+        kept: f.nodes.iter().map(|_| at).collect(),
+        reading: vec![at],
     }
 }
 
@@ -230,6 +242,8 @@ fn samples(f: &Fields) -> Vec<Msg> {
         },
         Msg::HeldQuery { query: f.x },
         Msg::Held { query: f.x, segs: vec![(f.i, f.n)] },
+        Msg::NodeGone { node: f.n },
+        Msg::Recovery { dead: f.n, report: report(f) },
     ];
     msgs.extend(coherence(f).into_iter().map(Msg::Coherence));
     msgs.extend(calls.into_iter().enumerate().map(|(k, call)| Msg::Call { id: f.x ^ k as u64, call }));
@@ -404,6 +418,35 @@ proptest! {
             let mut out = Vec::new();
             let r = m.handle(from, msg, &mut out);
             prop_assert!(refused_if_impossible(seg, page, npages, &r), "{:?}", r);
+            for a in &out {
+                prop_assert!(sound(a, npages), "{:?}", a);
+            }
+        }
+    }
+
+    /// The manager after deaths: reports naming pages that do not exist,
+    /// with bad payloads or versions, about nodes not declared dead, are
+    /// errors; whatever it does is about pages that exist.
+    #[test]
+    fn manager_never_trusts_a_report(
+        npages in 1..6u32,
+        steps in prop::collection::vec(
+            (any_coherence(), fields(), prop_oneof![Just(SEG), any::<i32>()], 0..8u32, 0..5u32, 0..5u32, any::<bool>()),
+            1..40,
+        ),
+    ) {
+        let mut m = Manager::new();
+        m.create(SEG, npages);
+        for ((from, msg), f, seg, page, reporter, dead, kill) in steps {
+            let mut out = Vec::new();
+            let _ = m.handle(from, msg, &mut out);
+            if kill {
+                m.node_gone(dead, &[1, 2, 3, 4], &mut out);
+            }
+            let rep = report(&Fields { i: seg, n: page, ..f });
+            let bad = seg != SEG || page >= npages;
+            let r = m.report(reporter, dead, rep, &mut out);
+            prop_assert!(!bad || r.is_err(), "{:?}", r);
             for a in &out {
                 prop_assert!(sound(a, npages), "{:?}", a);
             }

@@ -396,3 +396,43 @@ fn a_node_refuses_another_clusters_peer_too() {
     );
     std::fs::remove_dir_all(&other).unwrap();
 }
+
+/// Issue 6, failure: a node declared dead (its lease ran out, e.g. a cut
+/// link that healed) is refused when it speaks again under its old id:
+/// the nameserver closes that connection ("declared dead") with one log
+/// line, and nothing it sends is served.
+#[test]
+fn a_node_declared_dead_is_refused_under_its_old_id() {
+    let c = Cluster::local();
+    let ns: SocketAddr = env_of(&c, "KDIPC_NAMESERVER").parse().unwrap();
+    let dir = PathBuf::from(env_of(&c, "KDIPC_CERT_DIR"));
+    let certified = || certs::load(&dir).unwrap().client;
+    rt().block_on(async {
+        let (ep, conn, _send, _replies) = register(ns, certified()).await;
+        let node = {
+            let log = wait_log(&c, "node joined", 1);
+            let line = plain(&log).lines().find(|l| l.contains("node joined")).unwrap().to_string();
+            line.split_whitespace().find_map(|w| w.strip_prefix("node=")).unwrap().parse::<u32>().unwrap()
+        };
+        conn.close(7u32.into(), b"gone");
+        ep.wait_idle().await;
+        wait_log(&c, "node left", 1);
+        // The same node id on a new connection.
+        let (ep, conn) = dial(ns, certified()).await;
+        let conn = conn.expect("a certified client is accepted");
+        let mut s = conn.open_uni().await.unwrap();
+        let mut buf = frame(&Msg::Hello { node: Some(node) });
+        let get = Call::ShmGet { key: 0, size: 4096, flags: libc::IPC_CREAT | 0o600, cred: me() };
+        buf.extend(frame(&Msg::Call { id: 1, call: get }));
+        s.write_all(&buf).await.unwrap();
+        let why = tokio::time::timeout(SOON, conn.closed()).await.expect("the connection stayed open");
+        match why {
+            quinn::ConnectionError::ApplicationClosed(a) => assert_eq!(&a.reason[..], b"declared dead"),
+            other => panic!("closed otherwise: {other}"),
+        }
+        ep.close(0u32.into(), b"");
+    });
+    let log = wait_log(&c, "refusing a node declared dead", 1);
+    assert_eq!(count(&log, "refusing a node declared dead"), 1, "{log}");
+    assert_eq!(count(&log, "segment"), 0, "the dead node's call was served:\n{log}");
+}

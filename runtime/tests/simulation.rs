@@ -973,7 +973,7 @@ fn simulated_cluster_is_coherent() {
 /// Single protocol steps, checked message by message.
 mod scenarios {
     use kdipc_runtime::protocol::{
-        Access, Action, CoherenceMsg, Manager, NodeId, NodeProtocol, Payload, ProtocolError, MANAGER,
+        Access, Action, CoherenceMsg, Manager, NodeId, NodeProtocol, Payload, ProtocolError, Report, MANAGER,
         PAGE_SIZE,
     };
 
@@ -1336,7 +1336,9 @@ mod scenarios {
         let stranger = CoherenceMsg::Fetch { seg: 99, page: 0, to: 2, write: false };
         assert_eq!(n1.handle(MANAGER, stranger, 0, &mut out), Err(ProtocolError::UnknownSegment(99)));
         assert!(n1.handle(MANAGER, ack(0), 0, &mut out).is_err());
-        assert!(n1.handle(MANAGER, CoherenceMsg::Released { seg: SEG, page: 0 }, 0, &mut out).is_err());
+        // A `Released` with no release outstanding is a second answer after
+        // a death (the manager answers for a dead owner): ignored.
+        assert!(n1.handle(MANAGER, CoherenceMsg::Released { seg: SEG, page: 0 }, 0, &mut out).is_ok());
         assert!(
             n1.handle(2, CoherenceMsg::Lost { seg: SEG, page: 0 }, 0, &mut out).is_err(),
             "Lost not from the manager"
@@ -1406,5 +1408,195 @@ mod scenarios {
         assert_eq!(n1.release(SEG, &mut out), Ok(2));
         assert!(out.contains(&send(MANAGER, CoherenceMsg::Release { seg: SEG, page: 0, owned: None })));
         assert!(out.contains(&Action::ReleasePage { seg: SEG, page: 1, copyset: vec![], version: 1 }));
+    }
+
+    // ---- deaths ---------------------------------------------------------
+
+    /// `n1` owns page 0 at version 1 (it wrote it) and gave `n2` a read
+    /// copy.
+    fn owner_and_reader(m: &mut Manager, n1: &mut NodeProtocol, n2: &mut NodeProtocol) {
+        write_from_home(m, n1, 0, 0);
+        assert_eq!(fault(n2, 0, false, 1).1, vec![send(MANAGER, request(0, false, 2))]);
+        assert_eq!(at_manager(m, 2, request(0, false, 2)), vec![send(1, fetch(0, 2, false))]);
+        let out = at_node(n1, MANAGER, fetch(0, 2, false), 100);
+        assert!(
+            matches!(out[..], [Action::SendPage { to: 2, version: 1, keep: Access::Read, .. }]),
+            "{out:?}"
+        );
+        at_node(n2, 1, data(0, false, vec![], 1), 100);
+        assert_eq!(n2.access(SEG, 0), Access::Read);
+    }
+
+    /// The node learns of the death from the nameserver and reports.
+    fn gone(n: &mut NodeProtocol, dead: NodeId) -> (Vec<Action>, Report) {
+        let mut out = Vec::new();
+        n.peer_gone(dead, 1000, &mut out).unwrap();
+        (out, n.report(dead))
+    }
+
+    fn report(m: &mut Manager, from: NodeId, dead: NodeId, r: Report) -> Vec<Action> {
+        let mut out = Vec::new();
+        m.report(from, dead, r, &mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn a_read_copy_of_a_dead_owner_is_recovered_and_requests_wait_for_it() {
+        let mut m = manager();
+        let (mut n1, mut n2, mut n3) = (node(1, 10), node(2, 10), node(3, 10));
+        owner_and_reader(&mut m, &mut n1, &mut n2);
+        let mut out = Vec::new();
+        m.node_gone(1, &[2, 3], &mut out);
+        assert!(out.is_empty());
+        // A request meanwhile waits for the reports.
+        assert!(at_manager(&mut m, 3, request(0, true, 3)).is_empty());
+        let (_, r2) = gone(&mut n2, 1);
+        assert_eq!(r2.copies, vec![(SEG, 0, 1, Z)]);
+        assert!(report(&mut m, 2, 1, r2).is_empty());
+        let (_, r3) = gone(&mut n3, 1);
+        assert_eq!(r3, Report::default());
+        // The copy is the home's now (version 1), and the parked write is
+        // served from it: n2's copy is invalidated for version 2.
+        let out = report(&mut m, 3, 1, r3);
+        assert_eq!(out, vec![send(2, inval(0, 3, 2)), send(3, data(0, true, vec![2], 2))]);
+        assert_eq!(m.holders(SEG, 0).unwrap().owner, Some(3));
+    }
+
+    #[test]
+    fn a_writer_whose_bytes_were_to_come_from_a_dead_owner_gets_a_current_copy() {
+        let mut m = manager();
+        let (mut n1, mut n2, mut n3) = (node(1, 10), node(2, 10), node(3, 10));
+        owner_and_reader(&mut m, &mut n1, &mut n2);
+        // n3 is designated; the Fetch reaches n1, which dies before serving.
+        assert_eq!(fault(&mut n3, 0, true, 200).1, vec![send(MANAGER, request(0, true, 3))]);
+        assert_eq!(at_manager(&mut m, 3, request(0, true, 3)), vec![send(1, fetch(0, 3, true))]);
+        let mut out = Vec::new();
+        m.node_gone(1, &[2, 3], &mut out);
+        let (_, r2) = gone(&mut n2, 1);
+        let (_, r3) = gone(&mut n3, 1);
+        assert_eq!(r3.waiting, vec![(SEG, 0)]);
+        report(&mut m, 2, 1, r2);
+        let out = report(&mut m, 3, 1, r3);
+        assert_eq!(out, vec![send(2, inval(0, 3, 2)), send(3, data(0, true, vec![2], 2))]);
+        at_node(&mut n2, MANAGER, inval(0, 3, 2), 300);
+        let out = at_node(&mut n3, MANAGER, data(0, true, vec![2], 2), 300);
+        assert!(!out.contains(&access(0, Access::Write)), "waits for n2's acknowledgement");
+        let out = at_node(&mut n3, 2, ack(0), 300);
+        assert!(out.contains(&access(0, Access::Write)));
+    }
+
+    #[test]
+    fn a_hand_over_to_a_dead_designated_owner_stays_with_the_owner() {
+        let mut m = manager();
+        let (mut n1, mut n3) = (node(1, 10), node(3, 10));
+        write_from_home(&mut m, &mut n1, 0, 0);
+        // n2 is designated, then n3 behind it; n2 dies; n1 hears of it
+        // before the Fetch for n2 arrives.
+        assert_eq!(at_manager(&mut m, 2, request(0, true, 2)), vec![send(1, fetch(0, 2, true))]);
+        assert_eq!(fault(&mut n3, 0, true, 0).1, vec![send(MANAGER, request(0, true, 3))]);
+        assert_eq!(at_manager(&mut m, 3, request(0, true, 3)), vec![send(2, fetch(0, 3, true))]);
+        let mut out = Vec::new();
+        m.node_gone(2, &[1, 3], &mut out);
+        n1.peer_gone(2, 100, &mut out).unwrap();
+        assert!(at_node(&mut n1, MANAGER, fetch(0, 2, true), 100).is_empty(), "kept");
+        assert!(n1.is_owner(SEG, 0));
+        let r1 = n1.report(2);
+        assert_eq!(r1.kept, vec![(SEG, 0)]);
+        let (_, r3) = gone(&mut n3, 2);
+        report(&mut m, 1, 2, r1);
+        // n1 hands the page to n3 instead.
+        assert_eq!(report(&mut m, 3, 2, r3), vec![send(1, fetch(0, 3, true))]);
+        let out = at_node(&mut n1, MANAGER, fetch(0, 3, true), 100);
+        assert!(matches!(out[..], [Action::SendPage { to: 3, version: 2, .. }]), "{out:?}");
+    }
+
+    #[test]
+    fn writers_behind_a_dead_designated_owner_that_had_the_bytes_get_lost() {
+        let mut m = manager();
+        let (mut n1, mut n3) = (node(1, 10), node(3, 10));
+        write_from_home(&mut m, &mut n1, 0, 0);
+        assert_eq!(at_manager(&mut m, 2, request(0, true, 2)), vec![send(1, fetch(0, 2, true))]);
+        // n1 served n2 (the bytes went to n2), then n2 died.
+        let out = at_node(&mut n1, MANAGER, fetch(0, 2, true), 100);
+        assert!(matches!(out[..], [Action::SendPage { to: 2, .. }]), "{out:?}");
+        assert_eq!(fault(&mut n3, 0, true, 0).1, vec![send(MANAGER, request(0, true, 3))]);
+        assert_eq!(at_manager(&mut m, 3, request(0, true, 3)), vec![send(2, fetch(0, 3, true))]);
+        let mut out = Vec::new();
+        m.node_gone(2, &[1, 3], &mut out);
+        let (_, r1) = gone(&mut n1, 2);
+        let (_, r3) = gone(&mut n3, 2);
+        report(&mut m, 1, 2, r1);
+        let lost = CoherenceMsg::Lost { seg: SEG, page: 0 };
+        assert_eq!(report(&mut m, 3, 2, r3), vec![send(3, lost.clone())]);
+        assert_eq!(at_node(&mut n3, MANAGER, lost, 200), vec![Action::Lost { seg: SEG, page: 0 }]);
+        // Later requests are answered Lost too.
+        let lost = CoherenceMsg::Lost { seg: SEG, page: 0 };
+        assert_eq!(at_manager(&mut m, 1, request(0, false, 1)), vec![send(1, lost)]);
+    }
+
+    #[test]
+    fn a_release_passed_to_an_owner_that_died_is_answered_by_the_manager() {
+        let mut m = manager();
+        let (mut n1, mut n2) = (node(1, 10), node(2, 10));
+        owner_and_reader(&mut m, &mut n1, &mut n2);
+        let mut out = Vec::new();
+        assert_eq!(n2.release(SEG, &mut out).unwrap(), 1);
+        let release = CoherenceMsg::Release { seg: SEG, page: 0, owned: None };
+        assert!(out.contains(&send(MANAGER, release.clone())));
+        let drop = CoherenceMsg::DropReader { seg: SEG, page: 0, node: 2 };
+        assert_eq!(at_manager(&mut m, 2, release), vec![send(1, drop)]);
+        let mut out = Vec::new();
+        m.node_gone(1, &[2], &mut out);
+        let released = CoherenceMsg::Released { seg: SEG, page: 0 };
+        assert_eq!(out, vec![send(2, released.clone())]);
+        assert_eq!(at_node(&mut n2, MANAGER, released, 200), vec![Action::Released { seg: SEG, page: 0 }]);
+        // n2 released its copy: its report names none, the page is lost.
+        let (_, r2) = gone(&mut n2, 1);
+        assert!(r2.copies.is_empty());
+        report(&mut m, 2, 1, r2);
+        assert_eq!(m.home_copy(SEG, 0), None);
+    }
+
+    #[test]
+    fn messages_from_a_dead_node_are_ignored() {
+        let mut n2 = node(2, 10);
+        let mut out = Vec::new();
+        n2.peer_gone(1, 0, &mut out).unwrap();
+        assert_eq!(fault(&mut n2, 0, false, 0).1, vec![send(MANAGER, request(0, false, 2))]);
+        // A late answer from the dead node does not complete the read.
+        assert!(at_node(&mut n2, 1, data(0, false, vec![], 1), 10).is_empty());
+        assert!(n2.is_pending(SEG, 0));
+    }
+
+    #[test]
+    fn the_death_of_an_earlier_writer_leaves_a_later_hand_over_alone() {
+        let mut m = manager();
+        let (mut n1, mut n2, mut n3) = (node(1, 10), node(2, 10), node(3, 10));
+        // n1 writes, hands to n2, n2 to n3, and n2 asks again: chain 1, 2,
+        // 3, 2 with n2 waiting for n3's bytes (n3 alive).
+        write_from_home(&mut m, &mut n1, 0, 0);
+        assert_eq!(fault(&mut n2, 0, true, 0).1, vec![send(MANAGER, request(0, true, 2))]);
+        assert_eq!(at_manager(&mut m, 2, request(0, true, 2)), vec![send(1, fetch(0, 2, true))]);
+        let out = at_node(&mut n1, MANAGER, fetch(0, 2, true), 100);
+        assert!(matches!(out[..], [Action::SendPage { to: 2, version: 2, .. }]), "{out:?}");
+        at_node(&mut n2, 1, data(0, true, vec![], 2), 100);
+        assert_eq!(at_manager(&mut m, 3, request(0, true, 3)), vec![send(2, fetch(0, 3, true))]);
+        assert_eq!(fault(&mut n3, 0, true, 100).1, vec![send(MANAGER, request(0, true, 3))]);
+        let out = at_node(&mut n2, MANAGER, fetch(0, 3, true), 1000);
+        assert!(matches!(out[..], [Action::SendPage { to: 3, version: 3, .. }]), "{out:?}");
+        assert_eq!(fault(&mut n2, 0, true, 1000).1, vec![send(MANAGER, request(0, true, 2))]);
+        assert_eq!(at_manager(&mut m, 2, request(0, true, 2)), vec![send(3, fetch(0, 2, true))]);
+        // n1 dies: n2 waits, but for n3; nothing is lost or resent.
+        let mut out = Vec::new();
+        m.node_gone(1, &[2, 3], &mut out);
+        let (_, r2) = gone(&mut n2, 1);
+        assert_eq!(r2.waiting, vec![(SEG, 0)]);
+        let (_, r3) = gone(&mut n3, 1);
+        assert!(report(&mut m, 2, 1, r2).is_empty());
+        assert!(report(&mut m, 3, 1, r3).is_empty());
+        assert_eq!(m.holders(SEG, 0).unwrap().owner, Some(2));
+        at_node(&mut n3, 2, data(0, true, vec![], 3), 1000);
+        let out = at_node(&mut n3, MANAGER, fetch(0, 2, true), 2000);
+        assert!(matches!(out[..], [Action::SendPage { to: 2, version: 4, .. }]), "{out:?}");
     }
 }

@@ -43,6 +43,12 @@
 //!   a reader's release is passed to the owner (`DropReader`). What reaches
 //!   a releasing owner meanwhile goes back to the manager (`Bounce`).
 //!
+//! * After a death (`Manager::node_gone`, `NodeProtocol::peer_gone`),
+//!   every survivor sends a [`Report`]; the manager parks requests for the
+//!   pages the dead node held or was handing over until all are in, then
+//!   recovers each from the node that kept it or a current read copy, or
+//!   answers `Lost` (docs/design.md, "Node death").
+//!
 //! Requirements on the transport: messages between one pair of nodes arrive
 //! in the order they were sent (one QUIC stream per direction).
 //!
@@ -184,6 +190,26 @@ impl CoherenceMsg {
             | CoherenceMsg::Released { seg, page } => (seg, page),
         }
     }
+}
+
+/// What a node tells the manager after a death (one per dead node and
+/// surviving node), so that the pages the dead node held or was handing
+/// over are recovered from a current copy where one exists.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Report {
+    /// Read copies this node still holds whose owner was the dead node:
+    /// (segment, page, version, bytes). A valid read copy is current: its
+    /// owner writes only after every copy it gave acknowledged an
+    /// invalidation.
+    pub copies: Vec<(SegId, PageIdx, u64, Payload)>,
+    /// Write requests of this node whose bytes have not arrived.
+    pub waiting: Vec<(SegId, PageIdx)>,
+    /// Pages this node was to hand to the dead node and still owns.
+    pub kept: Vec<(SegId, PageIdx)>,
+    /// Read requests of this node not answered yet (asked again of the
+    /// manager; the first may have been forwarded to the dead node before
+    /// the manager knew it was dead).
+    pub reading: Vec<(SegId, PageIdx)>,
 }
 
 /// What a protocol instance asks its driver to do.

@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 
-use super::{Access, Action, CoherenceMsg, NodeId, PageIdx, ProtocolError, SegId, MANAGER};
+use super::{Access, Action, CoherenceMsg, NodeId, PageIdx, Payload, ProtocolError, Report, SegId, MANAGER};
 
 /// An outstanding request of this node for one page.
 #[derive(Debug, Default)]
@@ -34,7 +34,8 @@ struct NodePage {
     owner: bool,
     /// When owner: nodes holding a read copy this node gave.
     copyset: Vec<NodeId>,
-    /// When owner: the page's version (one more per writer).
+    /// The page's version (one more per writer): as owner, or of the read
+    /// copy held.
     version: u64,
     /// Where to send a read request: the probable owner, when this node
     /// has learnt one for this page.
@@ -92,15 +93,33 @@ pub struct NodeProtocol {
     waiting: BTreeSet<(SegId, PageIdx)>,
     /// Nodes known to be dead: they acknowledge nothing any more.
     dead: BTreeSet<NodeId>,
+    /// Pages this node was asked to hand to a node that died, and kept:
+    /// (dead node, segment, page), for the report about it.
+    kept: Vec<(NodeId, SegId, PageIdx)>,
 }
 
 /// A page, its handlers' context, and the set of pages with work waiting.
 type Parts<'a> = (&'a mut NodePage, Ctx<'a>, &'a mut BTreeSet<(SegId, PageIdx)>);
 
+/// Whether a queued message is for a dead node (a request on its behalf, or
+/// a hand-over to it); `kept` is set for a hand-over to it.
+fn for_dead(dead: &BTreeSet<NodeId>, m: &CoherenceMsg, kept: &mut bool) -> bool {
+    match m {
+        CoherenceMsg::Fetch { to, write, .. } if dead.contains(to) => {
+            *kept |= *write;
+            true
+        }
+        CoherenceMsg::Request { requester, .. } => dead.contains(requester),
+        _ => false,
+    }
+}
+
 /// Context for one page's handlers.
 struct Ctx<'a> {
     me: NodeId,
     dead: &'a BTreeSet<NodeId>,
+    /// Hand-overs to dead nodes this node dropped (see `NodeProtocol::kept`).
+    kept: &'a mut Vec<(NodeId, SegId, PageIdx)>,
     seg: SegId,
     page: PageIdx,
     now: u64,
@@ -124,7 +143,14 @@ impl Ctx<'_> {
 impl NodeProtocol {
     /// `hold`: minimum time a granted page stays before it is given away.
     pub fn new(me: NodeId, hold: u64) -> Self {
-        NodeProtocol { me, hold, segs: HashMap::new(), waiting: BTreeSet::new(), dead: BTreeSet::new() }
+        NodeProtocol {
+            me,
+            hold,
+            segs: HashMap::new(),
+            waiting: BTreeSet::new(),
+            dead: BTreeSet::new(),
+            kept: Vec::new(),
+        }
     }
 
     pub fn id(&self) -> NodeId {
@@ -168,6 +194,19 @@ impl NodeProtocol {
         self.segs.get(&seg).is_some_and(|s| s.pages.iter().any(|p| p.pending.is_some()))
     }
 
+    /// The outstanding requests of a segment: (page, write, asked, have data).
+    pub fn pending(&self, seg: SegId) -> Vec<(PageIdx, bool, NodeId, bool)> {
+        self.segs.get(&seg).map_or_else(Vec::new, |s| {
+            s.pages
+                .iter()
+                .enumerate()
+                .filter_map(|(i, p)| {
+                    p.pending.as_ref().map(|q| (i as PageIdx, q.write, q.asked, q.have_data))
+                })
+                .collect()
+        })
+    }
+
     /// Whether a request for the page is outstanding.
     pub fn is_pending(&self, seg: SegId, page: PageIdx) -> bool {
         self.page(seg, page).is_some_and(|p| p.pending.is_some())
@@ -184,7 +223,7 @@ impl NodeProtocol {
         let p = set.pages.get_mut(page as usize).ok_or(ProtocolError::PageOutOfRange { seg, page })?;
         Ok((
             p,
-            Ctx { me: self.me, dead: &self.dead, seg, page, now, hold: self.hold, out },
+            Ctx { me: self.me, dead: &self.dead, kept: &mut self.kept, seg, page, now, hold: self.hold, out },
             &mut self.waiting,
         ))
     }
@@ -241,7 +280,7 @@ impl NodeProtocol {
             });
             return Ok(false);
         }
-        let to = if write { MANAGER } else { p.hint.unwrap_or(MANAGER) };
+        let to = if write { MANAGER } else { p.hint.filter(|h| !cx.dead.contains(h)).unwrap_or(MANAGER) };
         p.pending = Some(Pending { write, asked: to, ..Pending::default() });
         cx.send(to, CoherenceMsg::Request { seg, page, write, requester: me });
         Ok(false)
@@ -364,6 +403,11 @@ impl NodeProtocol {
         out: &mut Vec<Action>,
     ) -> Result<(), ProtocolError> {
         let (seg, page) = msg.target();
+        if self.dead.contains(&from) {
+            // Sent before it died, arriving after its death was handled
+            // (and reported to the manager as not arrived): ignored.
+            return Ok(());
+        }
         if let CoherenceMsg::Request { write: false, .. } = msg {
             if !self.segs.contains_key(&seg) {
                 // A stale hint: this node detached the segment. The manager
@@ -424,7 +468,7 @@ impl NodeProtocol {
                     // Served before a write that has already invalidated
                     // this node: stale. Ask again, from the new writer.
                     let me = cx.me;
-                    let to = p.hint.unwrap_or(MANAGER);
+                    let to = p.hint.filter(|h| !cx.dead.contains(h)).unwrap_or(MANAGER);
                     pend.asked = to;
                     cx.send(to, CoherenceMsg::Request { seg, page, write: false, requester: me });
                     return Ok(());
@@ -446,7 +490,9 @@ impl NodeProtocol {
             }
             CoherenceMsg::Released { .. } => {
                 if !p.releasing {
-                    return Err(ProtocolError::Unexpected("Released"));
+                    // A second answer: after a death, the manager answers
+                    // for a dead owner, and so may this node itself.
+                    return Ok(());
                 }
                 p.releasing = false;
                 p.owner = false;
@@ -461,7 +507,26 @@ impl NodeProtocol {
                 // Not waiting: the answer to a request asked again after a
                 // death, whose first answer came after all.
                 if p.pending.take().is_some() {
+                    // No current copy exists: neither is one here.
+                    cx.set_access(p, Access::Invalid);
+                    p.hint = Some(MANAGER);
                     cx.out.push(Action::Lost { seg, page });
+                    // What waited here for the page goes back to the
+                    // manager, which answers it (`Lost`); the writers
+                    // designated after this node were told already.
+                    for (_, m) in std::mem::take(&mut p.queue) {
+                        match m {
+                            CoherenceMsg::Request { write: false, .. } => cx.send(MANAGER, m),
+                            CoherenceMsg::Fetch { to, write: false, .. } => cx.send(
+                                MANAGER,
+                                CoherenceMsg::Request { seg, page, write: false, requester: to },
+                            ),
+                            CoherenceMsg::DropReader { node, .. } => {
+                                cx.send(node, CoherenceMsg::Released { seg, page })
+                            }
+                            _ => {}
+                        }
+                    }
                 }
                 Ok(())
             }
@@ -477,9 +542,10 @@ impl NodeProtocol {
     /// connection tells this one). It acknowledges nothing any more: writes
     /// waiting for its acknowledgement proceed; it is nobody's probable
     /// owner; every read this node waits for is asked of the manager again
-    /// (it may have been forwarded to the dead node; the manager answers
-    /// `Lost` for a page the dead node owned). A late answer to the first
-    /// request is ignored (`Data` says whether it answers a read).
+    /// (it may have been forwarded to the dead node); its messages still on
+    /// their way are ignored; a page this node was to hand to it stays here
+    /// (now or when the manager's `Fetch` comes later). Once the manager
+    /// has declared it dead, [`Self::report`] says what this node holds.
     pub fn peer_gone(&mut self, node: NodeId, now: u64, out: &mut Vec<Action>) -> Result<(), ProtocolError> {
         if node == MANAGER || !self.dead.insert(node) {
             return Ok(());
@@ -489,14 +555,18 @@ impl NodeProtocol {
         for (&seg, set) in self.segs.iter_mut() {
             for (i, p) in set.pages.iter_mut().enumerate() {
                 let page = i as PageIdx;
-                if p.hint == Some(node) {
-                    p.hint = Some(MANAGER);
+                if p.hint == Some(node) && p.releasing && !p.owner {
+                    // The release of a read copy the dead owner gave: the
+                    // owner would have answered it; nobody else will.
+                    p.releasing = false;
+                    out.push(Action::Released { seg, page });
                 }
                 p.copyset.retain(|&r| r != node);
-                p.queue.retain(|(from, m)| {
-                    *from != node
-                        && !matches!(m, CoherenceMsg::Request { requester, .. } if *requester == node)
-                });
+                let mut kept = false;
+                p.queue.retain(|(from, m)| *from != node && !for_dead(&self.dead, m, &mut kept));
+                if kept {
+                    self.kept.push((node, seg, page));
+                }
                 let Some(pend) = p.pending.as_mut() else { continue };
                 if pend.write {
                     writes.push((seg, page));
@@ -514,6 +584,37 @@ impl NodeProtocol {
             complete(p, &mut cx, waiting)?;
         }
         Ok(())
+    }
+
+    /// The [`Report`] for the manager about dead node `node` (after
+    /// [`Self::peer_gone`]), when the nameserver has declared it dead: the
+    /// read copies it gave that are still here (current: it would have
+    /// invalidated them before writing; the driver fills in the bytes,
+    /// `Payload::Zero` here), this node's writes and reads still waiting,
+    /// and the pages it was to hand to the dead node and kept.
+    pub fn report(&mut self, node: NodeId) -> Report {
+        let mut report = Report::default();
+        for (&seg, set) in self.segs.iter() {
+            for (i, p) in set.pages.iter().enumerate() {
+                let page = i as PageIdx;
+                if p.hint == Some(node) && p.access == Access::Read && !p.owner && !p.releasing {
+                    report.copies.push((seg, page, p.version, Payload::Zero));
+                }
+                match &p.pending {
+                    // A claim is answered by the manager, which does not die.
+                    Some(q) if q.write && !q.have_data && !q.claim => report.waiting.push((seg, page)),
+                    Some(q) if !q.write && !q.have_data => report.reading.push((seg, page)),
+                    _ => {}
+                }
+            }
+        }
+        self.kept.retain(|&(d, seg, page)| {
+            if d == node {
+                report.kept.push((seg, page));
+            }
+            d != node
+        });
+        report
     }
 
     /// Serves what waited for a hold to expire.
@@ -549,7 +650,8 @@ impl NodeProtocol {
         let mut n = 0;
         for (i, p) in set.pages.iter_mut().enumerate() {
             let page = i as PageIdx;
-            let mut cx = Ctx { me, dead: &self.dead, seg, page, now: u64::MAX, hold, out };
+            let mut cx =
+                Ctx { me, dead: &self.dead, kept: &mut self.kept, seg, page, now: u64::MAX, hold, out };
             while let Some(msg) = p.deferred.pop_front() {
                 invalidate(p, &mut cx, msg)?;
             }
@@ -590,6 +692,21 @@ fn dispatch(
             return Err(ProtocolError::Unexpected("request on behalf of this node or the manager"));
         }
         _ => {}
+    }
+    let mut kept = false;
+    if for_dead(cx.dead, &msg, &mut kept) {
+        // For a node that died: nobody to serve; a page to hand to it stays.
+        if kept {
+            cx.kept.push((
+                match msg {
+                    CoherenceMsg::Fetch { to, .. } => to,
+                    _ => MANAGER,
+                },
+                seg,
+                page,
+            ));
+        }
+        return Ok(());
     }
     if p.releasing || !p.owner_or_becoming() {
         return match msg {
@@ -729,6 +846,7 @@ fn complete(
         cx.set_access(p, Access::Write);
     } else {
         p.hint = Some(pend.from);
+        p.version = pend.version;
         cx.set_access(p, Access::Read);
     }
     p.hold_until = cx.now + cx.hold;

@@ -170,6 +170,8 @@ pub struct Cluster {
     dir: PathBuf,
     addr: String,
     hosts: Option<Hosts>,
+    /// Environment of the nameserver and of every command (e.g. the lease).
+    env: Vec<(String, String)>,
     _netns: Option<std::sync::MutexGuard<'static, ()>>,
 }
 
@@ -190,17 +192,39 @@ pub fn can_use_netns(test: &str) -> bool {
 impl Cluster {
     /// A nameserver on loopback.
     pub fn local() -> Cluster {
-        Self::start(None, None)
+        Self::start(None, None, &[])
     }
 
     /// A nameserver on host 0 and `n` emulated hosts for the ranks.
     pub fn hosts(n: usize) -> Cluster {
-        let guard = NETNS.lock().unwrap_or_else(|e| e.into_inner());
-        let hosts = Hosts::new(n);
-        Self::start(Some(hosts), Some(guard))
+        Self::hosts_env(n, &[])
     }
 
-    fn start(hosts: Option<Hosts>, guard: Option<std::sync::MutexGuard<'static, ()>>) -> Cluster {
+    /// `local` with these variables for the nameserver and every process.
+    pub fn local_env(env: &[(&str, &str)]) -> Cluster {
+        Self::start(None, None, env)
+    }
+
+    /// `hosts` with these variables for the nameserver and every process.
+    pub fn hosts_env(n: usize, env: &[(&str, &str)]) -> Cluster {
+        let guard = NETNS.lock().unwrap_or_else(|e| e.into_inner());
+        let hosts = Hosts::new(n);
+        Self::start(Some(hosts), Some(guard), env)
+    }
+
+    /// Takes emulated host `host`'s (as in [`Self::command`]) network link
+    /// down (`up == false`) or up again.
+    pub fn set_link(&self, host: usize, up: bool) {
+        let h = self.hosts.as_ref().expect("set_link: emulated hosts only");
+        sh(&format!("ip -n {} link set eth0 {}", h.ns(1 + host % h.n), if up { "up" } else { "down" }));
+    }
+
+    fn start(
+        hosts: Option<Hosts>,
+        guard: Option<std::sync::MutexGuard<'static, ()>>,
+        env: &[(&str, &str)],
+    ) -> Cluster {
+        let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let dir = temp_dir("cluster");
         let certs = dir.join("certs");
         let st =
@@ -226,10 +250,11 @@ impl Cluster {
         cmd.args(["nameserver", "--listen", &listen, "--cert-dir"])
             .arg(&certs)
             .env("KDIPC_LOG", std::env::var("KDIPC_LOG").unwrap_or_else(|_| "info".into()))
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log);
         let ns = cmd.spawn().unwrap();
-        let c = Cluster { ns, dir, addr: listen, hosts, _netns: guard };
+        let c = Cluster { ns, dir, addr: listen, hosts, env, _netns: guard };
         let deadline = Instant::now() + Duration::from_secs(10);
         while !c.ns_log().contains("listening on") {
             assert!(Instant::now() < deadline, "nameserver did not start:\n{}", c.ns_log());
@@ -263,6 +288,7 @@ impl Cluster {
             .env("KDIPC_NAMESERVER", &self.addr)
             .env("KDIPC_CERT_DIR", self.dir.join("certs"))
             .env_remove("KDIPC_KEYS")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null());
         cmd
     }
