@@ -21,7 +21,7 @@ const USAGE: &str = "\
 usage: kdipc COMMAND [ARGS]
 
 commands:
-  nameserver [--listen ADDR] [--cert-dir DIR] [--daemon]
+  nameserver [--listen ADDR] [--cert-dir DIR] [--state DIR] [--daemon]
                      run a nameserver (default 127.0.0.1:7350, credentials in
                      KDIPC_CERT_DIR or /tmp/kdipc-UID, made if missing)
   run -n N [--hosts NS,...] [--listen ADDR] [--tag-output] [--] PROG ARGS...
@@ -42,13 +42,19 @@ commands:
 ";
 
 const NAMESERVER_USAGE: &str = "\
-usage: kdipc nameserver [--listen ADDR] [--cert-dir DIR] [--daemon]
+usage: kdipc nameserver [--listen ADDR] [--cert-dir DIR] [--state DIR] [--daemon]
 
 Runs a nameserver: the registry of distributed segments and semaphore sets,
 their owner and the home of every page.
   --listen ADDR    UDP address:port to listen on (default 127.0.0.1:7350)
   --cert-dir DIR   cluster credentials (default KDIPC_CERT_DIR, else
                    /tmp/kdipc-UID); made if missing
+  --state DIR      keep the registry, the semaphore sets, the home copies of
+                   pages and the members in DIR (made 0700 if missing), and
+                   carry on from what is there: a nameserver restarted on
+                   the same DIR and ADDR within the lease (KDIPC_LEASE_MS)
+                   lets the running nodes rejoin and their run complete.
+                   Semaphore sets then always run at the nameserver
   --daemon         start a detached nameserver unless one listens on ADDR,
                    log to DIR/nameserver.log, and return once it listens
 ";
@@ -266,9 +272,11 @@ fn cmd_nameserver(args: &[String]) -> Result<ExitCode, String> {
     let mut cert_dir =
         std::env::var_os("KDIPC_CERT_DIR").map(PathBuf::from).unwrap_or_else(config::auto_cert_dir);
     let mut daemon = false;
+    let mut state: Option<PathBuf> = None;
     let mut i = 0;
     while i < args.len() {
         match args[i].as_str() {
+            "--state" => state = Some(value(args, &mut i, "nameserver: --state")?.into()),
             "--listen" => {
                 let v = value(args, &mut i, "nameserver: --listen")?;
                 listen =
@@ -284,6 +292,9 @@ fn cmd_nameserver(args: &[String]) -> Result<ExitCode, String> {
         return failure(&e);
     }
     let res = if daemon {
+        if state.is_some() {
+            return failure("nameserver: --state and --daemon do not go together");
+        }
         daemonize(listen, &cert_dir)
     } else {
         tokio::runtime::Builder::new_current_thread()
@@ -291,7 +302,7 @@ fn cmd_nameserver(args: &[String]) -> Result<ExitCode, String> {
             .build()
             .map_err(|e| e.to_string())
             .and_then(|rt| {
-                rt.block_on(nameserver::serve(listen, &cert_dir, |a| {
+                rt.block_on(nameserver::serve(listen, &cert_dir, state.as_deref(), |a| {
                     eprintln!("kdipc nameserver listening on {a}")
                 }))
             })
@@ -861,7 +872,7 @@ fn run_with(l: Launch) -> Result<ExitCode, String> {
             Err(e) => return tx.send(Err(e.to_string())).unwrap_or(()),
         };
         let tx2 = tx.clone();
-        if let Err(e) = rt.block_on(nameserver::serve(listen, &cdir, move |a| {
+        if let Err(e) = rt.block_on(nameserver::serve(listen, &cdir, None, move |a| {
             let _ = tx2.send(Ok(a));
         })) {
             let _ = tx.send(Err(e));

@@ -6,6 +6,7 @@ pub mod config;
 pub mod fault;
 pub mod interrupts;
 pub mod nameserver;
+pub mod persist;
 pub mod node;
 pub mod protocol;
 pub mod registry;

@@ -1,15 +1,16 @@
 //! The nameserver: node 0. Registry of keys and ids, membership, manager and
 //! home of every page.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
-use crate::protocol::{Action, Manager, NodeId, MANAGER};
+use crate::persist::{Snapshot, Store};
+use crate::protocol::{Action, Manager, NodeId, Rejoin, MANAGER};
 use crate::registry::{now_secs, Call, Effect, Errno, Registry, Reply};
 use crate::semaphores::{SemCall, SemRegistry, SemopOutcome, Waiter};
 use crate::stats::{ObjKind, ObjReport, ObjStats};
@@ -42,6 +43,33 @@ struct Server {
     /// hold pages of, by query number.
     lists: HashMap<u64, ListQuery>,
     next_query: u64,
+    /// `--state DIR`: where the state is kept, and whether the snapshot
+    /// must be written again before the next answer leaves.
+    store: Option<Store>,
+    save: bool,
+    /// Starts on the state directory.
+    epoch: u64,
+    /// Nodes declared dead or gone: refused if they speak again.
+    dead: BTreeSet<NodeId>,
+    /// With a store: the answers to each node's latest calls that changed
+    /// something (a node asks again what a restart left unanswered).
+    replies: HashMap<NodeId, VecDeque<(u64, Reply)>>,
+    /// After a restart, until the members came back or the lease ran out.
+    rejoining: Option<Rejoining>,
+}
+
+/// How many answers per node are kept (a node has at most one call per
+/// thread outstanding).
+const KEEP_REPLIES: usize = 64;
+
+/// A restart in progress: the members of the last run are asked to
+/// rejoin; page requests wait until all did (or the lease ran out) and the
+/// manager rebuilt who owns what.
+struct Rejoining {
+    awaiting: BTreeSet<NodeId>,
+    reports: Vec<(NodeId, Rejoin)>,
+    held: Vec<(NodeId, quinn::Connection, Msg)>,
+    deadline: Instant,
 }
 
 /// How long `kdipc ipcs` waits for the nodes' answers: a node that has not
@@ -65,15 +93,16 @@ struct ListQuery {
 pub async fn serve(
     listen: SocketAddr,
     cert_dir: &Path,
+    state: Option<&Path>,
     ready: impl FnOnce(SocketAddr),
 ) -> Result<(), String> {
+    let store = state.map(Store::open).transpose()?;
     let tls = crate::certs::load(cert_dir).map_err(|e| e.to_string())?;
     let (itx, mut irx) = mpsc::unbounded_channel();
     let mut transport = Transport::bind(listen, tls, itx).map_err(|e| format!("binding {listen}: {e}"))?;
     transport.set_me(MANAGER);
     let local = transport.local_addr().map_err(|e| e.to_string())?;
     info!(%local, "nameserver listening");
-    ready(local);
     let mut s = Server {
         transport,
         registry: Registry::new(),
@@ -93,9 +122,19 @@ pub async fn serve(
         keys: HashMap::new(),
         lists: HashMap::new(),
         next_query: 0,
+        store: None,
+        save: false,
+        epoch: 0,
+        dead: BTreeSet::new(),
+        replies: HashMap::new(),
+        rejoining: None,
     };
+    if let Some((store, loaded)) = store {
+        s.start_from(store, loaded);
+    }
+    ready(local);
     loop {
-        let deadline = s.lists.values().map(|q| q.deadline).min();
+        let deadline = s.lists.values().map(|q| q.deadline).chain(s.rejoining.as_ref().map(|r| r.deadline)).min();
         let m = tokio::select! {
             m = irx.recv() => match m {
                 Some(m) => m,
@@ -108,6 +147,10 @@ pub async fn serve(
                 }
             } => {
                 s.expire_lists();
+                if s.rejoining.as_ref().is_some_and(|r| r.deadline <= Instant::now()) {
+                    s.finish_rejoin();
+                }
+                s.persist();
                 continue;
             }
         };
@@ -138,11 +181,124 @@ pub async fn serve(
                 }
             }
         }
+        // Before any answer of this round leaves (the writers run when
+        // this task waits), what it changed is on disk.
+        s.persist();
     }
     Ok(())
 }
 
 impl Server {
+    /// `--state DIR`: carries on from what the last nameserver left there
+    /// (registry, semaphore sets, home pages, members), or starts afresh.
+    /// Members are asked to rejoin.
+    fn start_from(&mut self, store: Store, loaded: Option<crate::persist::Loaded>) {
+        // A set lent to a node would live only there: with a store, sets
+        // stay home.
+        self.sems.set_lend_after(0);
+        self.manager.track_changes();
+        if let Some((snap, segs)) = loaded {
+            self.epoch = snap.epoch + 1;
+            self.registry = Registry::restore(snap.registry);
+            self.sems = SemRegistry::restore(snap.sems);
+            self.sems.set_lend_after(0);
+            self.next_node = snap.next_node.max(1);
+            self.nodes = snap.members.into_iter().collect();
+            self.dead = snap.dead.into_iter().collect();
+            self.manager.mark_dead(self.dead.iter().copied());
+            self.replies = snap.replies.into_iter().map(|(n, v)| (n, v.into_iter().collect())).collect();
+            for (id, pages) in segs {
+                if let Some(key) = self.registry.key_of(id) {
+                    self.keys.insert((ObjKind::Shm, id), key);
+                }
+                self.manager.restore(id, pages);
+            }
+            info!(
+                epoch = self.epoch,
+                segments = self.registry.snapshot().segs.len(),
+                sets = self.sems.list().len(),
+                members = self.nodes.len(),
+                "state restored"
+            );
+            for (&n, &addr) in &self.nodes {
+                self.transport.set_addr(n, addr);
+                self.transport.send(n, Msg::Restarted { epoch: self.epoch });
+            }
+            self.rejoining = Some(Rejoining {
+                awaiting: self.nodes.keys().copied().collect(),
+                reports: Vec::new(),
+                held: Vec::new(),
+                deadline: Instant::now() + crate::config::lease(),
+            });
+        }
+        self.store = Some(store);
+        self.save = true;
+        if self.rejoining.as_ref().is_some_and(|r| r.awaiting.is_empty()) {
+            self.finish_rejoin();
+        }
+        self.persist();
+    }
+
+    /// Every member came back (or the lease ran out): the manager rebuilds
+    /// who owns each page from their reports; the members that did not
+    /// come back are dead; page messages that waited are handled.
+    fn finish_rejoin(&mut self) {
+        let Some(r) = self.rejoining.take() else { return };
+        let gone: Vec<NodeId> = r.awaiting.into_iter().collect();
+        info!(rejoined = r.reports.len(), gone = ?gone, "rebuilding page ownership after the restart");
+        let mut out = Vec::new();
+        self.manager.rebuild(r.reports, &gone, &mut out);
+        self.send_all(out);
+        for n in gone {
+            warn!(node = n, "node did not rejoin after the restart: declared dead");
+            self.forget_node(n);
+        }
+        for (n, conn, msg) in r.held {
+            self.handle(Some(n), &conn, msg);
+        }
+    }
+
+    /// Writes what changed to the state directory (with `--state`).
+    fn persist(&mut self) {
+        let Some(store) = self.store.as_mut() else { return };
+        for (seg, page) in self.manager.take_dirty() {
+            if let Some((st, bytes)) = self.manager.home_state(seg, page) {
+                if let Err(e) = store.write_page(seg, page, &st, bytes) {
+                    error!("state directory: {e}");
+                }
+            }
+        }
+        if std::mem::take(&mut self.save) {
+            let mut snap: Snapshot = crate::persist::new_snapshot();
+            snap.epoch = self.epoch;
+            snap.next_node = self.next_node;
+            snap.members = self.nodes.iter().map(|(&n, &a)| (n, a)).collect();
+            snap.dead = self.dead.iter().copied().collect();
+            snap.registry = self.registry.snapshot();
+            snap.sems = self.sems.snapshot();
+            snap.replies = self.replies.iter().map(|(&n, q)| (n, q.iter().cloned().collect())).collect();
+            if let Err(e) = store.save(&snap) {
+                error!("state directory: {e}");
+            }
+        }
+    }
+
+    /// Answers call `id` of `node`; with a store, an answer of a call that
+    /// changed something (`keep`) is kept for the node asking again.
+    fn reply(&mut self, node: NodeId, id: u64, reply: Reply, keep: bool) {
+        if self.store.is_some() {
+            self.save = true;
+            if keep {
+                let q = self.replies.entry(node).or_default();
+                q.push_back((id, reply.clone()));
+                if q.len() > KEEP_REPLIES {
+                    q.pop_front();
+                }
+            }
+        }
+        self.transport.send(node, Msg::Reply { id, reply });
+    }
+
     fn handle(&mut self, from: Option<NodeId>, conn: &quinn::Connection, msg: Msg) {
         let from = from.or_else(|| self.by_conn.get(&conn.stable_id()).copied());
         if let Some(n) = from {
@@ -155,7 +311,35 @@ impl Server {
                 return;
             }
         }
+        if let (Some(n), Some(r)) = (from, self.rejoining.as_mut()) {
+            match msg {
+                Msg::Rejoin { pages } => {
+                    if r.awaiting.remove(&n) {
+                        info!(node = n, pages = pages.len(), "node rejoined");
+                        r.reports.push((n, pages));
+                        if r.awaiting.is_empty() {
+                            self.finish_rejoin();
+                        }
+                    }
+                    return;
+                }
+                Msg::Coherence(_) | Msg::Recovery { .. } => {
+                    r.held.push((n, conn.clone(), msg));
+                    return;
+                }
+                _ => {}
+            }
+        }
+        if let (Some(n), Msg::Call { id, .. }) = (from, &msg) {
+            // Asked again after a restart: answered from the record.
+            if let Some((_, reply)) = self.replies.get(&n).and_then(|q| q.iter().find(|(i, _)| i == id)) {
+                let reply = reply.clone();
+                self.transport.send(n, Msg::Reply { id: *id, reply });
+                return;
+            }
+        }
         match (from, msg) {
+            (_, Msg::Rejoin { .. }) => {} // Late: the rebuild is done.
             (None, Msg::Call { id, call: Call::Register { pid } }) => {
                 let node = self.next_node;
                 self.next_node += 1;
@@ -170,6 +354,7 @@ impl Server {
                     self.transport.send(other, Msg::PeerAddr { node, addr });
                 }
                 self.nodes.insert(node, addr);
+                self.save = true;
             }
             (Some(node), Msg::Call { id, call: Call::Sem(c) }) => self.sem_call(node, id, c),
             (Some(node), Msg::SemSync { id, state }) => {
@@ -214,9 +399,17 @@ impl Server {
                 }
             }
             (Some(node), Msg::Call { id, call }) if !matches!(call, Call::Register { .. }) => {
+                let keep = matches!(
+                    call,
+                    Call::ShmGet { .. }
+                        | Call::ShmAttach { .. }
+                        | Call::ShmDetach { .. }
+                        | Call::ShmSet { .. }
+                        | Call::ShmRemove { .. }
+                );
                 let (reply, effect) = self.registry.call(node, call);
                 self.effect(effect);
-                self.transport.send(node, Msg::Reply { id, reply });
+                self.reply(node, id, reply, keep);
             }
             (Some(node), Msg::Coherence(m)) => {
                 let mut out = Vec::new();
@@ -244,6 +437,13 @@ impl Server {
             SemCall::Op { id, .. } | SemCall::Ctl { id, .. } => Some(*id),
             _ => None,
         };
+        // Answers that only read need not be kept for a restart.
+        let keep = match &c {
+            SemCall::Ctl { cmd, .. } => {
+                matches!(cmd & !0x100, libc::SETVAL | libc::SETALL | libc::IPC_SET | libc::IPC_RMID)
+            }
+            _ => true,
+        };
         if let Some(sid) = target {
             if let Some(borrower) = self.sems.lent_to(sid) {
                 let q = self.deferred.entry(sid).or_default();
@@ -260,7 +460,7 @@ impl Server {
             for q in self.deferred.values_mut() {
                 if let Some(i) = q.iter().position(|(n, cid, _)| *n == node && *cid == token) {
                     q.remove(i);
-                    self.transport.send(node, Msg::Reply { id, reply: Reply::Cancelled(true) });
+                    self.reply(node, id, Reply::Cancelled(true), true);
                     return;
                 }
             }
@@ -325,7 +525,7 @@ impl Server {
         // completion is ordered before whatever the caller does next.
         self.flush_sem_completions();
         if let Some(reply) = reply {
-            self.transport.send(node, Msg::Reply { id, reply });
+            self.reply(node, id, reply, keep);
         }
     }
 
@@ -416,7 +616,7 @@ impl Server {
                 Ok(()) => Reply::Ok,
                 Err(Errno(e)) => Reply::Err(Errno(e)),
             };
-            self.transport.send(w.node, Msg::Reply { id: w.token, reply });
+            self.reply(w.node, w.token, reply, true);
         }
     }
 
@@ -427,10 +627,16 @@ impl Server {
                 if let Some(key) = self.registry.key_of(id) {
                     self.keys.insert((ObjKind::Shm, id), key);
                 }
+                if let Some(Err(e)) = self.store.as_mut().map(|s| s.create_seg(id, npages)) {
+                    error!("state directory: {e}");
+                }
                 self.manager.create(id, npages)
             }
             Effect::Destroyed { id } => {
                 info!(seg = id, "segment destroyed");
+                if let Some(s) = self.store.as_mut() {
+                    s.remove_seg(id);
+                }
                 self.manager.destroy(id)
             }
         }
@@ -445,9 +651,39 @@ impl Server {
     }
 
     fn node_gone(&mut self, node: NodeId) {
+        if !self.nodes.contains_key(&node) {
+            return;
+        }
+        if self.rejoining.as_mut().is_some_and(|r| r.awaiting.remove(&node)) {
+            // It will not report: the rebuild goes on without it (its
+            // pages are dealt with there).
+            self.forget_node(node);
+            if self.rejoining.as_ref().is_some_and(|r| r.awaiting.is_empty()) {
+                self.finish_rejoin();
+            }
+            return;
+        }
+        // Pages only it held are lost; every node learns it is gone (writes
+        // waiting for its acknowledgement proceed, requests it was to
+        // answer are asked again), and reports what it holds of the pages
+        // the dead node held or was handing over (`Msg::Recovery`).
+        let live: Vec<NodeId> = self.nodes.keys().copied().filter(|&n| n != node).collect();
+        let mut out = Vec::new();
+        self.manager.node_gone(node, &live, &mut out);
+        self.forget_node(node);
+        self.send_all(out);
+    }
+
+    /// Everything but the pages of a node that is gone: it leaves the
+    /// members (every node hears), its attaches go, its `SEM_UNDO`
+    /// adjustments apply, its blocked operations go, the sets lent to it
+    /// come home as last reported.
+    fn forget_node(&mut self, node: NodeId) {
         if self.nodes.remove(&node).is_none() {
             return;
         }
+        self.dead.insert(node);
+        self.save = true;
         self.by_conn.retain(|_, n| *n != node);
         self.transport.forget(node);
         if let Some(s) = self.stats.get_mut(&node) {
@@ -462,18 +698,9 @@ impl Server {
         for k in done {
             self.finish_list(k);
         }
-        // Pages only it held are lost; every node learns it is gone (writes
-        // waiting for its acknowledgement proceed, requests it was to
-        // answer are asked again).
-        // Every node learns it, and reports what it holds of the pages
-        // the dead node held or was handing over (`Msg::Recovery`).
         for &other in self.nodes.keys() {
             self.transport.send(other, Msg::NodeGone { node });
         }
-        let live: Vec<NodeId> = self.nodes.keys().copied().collect();
-        let mut out = Vec::new();
-        self.manager.node_gone(node, &live, &mut out);
-        self.send_all(out);
         for e in self.registry.node_gone(node) {
             self.effect(e);
         }
@@ -489,6 +716,7 @@ impl Server {
             warn!(node, id, "semaphore set lent to a lost node taken back as it last reported it");
             self.replay(id);
         }
+        self.replies.remove(&node);
     }
 
     /// Runs the calls that waited for set `id` to come home, in order;

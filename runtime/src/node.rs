@@ -781,7 +781,12 @@ struct State {
     reported: (stats::Stats, Vec<stats::ObjStats>),
     transport: Transport,
     segs: HashMap<SegId, Segment>,
-    calls: HashMap<u64, oneshot::Sender<Reply>>,
+    /// Calls to the nameserver waiting for its answer (asked again of a
+    /// restarted nameserver).
+    calls: HashMap<u64, (Call, oneshot::Sender<Reply>)>,
+    /// Connections to a nameserver that restarted since: whatever still
+    /// comes on them is from the past.
+    stale_ns: Vec<usize>,
     /// Faulting threads per page: (slot, wants write).
     waiters: HashMap<(SegId, PageIdx), Vec<(usize, bool)>>,
     /// Releases outstanding per segment, and who waits for them.
@@ -816,7 +821,7 @@ impl State {
             // The node has shut down: the caller gets an error at once.
             return rx;
         }
-        self.calls.insert(id, tx);
+        self.calls.insert(id, (call.clone(), tx));
         self.transport.send(MANAGER, Msg::Call { id, call });
         rx
     }
@@ -989,10 +994,11 @@ impl State {
     }
 
     fn inbound(&mut self, from: Option<NodeId>, msg: Msg, conn: &quinn::Connection) {
-        if self.fenced {
+        if self.fenced || (from == Some(MANAGER) && self.stale_ns.contains(&conn.stable_id())) {
             return;
         }
         match msg {
+            Msg::Restarted { epoch } if from == Some(MANAGER) => self.rejoin(conn, epoch),
             Msg::Coherence(m) => {
                 if let CoherenceMsg::Invalidate { seg, .. } = m {
                     stats::invalidation(seg);
@@ -1008,7 +1014,7 @@ impl State {
                 self.apply(&mut out);
             }
             Msg::Reply { id, reply } => {
-                if let Some(tx) = self.calls.remove(&id) {
+                if let Some((_, tx)) = self.calls.remove(&id) {
                     let _ = tx.send(reply);
                 }
             }
@@ -1053,6 +1059,8 @@ impl State {
             | Msg::SemLend { .. }
             | Msg::SemRecall { .. }
             | Msg::SemReturn { .. }
+            | Msg::Restarted { .. }
+            | Msg::Rejoin { .. }
             | Msg::SemSync { .. } => crate::transport::bad(conn, "unexpected message at a node"),
         }
     }
@@ -1099,8 +1107,41 @@ impl State {
         }
     }
 
+    /// The nameserver restarted (from its state on disk) and reached this
+    /// node on `conn`: the old connection and whatever was on its way on it
+    /// are gone. Tells it what this node holds and waits for of every page
+    /// (the messages to the manager lost with it are covered by that) and
+    /// asks again every call not answered (the nameserver answers a call it
+    /// had done from its record, without doing it twice).
+    fn rejoin(&mut self, conn: &quinn::Connection, epoch: u64) {
+        if let Some(old) = self.transport.rebind(MANAGER, conn.clone()) {
+            if old.stable_id() != conn.stable_id() {
+                self.stale_ns.push(old.stable_id());
+                old.close(0u32.into(), b"nameserver restarted");
+            }
+        }
+        warn!(epoch, "the nameserver restarted: rejoining");
+        let mut pages = self.protocol.rejoin();
+        for r in pages.iter_mut() {
+            if let (Some((payload, _, _)), Some(s)) = (r.releasing.as_mut(), self.segs.get(&r.seg)) {
+                *payload = s.read_page(r.page);
+            }
+        }
+        self.transport.send(MANAGER, Msg::Rejoin { pages });
+        let mut ids: Vec<u64> = self.calls.keys().copied().collect();
+        ids.sort_unstable();
+        for id in ids {
+            let call = self.calls[&id].0.clone();
+            self.transport.send(MANAGER, Msg::Call { id, call });
+        }
+        self.reported = Default::default();
+    }
+
     /// A connection was lost or a node could not be reached.
-    fn peer_lost(&mut self, node: Option<NodeId>) {
+    fn peer_lost(&mut self, node: Option<NodeId>, conn: Option<&quinn::Connection>) {
+        if node == Some(MANAGER) && conn.is_some_and(|c| self.stale_ns.contains(&c.stable_id())) {
+            return; // The connection to a nameserver that restarted since.
+        }
         match node {
             Some(MANAGER) => {
                 if self.closing {
@@ -1160,7 +1201,7 @@ impl State {
                 fault::complete(slot, false);
             }
         }
-        for (_, tx) in self.calls.drain() {
+        for (_, (_, tx)) in self.calls.drain() {
             let _ = tx.send(Reply::Err(Errno(libc::EIDRM)));
         }
         for (_, (_, waiters)) in self.releasing.drain() {
@@ -1359,8 +1400,8 @@ async fn run(
             Some(m) = inbound.recv() => {
                 match m {
                     Inbound::Msg { from, conn, msg } => state.borrow_mut().inbound(from, msg, &conn),
-                    Inbound::Lost { node, .. } => state.borrow_mut().peer_lost(node),
-                    Inbound::Gone { node } => state.borrow_mut().peer_lost(Some(node)),
+                    Inbound::Lost { node, conn } => state.borrow_mut().peer_lost(node, Some(&conn)),
+                    Inbound::Gone { node } => state.borrow_mut().peer_lost(Some(node), None),
                 }
             }
             c = cmds.recv() => {
@@ -1442,6 +1483,7 @@ async fn connect(
         transport,
         segs: HashMap::new(),
         calls: HashMap::new(),
+        stale_ns: Vec::new(),
         waiters: HashMap::new(),
         releasing: HashMap::new(),
         wake_at: None,

@@ -226,6 +226,14 @@ pub enum Effect {
     Destroyed { id: i32 },
 }
 
+/// The registry's state on disk: the next id number and every segment
+/// (id, `shmid_ds`, attaches per node).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct RegistrySnapshot {
+    pub next: i32,
+    pub segs: Vec<(i32, ShmStat, Vec<(NodeId, u64)>)>,
+}
+
 /// The registry of distributed segments.
 pub struct Registry {
     next: i32,
@@ -363,12 +371,42 @@ impl Registry {
         res.unwrap_or_else(|e| (Reply::Err(e), Effect::None))
     }
 
-    /// The node is gone: its attaches go with it.
+    /// Every segment with its attaches per node, and the next id number
+    /// (for `kdipc nameserver --state`).
+    pub fn snapshot(&self) -> RegistrySnapshot {
+        let mut segs: Vec<_> = self
+            .by_id
+            .iter()
+            .map(|(&id, s)| (id, s.stat.clone(), s.attaches.iter().map(|(&n, &c)| (n, c)).collect()))
+            .collect();
+        segs.sort_by_key(|s: &(i32, ShmStat, Vec<(NodeId, u64)>)| s.0);
+        RegistrySnapshot { next: self.next, segs }
+    }
+
+    /// The registry as `snapshot` saw it.
+    pub fn restore(snap: RegistrySnapshot) -> Self {
+        let mut r = Registry::new();
+        r.next = snap.next;
+        for (id, stat, attaches) in snap.segs {
+            if stat.key != libc::IPC_PRIVATE {
+                r.by_key.insert(stat.key, id);
+            }
+            r.by_id.insert(id, Segment { stat, attaches: attaches.into_iter().collect(), before_attach: None });
+        }
+        r
+    }
+
     /// The key of segment `id`, if it exists.
     pub fn key_of(&self, id: i32) -> Option<i32> {
         self.by_id.get(&id).map(|s| s.stat.key)
     }
 
+    /// The segment's size in pages, if it exists.
+    pub fn npages(&self, id: i32) -> Option<u32> {
+        self.by_id.get(&id).map(|s| s.stat.size.div_ceil(PAGE_SIZE as u64) as u32)
+    }
+
+    /// The node is gone: its attaches go with it.
     pub fn node_gone(&mut self, node: NodeId) -> Vec<Effect> {
         let ids: Vec<i32> = self.by_id.keys().copied().collect();
         let mut effects = Vec::new();

@@ -280,6 +280,13 @@ pub struct SetState {
     pub undo: Vec<(Proc, Vec<(u16, i32)>)>,
 }
 
+/// The sets' state on disk (see `SemRegistry::snapshot`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct SemSnapshot {
+    pub next: i32,
+    pub sets: Vec<(i32, SetState)>,
+}
+
 /// Consecutive operations by one node, completed at once at the home, after
 /// which the set is lent to that node (the default of `KDIPC_SEM_LEND`).
 pub const LEND_AFTER: u32 = 3;
@@ -647,6 +654,26 @@ impl SemRegistry {
             completed: Vec::new(),
             lend_after: LEND_AFTER,
         }
+    }
+
+    /// Every set as it is at the home (blocked operations are not kept:
+    /// their callers ask again), and the next id number.
+    pub fn snapshot(&self) -> SemSnapshot {
+        SemSnapshot { next: self.next, sets: self.sets.iter().map(|(&id, s)| (id, s.state())).collect() }
+    }
+
+    /// The sets as `snapshot` saw them; nothing lent, nothing waiting.
+    pub fn restore(snap: SemSnapshot) -> Self {
+        let mut r = SemRegistry::new();
+        r.next = snap.next;
+        for (id, st) in snap.sets {
+            r.used_sems += st.sems.len() as i64;
+            if st.key != libc::IPC_PRIVATE {
+                r.by_key.insert(st.key, id);
+            }
+            r.adopt(id, st);
+        }
+        r
     }
 
     /// Lends a set after `n` consecutive operations of one node (0: never).

@@ -80,6 +80,13 @@ impl Transport {
         self.shared.lock().unwrap_or_else(|e| e.into_inner()).conns.entry(node).or_insert(conn);
     }
 
+    /// Sends to `node` on `conn` from now on (a new stream); returns the
+    /// connection used so far.
+    pub fn rebind(&mut self, node: NodeId, conn: quinn::Connection) -> Option<quinn::Connection> {
+        self.out.remove(&node);
+        self.shared.lock().unwrap_or_else(|e| e.into_inner()).conns.insert(node, conn)
+    }
+
     /// Forgets a peer: the next message to it opens a new stream.
     pub fn forget(&mut self, node: NodeId) {
         self.out.remove(&node);

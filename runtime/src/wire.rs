@@ -11,7 +11,7 @@ use crate::registry::{Call, Reply};
 use crate::semaphores::SetState;
 
 /// Bumped on every incompatible change of [`Msg`].
-pub const PROTOCOL_VERSION: u16 = 8;
+pub const PROTOCOL_VERSION: u16 = 9;
 /// Largest frame accepted (a page plus headroom, or a registry answer).
 pub const MAX_FRAME: usize = 1 << 20;
 
@@ -57,6 +57,13 @@ pub enum Msg {
     SemRecall { id: i32 },
     /// borrower → nameserver: set `id` comes back.
     SemReturn { id: i32, state: SetState },
+    /// nameserver → node: the nameserver restarted (from its state on
+    /// disk, `--state`): send `Rejoin` and ask again what you had no
+    /// answer to.
+    Restarted { epoch: u64 },
+    /// node → restarted nameserver: what this node holds and waits for of
+    /// every page.
+    Rejoin { pages: crate::protocol::Rejoin },
     /// borrower → nameserver: the values of set `id` now (while it holds
     /// it, every few milliseconds when they changed).
     SemSync { id: i32, state: SetState },

@@ -4,8 +4,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use super::{
-    check_payload, check_version, Action, CoherenceMsg, NodeId, PageIdx, Payload, ProtocolError, Report,
-    SegId, MANAGER, MAX_CLAIM,
+    check_payload, check_version, Action, CoherenceMsg, HomeState, NodeId, PageIdx, PageReport, Payload,
+    ProtocolError, Rejoin, Report, SegId, MANAGER, MAX_CLAIM,
 };
 
 /// Most designations a page remembers (see `HomePage::chain`): more writers
@@ -38,7 +38,35 @@ struct HomePage {
     /// Releases of read copies passed to the owner (owner, reader): if the
     /// owner dies before it answers, the manager does. At most `CHAIN`.
     dropping: Vec<(NodeId, NodeId)>,
+    /// The page left the home by a grant to this node, and the home's
+    /// bytes (on disk) are those it gave (see [`HomeState::Given`]).
+    given: Option<NodeId>,
+    /// After a restart, until [`Manager::rebuild`]: the state on disk and
+    /// the home's bytes.
+    restored: Option<(HomeState, Payload)>,
 }
+
+impl HomePage {
+    fn new(home: Option<Payload>, version: u64) -> Self {
+        HomePage {
+            owner: None,
+            home,
+            readers: Vec::new(),
+            version,
+            stash: Vec::new(),
+            chain: Vec::new(),
+            suspect: 0,
+            parked: Vec::new(),
+            dropping: Vec::new(),
+            given: None,
+            restored: None,
+        }
+    }
+}
+
+/// A segment as a previous nameserver left it on disk: every page's state
+/// and home bytes.
+pub type Restored = Vec<(HomeState, Payload)>;
 
 /// The recovery after a death: the survivors' reports, and the pages the
 /// dead node owned or was in a hand-over of.
@@ -60,6 +88,9 @@ pub struct Manager {
     dead: BTreeSet<NodeId>,
     /// Recoveries under way, by dead node.
     recovering: BTreeMap<NodeId, Recovery>,
+    /// Pages whose state at the home may have changed (when `track`).
+    dirty: BTreeSet<(SegId, PageIdx)>,
+    track: bool,
 }
 
 /// Who holds a page, as the manager sees it (for tests and `ipcs`).
@@ -81,23 +112,123 @@ impl Manager {
         self.create_with(seg, (0..npages).map(|_| Payload::Zero).collect());
     }
 
-    /// A segment whose home copies are given (restored state).
+    /// A segment whose home copies are given.
     pub fn create_with(&mut self, seg: SegId, pages: Vec<Payload>) {
+        self.segs.insert(seg, pages.into_iter().map(|p| HomePage::new(Some(p), 0)).collect());
+        if self.track {
+            let n = self.segs[&seg].len() as PageIdx;
+            self.dirty.extend((0..n).map(|i| (seg, i)));
+        }
+    }
+
+    /// Nodes declared dead before a restart: their messages are stale.
+    pub fn mark_dead(&mut self, nodes: impl IntoIterator<Item = NodeId>) {
+        self.dead.extend(nodes);
+    }
+
+    /// Keeps a list of the pages whose [`HomeState`] may have changed
+    /// ([`Self::take_dirty`]), for a nameserver that keeps it on disk.
+    pub fn track_changes(&mut self) {
+        self.track = true;
+    }
+
+    /// The pages whose state at the home may have changed since last asked.
+    pub fn take_dirty(&mut self) -> Vec<(SegId, PageIdx)> {
+        std::mem::take(&mut self.dirty).into_iter().collect()
+    }
+
+    fn touch(&mut self, seg: SegId, page: PageIdx, count: u32) {
+        if self.track {
+            self.dirty.extend((0..count).filter_map(|i| page.checked_add(i)).map(|p| (seg, p)));
+        }
+    }
+
+    /// A page's state at the home, and the home's bytes when it owns them.
+    pub fn home_state(&self, seg: SegId, page: PageIdx) -> Option<(HomeState, Option<&Payload>)> {
+        let p = self.segs.get(&seg)?.get(page as usize)?;
+        let version = p.version;
+        if let Some((st, _)) = &p.restored {
+            return Some((*st, None)); // Not rebuilt yet: as on disk.
+        }
+        Some(match (&p.owner, &p.home) {
+            (Some(_), _) => match p.given {
+                Some(to) => (HomeState::Given { version, to }, None),
+                None => (HomeState::Away { version }, None),
+            },
+            (None, Some(h)) => (HomeState::Home { version, zero: *h == Payload::Zero }, Some(h)),
+            (None, None) => (HomeState::Lost { version }, None),
+        })
+    }
+
+    /// A segment as a previous nameserver left it; pages the home did not
+    /// own wait for [`Self::rebuild`].
+    pub fn restore(&mut self, seg: SegId, pages: Restored) {
         let pages = pages
             .into_iter()
-            .map(|p| HomePage {
-                owner: None,
-                home: Some(p),
-                readers: Vec::new(),
-                version: 0,
-                stash: Vec::new(),
-                chain: Vec::new(),
-                suspect: 0,
-                parked: Vec::new(),
-                dropping: Vec::new(),
+            .map(|(st, payload)| match st {
+                HomeState::Home { version, .. } => HomePage::new(Some(payload), version),
+                HomeState::Given { version, .. } | HomeState::Away { version } | HomeState::Lost { version } => {
+                    let mut p = HomePage::new(None, version);
+                    p.restored = Some((st, payload));
+                    p
+                }
             })
             .collect();
         self.segs.insert(seg, pages);
+    }
+
+    /// After a restart: rebuilds who owns each page that was away from
+    /// the home from the nodes' reports (`reports`: every node that came
+    /// back; `gone`: the members that did not, now dead), then asks again
+    /// for what the nodes wait for. Per page (docs/design.md, "Nameserver
+    /// restart"):
+    /// - the node that holds it at the highest version, or, if higher, the
+    ///   writer its last holder handed it to (the bytes are on their way),
+    ///   is the head; the writers designated after it, whose hand-overs
+    ///   wait at their predecessors, follow it; the last is the owner;
+    /// - a holder that was giving it back gives it back now;
+    /// - otherwise the home owns it if it did (on disk), or if it gave it
+    ///   to a writer that still waits for it and nobody heard of a later
+    ///   version (the grant was lost with the nameserver);
+    /// - otherwise it is lost (its holder died meanwhile).
+    ///
+    /// Then the writes nobody was handing over, the reads, the claims
+    /// (refused: asked for normally) and the releases of read copies are
+    /// served as if they had just arrived.
+    pub fn rebuild(&mut self, reports: Vec<(NodeId, Rejoin)>, gone: &[NodeId], out: &mut Vec<Action>) {
+        for &n in gone {
+            self.dead.insert(n);
+        }
+        let mut by_page: HashMap<(SegId, PageIdx), Vec<(NodeId, PageReport)>> = HashMap::new();
+        for (node, rejoin) in reports {
+            for r in rejoin {
+                if self.check(r.seg, r.page).is_ok() {
+                    by_page.entry((r.seg, r.page)).or_default().push((node, r));
+                }
+            }
+        }
+        let mut lost: BTreeMap<SegId, usize> = BTreeMap::new();
+        let segs: Vec<SegId> = self.segs.keys().copied().collect();
+        for seg in segs {
+            let n = self.segs[&seg].len() as PageIdx;
+            for page in 0..n {
+                let es = by_page.remove(&(seg, page)).unwrap_or_default();
+                let p = &mut self.segs.get_mut(&seg).expect("listed")[page as usize];
+                if !rebuild_page(seg, page, p, &es, &self.dead, out) {
+                    *lost.entry(seg).or_default() += 1;
+                }
+                if self.track {
+                    self.dirty.insert((seg, page));
+                }
+            }
+        }
+        for (seg, pages) in lost {
+            tracing::error!(
+                seg,
+                pages,
+                "pages lost across the nameserver's restart: their holder did not come back"
+            );
+        }
     }
 
     /// `node` died; `live` are the nodes still registered. Every page it
@@ -198,6 +329,9 @@ impl Manager {
     /// waited for them.
     fn finish(&mut self, dead: NodeId, out: &mut Vec<Action>) {
         let Some(rec) = self.recovering.remove(&dead) else { return };
+        for &(seg, page) in &rec.pages {
+            self.touch(seg, page, 1);
+        }
         tracing::info!(node = dead, pages = rec.pages.len(), "every survivor reported: recovering");
         let mut lost: BTreeMap<SegId, usize> = BTreeMap::new();
         for &(seg, page) in &rec.pages {
@@ -271,8 +405,12 @@ impl Manager {
         // A late message about a segment destroyed meanwhile.
         let pages = self.segs.get_mut(&seg).ok_or(ProtocolError::UnknownSegment(seg))?;
         if let CoherenceMsg::Claim { count, .. } = msg {
-            return claim(seg, page, count, pages, from, out);
+            let r = claim(seg, page, count, pages, from, out);
+            self.touch(seg, page, count.min(MAX_CLAIM));
+            return r;
         }
+        self.touch(seg, page, 1);
+        let pages = self.segs.get_mut(&seg).ok_or(ProtocolError::UnknownSegment(seg))?;
         let p = pages.get_mut(page as usize).ok_or(ProtocolError::PageOutOfRange { seg, page })?;
         match msg {
             CoherenceMsg::Request { requester, write, .. } => {
@@ -287,6 +425,7 @@ impl Manager {
                     copyset.retain(|&r| r != from && r != MANAGER);
                     if p.owner == Some(from) {
                         p.owner = None;
+                        p.given = None;
                         p.chain.clear();
                         p.home = Some(payload);
                         p.readers = copyset;
@@ -356,6 +495,7 @@ fn claim(
         }
         p.home = None;
         p.owner = Some(from);
+        p.given = Some(from);
         p.chain = vec![from];
         p.dropping.retain(|&(_, r)| r != from);
         versions.push(p.version + 1);
@@ -458,6 +598,7 @@ fn request(
     let readers = std::mem::take(&mut p.readers);
     grant_write(seg, page, from, readers, home, p.version + 1, out);
     p.owner = Some(from);
+    p.given = Some(from);
     p.chain = vec![from];
     Ok(())
 }
@@ -532,9 +673,11 @@ fn recover(
             Some(to) => {
                 grant_write(seg, page, to, holders, payload, version + 1, out);
                 p.chain = rest;
+                p.given = None;
             }
             None => {
                 p.owner = None;
+                p.given = None;
                 p.home = Some(payload);
                 p.version = version;
                 p.readers = holders;
@@ -554,6 +697,7 @@ fn recover(
         send(out, w, CoherenceMsg::Lost { seg, page });
     }
     p.owner = None;
+    p.given = None;
     p.home = None;
     p.readers.clear();
     p.chain.clear();
@@ -582,4 +726,145 @@ fn grant_write(
     } else {
         send(out, to, CoherenceMsg::Data { seg, page, write: true, acks, version, payload });
     }
+}
+
+/// Rebuilds one page after a restart (see [`Manager::rebuild`]); `es` are
+/// the reports about it. Returns `false` when the page is lost.
+fn rebuild_page(
+    seg: SegId,
+    page: PageIdx,
+    p: &mut HomePage,
+    es: &[(NodeId, PageReport)],
+    dead: &BTreeSet<NodeId>,
+    out: &mut Vec<Action>,
+) -> bool {
+    let restored = p.restored.take();
+    let get = |n: NodeId| es.iter().find(|(m, _)| *m == n).map(|(_, r)| r);
+    let writing = |n: NodeId| get(n).is_some_and(|r| r.writing);
+    let holder = es
+        .iter()
+        .filter_map(|(n, r)| r.owns.or(r.releasing.as_ref().map(|x| x.2)).map(|v| (v, *n)))
+        .max();
+    let inflight = es.iter().filter_map(|(_, r)| r.gave).filter(|&(to, _)| writing(to)).max_by_key(|g| g.1);
+    let head = match (holder, inflight) {
+        (Some((hv, h)), Some((to, v))) => Some(if v > hv { to } else { h }),
+        (Some((_, h)), None) => Some(h),
+        (None, Some((to, _))) => Some(to),
+        (None, None) => None,
+    };
+    let mut chain = Vec::new();
+    let mut ok = true;
+    match head.map(|h| (h, get(h).and_then(|r| r.releasing.clone()))) {
+        Some((h, Some((payload, copyset, version)))) if get(h).is_some_and(|r| r.owns.is_none()) => {
+            // It was giving the page back: the home takes it now, unless
+            // it had (its bytes at that version are on disk).
+            let done = matches!(restored, Some((HomeState::Home { version: v, .. }, _)) if v >= version);
+            if !done {
+                p.home = Some(payload);
+                p.version = version;
+            }
+            p.readers = copyset.into_iter().filter(|&r| r != h && r != MANAGER && !dead.contains(&r)).collect();
+            send(out, h, CoherenceMsg::Released { seg, page });
+        }
+        Some((h, _)) => {
+            chain.push(h);
+            let mut cur = h;
+            while let Some(&next) = get(cur).and_then(|r| r.handoffs.first()) {
+                if !writing(next) || chain.contains(&next) {
+                    break;
+                }
+                chain.push(next);
+                cur = next;
+            }
+            p.home = None;
+            p.owner = chain.last().copied();
+            p.given = None;
+        }
+        None => {
+            let known = es
+                .iter()
+                .map(|(_, r)| r.known.max(r.owns.unwrap_or(0)).max(r.copy.unwrap_or(0)))
+                .max()
+                .unwrap_or(0);
+            match restored {
+                // It was home (then `p` already has it), or the grant of
+                // it was lost with the nameserver: the writer still waits
+                // and no node heard of a newer version.
+                None => {}
+                Some((HomeState::Home { .. }, payload)) => p.home = Some(payload),
+                Some((HomeState::Given { version, to }, payload))
+                    if known <= version && get(to).is_some_and(|r| r.writing || r.claiming) =>
+                {
+                    p.home = Some(payload);
+                    p.version = version;
+                }
+                Some((st, _)) => {
+                    if !matches!(st, HomeState::Lost { .. }) {
+                        tracing::error!(seg, page, "page lost: its holder did not come back after the restart");
+                    }
+                    ok = false;
+                }
+            }
+        }
+    }
+    p.chain = chain.clone();
+    if !es.is_empty() {
+        tracing::debug!(seg, page, ?head, ?chain, owner = ?p.owner, home = p.home.is_some(), reports = ?es.iter().map(|(n, r)| (n, r.owns, r.copy.is_some(), r.writing, r.reading, r.claiming, &r.handoffs, r.gave)).collect::<Vec<_>>(), "rebuilt page");
+    }
+    if p.owner.is_none() && p.home.is_some() {
+        // Every valid read copy of a page the home owns is current.
+        for (n, r) in es {
+            if r.copy.is_some() && r.owns.is_none() && r.releasing.is_none() && !p.readers.contains(n) {
+                p.readers.push(*n);
+            }
+        }
+    }
+    // What the nodes wait for, asked again. A release by a node that is
+    // not the page's holder is moot.
+    for (n, r) in es {
+        if r.releasing.is_some() && Some(*n) != head {
+            send(out, *n, CoherenceMsg::Released { seg, page });
+        }
+        if r.claiming {
+            send(out, *n, CoherenceMsg::Claimed { seg, page, count: 1, versions: Vec::new() });
+        }
+    }
+    // Writers nobody hands the page to: asked for again, each followed by
+    // the writers whose hand-overs wait at it. The writers some node
+    // hands it to come with that node.
+    let targets: BTreeSet<NodeId> = es.iter().flat_map(|(_, r)| r.handoffs.iter().copied()).collect();
+    for pass in 0..2 {
+        for (n, r) in es {
+            if !r.writing || p.chain.contains(n) || (pass == 0 && targets.contains(n)) {
+                continue;
+            }
+            if p.owner.is_none() && p.home.is_none() {
+                send(out, *n, CoherenceMsg::Lost { seg, page });
+                continue;
+            }
+            let _ = request(dead, seg, page, p, *n, true, out);
+            let mut cur = *n;
+            while let Some(&next) = get(cur).and_then(|r| r.handoffs.first()) {
+                if !writing(next) || p.chain.contains(&next) {
+                    break;
+                }
+                p.chain.push(next);
+                p.owner = Some(next);
+                cur = next;
+            }
+        }
+    }
+    for (n, r) in es {
+        if r.reading && !r.writing {
+            if p.owner.is_none() && p.home.is_none() {
+                send(out, *n, CoherenceMsg::Lost { seg, page });
+            } else if p.owner != Some(*n) {
+                let _ = request(dead, seg, page, p, *n, false, out);
+            }
+        }
+        if r.dropping {
+            drop_reader(dead, seg, page, p, *n, out);
+        }
+    }
+    ok
 }

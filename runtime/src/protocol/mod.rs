@@ -59,7 +59,7 @@
 mod manager;
 mod node;
 
-pub use manager::Manager;
+pub use manager::{Manager, Restored};
 pub use node::{NodeProtocol, PageSet};
 
 use serde::{Deserialize, Serialize};
@@ -211,6 +211,55 @@ pub struct Report {
     /// the manager knew it was dead).
     pub reading: Vec<(SegId, PageIdx)>,
 }
+
+/// A page's state at the home, as the nameserver keeps it on disk
+/// (`crate::persist`) to carry on after a restart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HomeState {
+    /// The home owns the page, at `version` (`zero`: never written).
+    Home { version: u64, zero: bool },
+    /// The home gave the page to `to` for writing, from the bytes it has
+    /// (its version `version`); nodes may have passed it on since.
+    Given { version: u64, to: NodeId },
+    /// The page is at the nodes, and the home's bytes are not current.
+    Away { version: u64 },
+    /// No current copy exists.
+    Lost { version: u64 },
+}
+
+/// What a node tells a restarted manager about one page (see
+/// [`Rejoin`]); only pages with something to say are listed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PageReport {
+    pub seg: SegId,
+    pub page: PageIdx,
+    /// This node owns the page, or has its bytes and waits only for
+    /// invalidation acknowledgements: the version it has (will have).
+    pub owns: Option<u64>,
+    /// It gave the page back (`Release` with these bytes, copyset and
+    /// version) and has no answer.
+    pub releasing: Option<(Payload, Vec<NodeId>, u64)>,
+    /// It holds a valid read copy, at this version.
+    pub copy: Option<u64>,
+    /// Its write request, claim, read request waits for an answer.
+    pub writing: bool,
+    pub claiming: bool,
+    pub reading: bool,
+    /// It gave its read copy back and has no answer.
+    pub dropping: bool,
+    /// Writers the manager designated after this node, whose hand-over
+    /// waits here, in order.
+    pub handoffs: Vec<NodeId>,
+    /// Its last hand-over to a writer: (to, the version it gave).
+    pub gave: Option<(NodeId, u64)>,
+    /// The highest version of the page this node has heard of.
+    pub known: u64,
+}
+
+/// A node's report to a restarted manager: what it holds, waits for and
+/// is handing over of every page (the manager lost that with its memory;
+/// the home copies and which pages the home gave to whom it kept on disk).
+pub type Rejoin = Vec<PageReport>;
 
 /// What a protocol instance asks its driver to do.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -52,6 +52,8 @@ struct NodePage {
     deferred: VecDeque<CoherenceMsg>,
     /// A `Release` was sent and not yet answered.
     releasing: bool,
+    /// The last hand-over to a writer: (to, the version it gave).
+    gave: Option<(NodeId, u64)>,
 }
 
 impl NodePage {
@@ -68,6 +70,7 @@ impl NodePage {
             queue: VecDeque::new(),
             deferred: VecDeque::new(),
             releasing: false,
+            gave: None,
         }
     }
 
@@ -617,6 +620,55 @@ impl NodeProtocol {
         report
     }
 
+    /// What this node holds, waits for and hands over of every page, for
+    /// a restarted manager ([`super::Rejoin`]). A releasing owner's bytes
+    /// are left `Payload::Zero` for the driver to fill in.
+    pub fn rejoin(&self) -> super::Rejoin {
+        let mut v = Vec::new();
+        for (&seg, set) in self.segs.iter() {
+            for (i, p) in set.pages.iter().enumerate() {
+                let pend = p.pending.as_ref();
+                let mut r = super::PageReport {
+                    seg,
+                    page: i as PageIdx,
+                    known: p.version.max(p.inval_version).max(pend.map_or(0, |q| q.version)),
+                    gave: p.gave,
+                    ..Default::default()
+                };
+                if p.releasing && p.owner {
+                    r.releasing = Some((Payload::Zero, p.copyset.clone(), p.version));
+                } else if p.releasing {
+                    r.dropping = true;
+                } else if p.owner {
+                    r.owns = Some(pend.filter(|q| q.write).map_or(p.version, |q| q.version));
+                } else if p.access == Access::Read {
+                    r.copy = Some(p.version);
+                }
+                match pend {
+                    Some(q) if q.write && q.have_data && !p.owner => r.owns = Some(q.version),
+                    Some(q) if q.claim && !q.have_data => r.claiming = true,
+                    Some(q) if q.write && !q.have_data => r.writing = true,
+                    Some(q) if !q.write && !q.have_data => r.reading = true,
+                    _ => {}
+                }
+                for (_, m) in &p.queue {
+                    if let CoherenceMsg::Fetch { to, write: true, .. } = m {
+                        r.handoffs.push(*to);
+                    }
+                }
+                let quiet = r.owns.is_none()
+                    && r.releasing.is_none()
+                    && r.copy.is_none()
+                    && !(r.writing || r.claiming || r.reading || r.dropping)
+                    && r.gave.is_none();
+                if !quiet {
+                    v.push(r);
+                }
+            }
+        }
+        v
+    }
+
     /// Serves what waited for a hold to expire.
     pub fn handle_timeout(&mut self, now: u64, out: &mut Vec<Action>) -> Result<(), ProtocolError> {
         let due: Vec<(SegId, PageIdx)> = self.waiting.iter().copied().collect();
@@ -797,6 +849,7 @@ fn serve(p: &mut NodePage, cx: &mut Ctx, msg: CoherenceMsg) -> Result<(), Protoc
             }
             p.owner = false;
             p.hint = Some(to);
+            p.gave = Some((to, version));
         }
         CoherenceMsg::DropReader { node, .. } => {
             p.copyset.retain(|&r| r != node);
