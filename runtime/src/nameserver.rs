@@ -134,7 +134,8 @@ pub async fn serve(
     }
     ready(local);
     loop {
-        let deadline = s.lists.values().map(|q| q.deadline).chain(s.rejoining.as_ref().map(|r| r.deadline)).min();
+        let deadline =
+            s.lists.values().map(|q| q.deadline).chain(s.rejoining.as_ref().map(|r| r.deadline)).min();
         let m = tokio::select! {
             m = irx.recv() => match m {
                 Some(m) => m,

@@ -391,7 +391,8 @@ impl Registry {
             if stat.key != libc::IPC_PRIVATE {
                 r.by_key.insert(stat.key, id);
             }
-            r.by_id.insert(id, Segment { stat, attaches: attaches.into_iter().collect(), before_attach: None });
+            r.by_id
+                .insert(id, Segment { stat, attaches: attaches.into_iter().collect(), before_attach: None });
         }
         r
     }

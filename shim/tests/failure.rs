@@ -71,21 +71,6 @@ struct KillRun {
     ends: Vec<f64>,
 }
 
-/// The log without its colours (escape sequences).
-fn plain(log: &str) -> String {
-    let mut out = String::with_capacity(log.len());
-    let mut esc = false;
-    for ch in log.chars() {
-        match (esc, ch) {
-            (false, '\x1b') => esc = true,
-            (false, _) => out.push(ch),
-            (true, 'm') => esc = false,
-            (true, _) => {}
-        }
-    }
-    out
-}
-
 /// The nameserver's node id for process `pid` (from its `node joined` line).
 fn node_of(log: &str, pid: u32) -> Option<String> {
     log.lines()
@@ -137,7 +122,7 @@ fn run_with_victim(
             }
         }
         if let (Some(k), None) = (killed, detected) {
-            let log = plain(&c.ns_log());
+            let log = support::plain(&c.ns_log());
             if let Some(node) = node_of(&log, pid) {
                 if log.lines().any(|l| l.contains("node lost") && l.contains(&format!("node={node} "))) {
                     detected = Some(Instant::now());
@@ -175,7 +160,7 @@ fn run_with_victim(
         panic!("{f}; outputs: {outs:#?}\nnameserver log:\n{}", c.ns_log());
     }
     if std::env::var("FAILURE_VERBOSE").is_ok() {
-        println!("nameserver log:\n{}", plain(&c.ns_log()));
+        println!("nameserver log:\n{}", support::plain(&c.ns_log()));
     }
     let killed = killed.expect("victim done");
     let last = procs.iter().filter_map(|p| p.done_at).max().unwrap();
@@ -254,7 +239,7 @@ fn report(what: &str, r: &KillRun) {
         };
         println!("  rank {rank}: {how} at {t:+.2} s");
         if std::env::var("FAILURE_VERBOSE").is_ok() {
-            println!("{}", plain(&o.stderr));
+            println!("{}", support::plain(&o.stderr));
         }
     }
 }
@@ -487,11 +472,11 @@ fn a_link_cut_shorter_than_the_lease_changes_nothing() {
     assert!(
         outs.iter().all(|o| o.status.success()),
         "soak across a 2 s cut: {outs:#?}\n{}",
-        plain(&c.ns_log())
+        support::plain(&c.ns_log())
     );
     // No death declared during the run (a process whose closing packet is
     // lost as it exits is declared lost a lease later: not a failure).
-    let log = plain(&c.ns_log());
+    let log = support::plain(&c.ns_log());
     for l in log.lines().filter(|l| l.contains("node lost")) {
         let t = log_seconds_of_day(l).expect("timestamp");
         assert!(t > ended - 0.5, "a node was declared dead during the run: {l}\n{log}");
@@ -535,7 +520,7 @@ fn a_link_cut_longer_than_the_lease_fences_the_cut_off_node() {
         run.join().unwrap()
     });
     let elapsed = t0.elapsed();
-    let log = plain(&c.ns_log());
+    let log = support::plain(&c.ns_log());
     let lost: Vec<&str> = log.lines().filter(|l| l.contains("node lost")).collect();
     // The cut host's two nodes, once each (a survivor that died of a lost
     // page is declared dead too).
@@ -548,9 +533,10 @@ fn a_link_cut_longer_than_the_lease_fences_the_cut_off_node() {
         assert_no_stale(o, &format!("rank {rank}"));
         assert!(!o.status.success(), "rank {rank} cannot complete without its partners: {o:#?}");
         let gave_up = o.status.code() == Some(3) && o.stderr.contains("no progress");
-        let cut_off = plain(&o.stderr).contains("cut off from the nameserver");
+        let cut_off = support::plain(&o.stderr).contains("cut off from the nameserver");
         let refused = o.stderr.contains("Identifier removed") || o.signal() == Some(libc::SIGBUS);
-        let first = plain(&o.stderr).lines().rfind(|l| !l.is_empty()).unwrap_or_default().to_string();
+        let first =
+            support::plain(&o.stderr).lines().rfind(|l| !l.is_empty()).unwrap_or_default().to_string();
         println!("  rank {rank}: {:?}: {first}", o.status);
         if rank % 2 == 1 {
             assert!(cut_off && refused, "rank {rank} (cut-off host) was not refused: {o:#?}");

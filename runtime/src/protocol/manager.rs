@@ -167,7 +167,9 @@ impl Manager {
             .into_iter()
             .map(|(st, payload)| match st {
                 HomeState::Home { version, .. } => HomePage::new(Some(payload), version),
-                HomeState::Given { version, .. } | HomeState::Away { version } | HomeState::Lost { version } => {
+                HomeState::Given { version, .. }
+                | HomeState::Away { version }
+                | HomeState::Lost { version } => {
                     let mut p = HomePage::new(None, version);
                     p.restored = Some((st, payload));
                     p
@@ -741,10 +743,8 @@ fn rebuild_page(
     let restored = p.restored.take();
     let get = |n: NodeId| es.iter().find(|(m, _)| *m == n).map(|(_, r)| r);
     let writing = |n: NodeId| get(n).is_some_and(|r| r.writing);
-    let holder = es
-        .iter()
-        .filter_map(|(n, r)| r.owns.or(r.releasing.as_ref().map(|x| x.2)).map(|v| (v, *n)))
-        .max();
+    let holder =
+        es.iter().filter_map(|(n, r)| r.owns.or(r.releasing.as_ref().map(|x| x.2)).map(|v| (v, *n))).max();
     let inflight = es.iter().filter_map(|(_, r)| r.gave).filter(|&(to, _)| writing(to)).max_by_key(|g| g.1);
     let head = match (holder, inflight) {
         (Some((hv, h)), Some((to, v))) => Some(if v > hv { to } else { h }),
@@ -763,7 +763,8 @@ fn rebuild_page(
                 p.home = Some(payload);
                 p.version = version;
             }
-            p.readers = copyset.into_iter().filter(|&r| r != h && r != MANAGER && !dead.contains(&r)).collect();
+            p.readers =
+                copyset.into_iter().filter(|&r| r != h && r != MANAGER && !dead.contains(&r)).collect();
             send(out, h, CoherenceMsg::Released { seg, page });
         }
         Some((h, _)) => {
@@ -800,7 +801,11 @@ fn rebuild_page(
                 }
                 Some((st, _)) => {
                     if !matches!(st, HomeState::Lost { .. }) {
-                        tracing::error!(seg, page, "page lost: its holder did not come back after the restart");
+                        tracing::error!(
+                            seg,
+                            page,
+                            "page lost: its holder did not come back after the restart"
+                        );
                     }
                     ok = false;
                 }

@@ -419,6 +419,14 @@ impl NodeProtocol {
                 return Ok(());
             }
         }
+        if let CoherenceMsg::Released { .. } = msg {
+            if !self.segs.contains_key(&seg) {
+                // A second answer to a release (the manager answers for an
+                // owner that left after answering itself) after this node
+                // forgot the segment.
+                return Ok(());
+            }
+        }
         if let CoherenceMsg::Claimed { count, versions, .. } = msg {
             if from != MANAGER {
                 return Err(ProtocolError::Unexpected("Claimed not from the manager"));

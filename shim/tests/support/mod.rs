@@ -73,6 +73,21 @@ fn temp_dir(tag: &str) -> PathBuf {
     d
 }
 
+/// The log without its colours (escape sequences).
+pub fn plain(log: &str) -> String {
+    let mut out = String::with_capacity(log.len());
+    let mut esc = false;
+    for ch in log.chars() {
+        match (esc, ch) {
+            (false, '\x1b') => esc = true,
+            (false, _) => out.push(ch),
+            (true, 'm') => esc = false,
+            (true, _) => {}
+        }
+    }
+    out
+}
+
 /// The result of one process.
 #[derive(Debug)]
 pub struct Outcome {
@@ -172,6 +187,8 @@ pub struct Cluster {
     hosts: Option<Hosts>,
     /// Environment of the nameserver and of every command (e.g. the lease).
     env: Vec<(String, String)>,
+    /// `kdipc nameserver --state` directory, if any.
+    state: Option<PathBuf>,
     _netns: Option<std::sync::MutexGuard<'static, ()>>,
 }
 
@@ -205,6 +222,33 @@ impl Cluster {
         Self::start(None, None, env)
     }
 
+    /// `local_env`, `hosts_env` (`hosts` > 0) with a nameserver that
+    /// keeps its state on disk (`--state`), so that it can be restarted.
+    pub fn with_state(hosts: usize, env: &[(&str, &str)]) -> Cluster {
+        let (h, guard) = if hosts > 0 {
+            (Some(Hosts::new(hosts)), Some(NETNS.lock().unwrap_or_else(|e| e.into_inner())))
+        } else {
+            (None, None)
+        };
+        Self::launch(h, guard, env, true)
+    }
+
+    /// Kills the nameserver (SIGKILL), waits `down`, and starts it again
+    /// on the same address and state directory; returns once it listens.
+    pub fn restart_nameserver(&mut self, down: Duration) {
+        assert!(self.state.is_some(), "restart_nameserver: a cluster made with_state");
+        let _ = self.ns.kill();
+        let _ = self.ns.wait();
+        std::thread::sleep(down);
+        let before = self.ns_log().matches("listening on").count();
+        self.ns = spawn_ns(self.hosts.as_ref(), &self.addr, &self.dir, &self.env, self.state.as_deref());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.ns_log().matches("listening on").count() == before {
+            assert!(Instant::now() < deadline, "nameserver did not restart:\n{}", self.ns_log());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     /// `hosts` with these variables for the nameserver and every process.
     pub fn hosts_env(n: usize, env: &[(&str, &str)]) -> Cluster {
         let guard = NETNS.lock().unwrap_or_else(|e| e.into_inner());
@@ -224,6 +268,15 @@ impl Cluster {
         guard: Option<std::sync::MutexGuard<'static, ()>>,
         env: &[(&str, &str)],
     ) -> Cluster {
+        Self::launch(hosts, guard, env, false)
+    }
+
+    fn launch(
+        hosts: Option<Hosts>,
+        guard: Option<std::sync::MutexGuard<'static, ()>>,
+        env: &[(&str, &str)],
+        state: bool,
+    ) -> Cluster {
         let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let dir = temp_dir("cluster");
         let certs = dir.join("certs");
@@ -238,23 +291,10 @@ impl Cluster {
                 s.local_addr().unwrap().to_string()
             }
         };
-        let log = std::fs::File::create(dir.join("nameserver.log")).unwrap();
-        let mut cmd = match &hosts {
-            Some(h) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", &h.ns(0)]).arg(kdipc());
-                c
-            }
-            None => Command::new(kdipc()),
-        };
-        cmd.args(["nameserver", "--listen", &listen, "--cert-dir"])
-            .arg(&certs)
-            .env("KDIPC_LOG", std::env::var("KDIPC_LOG").unwrap_or_else(|_| "info".into()))
-            .envs(env.iter().map(|(k, v)| (k, v)))
-            .stdout(Stdio::null())
-            .stderr(log);
-        let ns = cmd.spawn().unwrap();
-        let c = Cluster { ns, dir, addr: listen, hosts, env, _netns: guard };
+        std::fs::File::create(dir.join("nameserver.log")).unwrap();
+        let state = state.then(|| dir.join("state"));
+        let ns = spawn_ns(hosts.as_ref(), &listen, &dir, &env, state.as_deref());
+        let c = Cluster { ns, dir, addr: listen, hosts, env, state, _netns: guard };
         let deadline = Instant::now() + Duration::from_secs(10);
         while !c.ns_log().contains("listening on") {
             assert!(Instant::now() < deadline, "nameserver did not start:\n{}", c.ns_log());
@@ -324,7 +364,7 @@ impl Cluster {
         wait_all(vec![c.spawn().unwrap()], timeout, &self.ns_log_path()).pop().unwrap()
     }
 
-    fn ns_log_path(&self) -> PathBuf {
+    pub fn ns_log_path(&self) -> PathBuf {
         self.dir.join("nameserver.log")
     }
 }
@@ -337,6 +377,35 @@ impl Drop for Cluster {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
+}
+
+/// Starts `kdipc nameserver` for a cluster (in host 0's namespace when
+/// there are emulated hosts), its log appended to `dir/nameserver.log`.
+fn spawn_ns(
+    hosts: Option<&Hosts>,
+    addr: &str,
+    dir: &Path,
+    env: &[(String, String)],
+    state: Option<&Path>,
+) -> Child {
+    let log = std::fs::OpenOptions::new().append(true).open(dir.join("nameserver.log")).unwrap();
+    let mut cmd = match hosts {
+        Some(h) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", &h.ns(0)]).arg(kdipc());
+            c
+        }
+        None => Command::new(kdipc()),
+    };
+    cmd.args(["nameserver", "--listen", addr, "--cert-dir"]).arg(dir.join("certs"));
+    if let Some(st) = state {
+        cmd.arg("--state").arg(st);
+    }
+    cmd.env("KDIPC_LOG", std::env::var("KDIPC_LOG").unwrap_or_else(|_| "info".into()))
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdout(Stdio::null())
+        .stderr(log);
+    cmd.spawn().unwrap()
 }
 
 /// Waits for every child; after `timeout` kills the rest and fails.
