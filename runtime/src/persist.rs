@@ -268,7 +268,16 @@ impl Store {
         if *slot == rec {
             return Ok(());
         }
-        if let (HomeState::Home { zero: false, .. }, Some(Payload::Bytes(b))) = (state, bytes) {
+        // The bytes the state names: the home's, or those it gave from a
+        // late release (a zero page is written out too, over older bytes).
+        let data = match (state, bytes) {
+            (HomeState::Home { zero: false, .. } | HomeState::Given { .. }, Some(Payload::Bytes(b))) => {
+                Some(&b[..])
+            }
+            (HomeState::Given { .. }, Some(Payload::Zero)) => Some(&[0u8; PAGE_SIZE][..]),
+            _ => None,
+        };
+        if let Some(b) = data {
             f.data
                 .write_all_at(b, page as u64 * PAGE_SIZE as u64)
                 .map_err(|e| format!("writing page {page} of segment {seg}: {e}"))?;

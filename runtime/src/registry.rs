@@ -231,8 +231,11 @@ pub enum Effect {
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct RegistrySnapshot {
     pub next: i32,
-    pub segs: Vec<(i32, ShmStat, Vec<(NodeId, u64)>)>,
+    pub segs: Vec<SegmentSnapshot>,
 }
+
+/// A segment on disk: id, `shmid_ds`, attaches per node.
+pub type SegmentSnapshot = (i32, ShmStat, Vec<(NodeId, u64)>);
 
 /// The registry of distributed segments.
 pub struct Registry {
@@ -379,7 +382,7 @@ impl Registry {
             .iter()
             .map(|(&id, s)| (id, s.stat.clone(), s.attaches.iter().map(|(&n, &c)| (n, c)).collect()))
             .collect();
-        segs.sort_by_key(|s: &(i32, ShmStat, Vec<(NodeId, u64)>)| s.0);
+        segs.sort_by_key(|s: &SegmentSnapshot| s.0);
         RegistrySnapshot { next: self.next, segs }
     }
 

@@ -109,7 +109,7 @@ fn coherence(f: &Fields) -> Vec<CoherenceMsg> {
             payload: payload(f),
         },
         CoherenceMsg::Invalidate { seg, page, ack_to: f.n, version: f.x },
-        CoherenceMsg::InvAck { seg, page },
+        CoherenceMsg::InvAck { seg, page, version: f.x },
         CoherenceMsg::Release { seg, page, owned: f.flag.then(|| (payload(f), f.nodes.clone(), f.x)) },
         CoherenceMsg::Release { seg, page, owned: None },
         CoherenceMsg::DropReader { seg, page, node: f.n },
@@ -243,6 +243,18 @@ fn samples(f: &Fields) -> Vec<Msg> {
         Msg::HeldQuery { query: f.x },
         Msg::Held { query: f.x, segs: vec![(f.i, f.n)] },
         Msg::NodeGone { node: f.n },
+        Msg::Restarted { epoch: f.x },
+        Msg::Rejoin {
+            pages: vec![kdipc_runtime::protocol::PageReport {
+                seg: f.i,
+                page: f.n,
+                owns: Some(f.x),
+                releasing: f.flag.then(|| (payload(f), f.nodes.clone(), f.x)),
+                handoffs: f.nodes.clone(),
+                gave: Some((f.n, f.x)),
+                ..Default::default()
+            }],
+        },
         Msg::Recovery { dead: f.n, report: report(f) },
     ];
     msgs.extend(coherence(f).into_iter().map(Msg::Coherence));
@@ -471,13 +483,24 @@ proptest! {
             }
             let (seg, mpage) = msg.target();
             let forwarded = matches!(msg, CoherenceMsg::Request { write: false, .. }) && seg != SEG;
+            // Late messages about a segment this node detached: ignored, an
+            // invalidation acknowledged.
+            let late = seg != SEG
+                && matches!(
+                    msg,
+                    CoherenceMsg::Invalidate { .. }
+                        | CoherenceMsg::Released { .. }
+                        | CoherenceMsg::Data { write: false, .. }
+                        | CoherenceMsg::InvAck { .. }
+                );
             let r = n.handle(from, msg, now, &mut out);
-            prop_assert!(forwarded || refused_if_impossible(seg, mpage, npages, &r), "{:?}", r);
+            prop_assert!(forwarded || late || refused_if_impossible(seg, mpage, npages, &r), "{:?}", r);
             let _ = n.handle_timeout(now, &mut out);
             for a in &out {
                 // A read request for a segment this node does not have
                 // goes to the manager unchanged.
-                let passed_on = forwarded && matches!(a, Action::Send { to: MANAGER, .. });
+                let passed_on = (forwarded && matches!(a, Action::Send { to: MANAGER, .. }))
+                    || (late && matches!(a, Action::Send { msg: CoherenceMsg::InvAck { .. }, .. }));
                 prop_assert!(passed_on || sound(a, npages), "{:?}", a);
             }
         }

@@ -47,12 +47,13 @@
 //! `sim-seed-S`, and the final message lists the failing seeds).
 
 use std::cmp::Reverse;
-use std::collections::{BTreeSet, BinaryHeap, VecDeque};
+use std::collections::{BTreeSet, BinaryHeap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use kdipc_runtime::protocol::{
-    Access, Action, CoherenceMsg, Manager, NodeId, NodeProtocol, PageIdx, Payload, SegId, MANAGER, PAGE_SIZE,
+    Access, Action, CoherenceMsg, HomeState, Manager, NodeId, NodeProtocol, PageIdx, Payload, SegId, MANAGER,
+    PAGE_SIZE,
 };
 
 /// Application nodes, ids `1..=NODES` (node 0 is the manager).
@@ -225,6 +226,9 @@ struct Stats {
     sent_while_releasing: u64,
     /// Deliveries per message kind (see [`kind`]).
     kinds: [u64; KINDS.len()],
+    /// Manager restarts, and the messages to or from it they dropped.
+    restarts: u64,
+    dropped: u64,
     steps: u64,
 }
 
@@ -278,6 +282,8 @@ struct Params {
     detach_per_mille: u64,
     /// Share of accesses that are writes.
     write_per_mille: u64,
+    /// The manager restarts every this many deliveries.
+    restart_every: u64,
 }
 
 struct Sim {
@@ -303,6 +309,12 @@ struct Sim {
     /// Whether threads still start new accesses (false while draining).
     generating: bool,
     stats: Stats,
+    /// The home's bytes as the nameserver keeps them on disk, per global
+    /// page (written when the home takes a page; kept when it gives it).
+    disk: Vec<Payload>,
+    /// Deliveries of messages dropped by a restart (never delivered).
+    dropped: HashSet<u64>,
+    next_restart: u64,
 }
 
 impl Sim {
@@ -314,8 +326,10 @@ impl Sim {
             max_slow: [50, 300, 2000][rng.below(3) as usize],
             detach_per_mille: [1, 3, 20][rng.below(3) as usize],
             write_per_mille: [200, 400, 700][rng.below(3) as usize],
+            restart_every: [15_000, 30_000, 45_000][rng.below(3) as usize],
         };
         let mut manager = Manager::new();
+        manager.track_changes();
         let mut pages = Vec::new();
         let mut seg_base = Vec::new();
         for (si, &(seg, npages)) in SEGMENTS.iter().enumerate() {
@@ -358,7 +372,12 @@ impl Sim {
             max_delivered: 0,
             generating: true,
             stats: Stats::default(),
+            disk: Vec::new(),
+            dropped: HashSet::new(),
+            next_restart: 0,
         };
+        sim.disk = vec![Payload::Zero; sim.pages.len()];
+        sim.next_restart = sim.params.restart_every;
         for node in 0..NODES {
             for thread in 0..THREADS {
                 sim.schedule_app(node, thread);
@@ -413,6 +432,9 @@ impl Sim {
     fn step(&mut self) -> bool {
         let Some(Reverse((at, seq, event))) = self.events.pop() else { return false };
         assert!(at >= self.now, "the clock went back");
+        if self.dropped.remove(&seq) {
+            return true;
+        }
         self.now = at;
         self.stats.steps += 1;
         let stepped = match event {
@@ -452,6 +474,11 @@ impl Sim {
             }
         }
         self.check(stepped);
+        if self.generating && self.stats.deliveries >= self.next_restart {
+            self.next_restart += self.params.restart_every;
+            self.restart();
+            self.check(None);
+        }
         true
     }
 
@@ -474,6 +501,7 @@ impl Sim {
             if let Err(e) = self.manager.handle(from, msg, &mut out) {
                 panic!("manager rejected a message from {from} about {what:?} at {}: {e}", self.now);
             }
+            self.persist();
             for action in out {
                 match action {
                     Action::Send { to, msg } => self.send(MANAGER, to, msg),
@@ -487,6 +515,69 @@ impl Sim {
             }
             self.apply(node, out);
         }
+    }
+
+    /// What the nameserver writes to its state directory after each
+    /// message: the bytes of pages the home took.
+    fn persist(&mut self) {
+        for (seg, page) in self.manager.take_dirty() {
+            if let Some((HomeState::Home { .. } | HomeState::Given { .. }, Some(bytes))) =
+                self.manager.home_state(seg, page)
+            {
+                let gp = self.global_page(seg, page);
+                self.disk[gp] = bytes.clone();
+            }
+        }
+    }
+
+    /// The nameserver dies and starts again from its state directory:
+    /// every message to or from it on its way is lost; a new manager
+    /// restores the pages' states and the home's bytes as on disk, every
+    /// node sends its `Rejoin` report, and the manager rebuilds.
+    fn restart(&mut self) {
+        for i in 0..=NODES {
+            for idx in [i * (NODES + 1), i] {
+                for (seq, _) in self.links[idx].queue.drain(..) {
+                    self.dropped.insert(seq);
+                    self.stats.dropped += 1;
+                }
+            }
+        }
+        let mut manager = Manager::new();
+        manager.track_changes();
+        for (si, &(seg, npages)) in SEGMENTS.iter().enumerate() {
+            let pages = (0..npages)
+                .map(|page| {
+                    let (st, _) = self.manager.home_state(seg, page).expect("page");
+                    (st, self.disk[self.seg_base[si] + page as usize].clone())
+                })
+                .collect();
+            manager.restore(seg, pages);
+        }
+        self.manager = manager;
+        if self.trace {
+            eprintln!("{:>8} the manager restarts", self.now);
+        }
+        let mut reports = Vec::new();
+        for (i, n) in self.nodes.iter().enumerate() {
+            let mut r = n.proto.rejoin();
+            for p in r.iter_mut() {
+                if let Some((payload, _, _)) = p.releasing.as_mut() {
+                    *payload = encode(n.memory[self.global_page(p.seg, p.page)]);
+                }
+            }
+            reports.push((i as NodeId + 1, r));
+        }
+        let mut out = Vec::new();
+        self.manager.rebuild(reports, &[], &mut out);
+        self.persist();
+        for action in out {
+            match action {
+                Action::Send { to, msg } => self.send(MANAGER, to, msg),
+                other => panic!("manager asked for {other:?}"),
+            }
+        }
+        self.stats.restarts += 1;
     }
 
     /// The driver of node `node`: performs its actions in order.
@@ -721,10 +812,11 @@ impl Sim {
         let base = self.seg_base[si];
         let busy =
             n.threads.iter().flatten().any(|b| (base..base + SEGMENTS[si].1 as usize).contains(&b.page));
-        if n.segs[si] != SegState::Attached || busy {
+        // The runtime's detach waits for requests on their way (a claim).
+        let seg = SEGMENTS[si].0;
+        if n.segs[si] != SegState::Attached || busy || n.proto.any_pending(seg) {
             return;
         }
-        let seg = SEGMENTS[si].0;
         if self.trace {
             eprintln!("{:>8} node {} detaches {seg}", self.now, node + 1);
         }
@@ -901,6 +993,7 @@ fn run_seed(seed: u64, trace: bool) -> (Params, Stats) {
     assert!(s.deferrals > 0 && s.timers > 0, "no Fetch/Invalidate was deferred: {s:?}");
     assert!(s.refaults > 0, "no writer woken by a read grant: {s:?}");
     assert!(s.detaches > 0 && s.reattaches > 0, "no detach/re-attach: {s:?}");
+    assert!(s.restarts > 0, "the manager never restarted: {s:?}");
     assert!(s.blocked * 10 > s.reads + s.writes, "too little contention: {s:?}");
     for (k, name) in KINDS.iter().enumerate() {
         assert!(RARE.contains(name) || s.kinds[k] > 0, "no {name} was ever sent: {s:?}");
@@ -937,7 +1030,7 @@ fn simulated_cluster_is_coherent() {
                     Ok((p, s)) => eprintln!(
                         "seed {seed}: {} deliveries ({} overtaking), {} steps, {} reads, {} writes, \
                          {} blocked ({} refaults, longest {}), {} deferrals, {} detaches \
-                         ({} pages sent while releasing); {p:?}",
+                         ({} pages sent while releasing), {} restarts ({} messages dropped); {p:?}",
                         s.deliveries,
                         s.overtaken,
                         s.steps,
@@ -949,6 +1042,8 @@ fn simulated_cluster_is_coherent() {
                         s.deferrals,
                         s.detaches,
                         s.sent_while_releasing,
+                        s.restarts,
+                        s.dropped,
                     ),
                     Err(e) => {
                         let msg = e
@@ -996,8 +1091,8 @@ mod scenarios {
         CoherenceMsg::Invalidate { seg: SEG, page, ack_to, version }
     }
 
-    fn ack(page: u32) -> CoherenceMsg {
-        CoherenceMsg::InvAck { seg: SEG, page }
+    fn ack(page: u32, version: u64) -> CoherenceMsg {
+        CoherenceMsg::InvAck { seg: SEG, page, version }
     }
 
     fn fetch(page: u32, to: NodeId, write: bool) -> CoherenceMsg {
@@ -1133,12 +1228,14 @@ mod scenarios {
         for reader in [&mut n1, &mut n2] {
             assert_eq!(
                 at_node(reader, MANAGER, inval(0, 3, 1), 100),
-                vec![access(0, Access::Invalid), send(3, ack(0))]
+                vec![access(0, Access::Invalid), send(3, ack(0, 1))]
             );
         }
-        assert!(at_node(&mut n3, 1, ack(0), 101).is_empty());
+        assert!(at_node(&mut n3, 1, ack(0, 1), 101).is_empty());
         assert_eq!(n3.access(SEG, 0), Access::Invalid);
-        assert_eq!(at_node(&mut n3, 2, ack(0), 102), vec![access(0, Access::Write)]);
+        // An acknowledgement of another write does not count.
+        assert!(at_node(&mut n3, 2, ack(0, 7), 102).is_empty());
+        assert_eq!(at_node(&mut n3, 2, ack(0, 1), 102), vec![access(0, Access::Write)]);
         assert!(n3.is_owner(SEG, 0));
         assert_eq!(m.holders(SEG, 0).unwrap().owner, Some(3));
     }
@@ -1176,8 +1273,11 @@ mod scenarios {
         assert_eq!(n2.access(SEG, 0), Access::Read);
         // The owner writes again: it invalidates node 2 itself, no manager.
         assert_eq!(fault(&mut n1, 0, true, 4), (false, vec![send(2, inval(0, 1, 2))]));
-        assert_eq!(at_node(&mut n2, 1, inval(0, 1, 2), 5), vec![access(0, Access::Invalid), send(1, ack(0))]);
-        assert_eq!(at_node(&mut n1, 2, ack(0), 6), vec![access(0, Access::Write)]);
+        assert_eq!(
+            at_node(&mut n2, 1, inval(0, 1, 2), 5),
+            vec![access(0, Access::Invalid), send(1, ack(0, 2))]
+        );
+        assert_eq!(at_node(&mut n1, 2, ack(0, 2), 6), vec![access(0, Access::Write)]);
         // With no copy out, an upgrade costs no message at all.
         let mut m2 = manager();
         let mut n3 = node(3, 0);
@@ -1314,7 +1414,7 @@ mod scenarios {
         assert_eq!(n1.access(SEG, 0), Access::Read);
         let mut out = Vec::new();
         n1.handle_timeout(110, &mut out).unwrap();
-        assert_eq!(out, vec![access(0, Access::Invalid), send(2, ack(0))]);
+        assert_eq!(out, vec![access(0, Access::Invalid), send(2, ack(0, 1))]);
     }
 
     #[test]
@@ -1335,7 +1435,9 @@ mod scenarios {
         assert_eq!(n1.handle(MANAGER, fetch(0, 2, false), 0, &mut out).map_err(|_| ()), Err(()));
         let stranger = CoherenceMsg::Fetch { seg: 99, page: 0, to: 2, write: false };
         assert_eq!(n1.handle(MANAGER, stranger, 0, &mut out), Err(ProtocolError::UnknownSegment(99)));
-        assert!(n1.handle(MANAGER, ack(0), 0, &mut out).is_err());
+        // A late or second acknowledgement (after a restart of the
+        // manager) is ignored.
+        assert!(n1.handle(MANAGER, ack(0, 1), 0, &mut out).is_ok());
         // A `Released` with no release outstanding is a second answer after
         // a death (the manager answers for a dead owner): ignored.
         assert!(n1.handle(MANAGER, CoherenceMsg::Released { seg: SEG, page: 0 }, 0, &mut out).is_ok());
@@ -1361,9 +1463,15 @@ mod scenarios {
             assert_eq!(n1.handle(MANAGER, bad, 0, &mut out), Err(ProtocolError::BadPayload(len)));
         }
         assert!(n1.is_pending(SEG, 0));
-        // Data never asked for (a duplicate answer) changes nothing.
-        assert_eq!(n1.handle(MANAGER, data(1, false, vec![], 0), 0, &mut out), Ok(()));
+        // A read copy never asked for (a second answer, after a restart of
+        // the manager) older than an invalidation changes nothing; a
+        // current one is kept (its sender counts this node a reader).
+        n1.handle(2, inval(1, 2, 3), 0, &mut out).unwrap();
+        out.clear();
+        assert_eq!(n1.handle(MANAGER, data(1, false, vec![], 2), 0, &mut out), Ok(()));
         assert!(out.is_empty() && n1.access(SEG, 1) == Access::Invalid);
+        assert_eq!(n1.handle(MANAGER, data(1, false, vec![], 3), 0, &mut out), Ok(()));
+        assert_eq!(n1.access(SEG, 1), Access::Read);
 
         // Manager side.
         let mut out = Vec::new();
@@ -1481,7 +1589,7 @@ mod scenarios {
         at_node(&mut n2, MANAGER, inval(0, 3, 2), 300);
         let out = at_node(&mut n3, MANAGER, data(0, true, vec![2], 2), 300);
         assert!(!out.contains(&access(0, Access::Write)), "waits for n2's acknowledgement");
-        let out = at_node(&mut n3, 2, ack(0), 300);
+        let out = at_node(&mut n3, 2, ack(0, 2), 300);
         assert!(out.contains(&access(0, Access::Write)));
     }
 

@@ -41,6 +41,9 @@ struct HomePage {
     /// The page left the home by a grant to this node, and the home's
     /// bytes (on disk) are those it gave (see [`HomeState::Given`]).
     given: Option<NodeId>,
+    /// When `given` from a release that reached the manager after the
+    /// page was designated (`stash`): its bytes, for the disk.
+    given_bytes: Option<Payload>,
     /// After a restart, until [`Manager::rebuild`]: the state on disk and
     /// the home's bytes.
     restored: Option<(HomeState, Payload)>,
@@ -59,6 +62,7 @@ impl HomePage {
             parked: Vec::new(),
             dropping: Vec::new(),
             given: None,
+            given_bytes: None,
             restored: None,
         }
     }
@@ -152,7 +156,7 @@ impl Manager {
         }
         Some(match (&p.owner, &p.home) {
             (Some(_), _) => match p.given {
-                Some(to) => (HomeState::Given { version, to }, None),
+                Some(to) => (HomeState::Given { version, to }, p.given_bytes.as_ref()),
                 None => (HomeState::Away { version }, None),
             },
             (None, Some(h)) => (HomeState::Home { version, zero: *h == Payload::Zero }, Some(h)),
@@ -204,13 +208,27 @@ impl Manager {
         let mut by_page: HashMap<(SegId, PageIdx), Vec<(NodeId, PageReport)>> = HashMap::new();
         for (node, rejoin) in reports {
             for r in rejoin {
-                if self.check(r.seg, r.page).is_ok() {
+                // Impossible entries (a page outside its segment, a short
+                // payload, a version at its limit) are left out, with a line.
+                let versions = [r.owns, r.copy, r.gave.map(|g| g.1), r.releasing.as_ref().map(|x| x.2)];
+                let sound = self.check(r.seg, r.page).is_ok()
+                    && versions.iter().flatten().all(|&v| check_version(v).is_ok())
+                    && r.releasing.as_ref().is_none_or(|x| check_payload(&x.0).is_ok());
+                if sound {
                     by_page.entry((r.seg, r.page)).or_default().push((node, r));
+                } else {
+                    tracing::warn!(
+                        node,
+                        seg = r.seg,
+                        page = r.page,
+                        "impossible entry in a rejoin report ignored"
+                    );
                 }
             }
         }
         let mut lost: BTreeMap<SegId, usize> = BTreeMap::new();
-        let segs: Vec<SegId> = self.segs.keys().copied().collect();
+        let mut segs: Vec<SegId> = self.segs.keys().copied().collect();
+        segs.sort_unstable();
         for seg in segs {
             let n = self.segs[&seg].len() as PageIdx;
             for page in 0..n {
@@ -428,6 +446,7 @@ impl Manager {
                     if p.owner == Some(from) {
                         p.owner = None;
                         p.given = None;
+                        p.given_bytes = None;
                         p.chain.clear();
                         p.home = Some(payload);
                         p.readers = copyset;
@@ -457,7 +476,12 @@ impl Manager {
                         .position(|s| s.0 == from)
                         .ok_or(ProtocolError::Unexpected("Bounce of a write without a release"))?;
                     let (_, payload, copyset, version) = p.stash.swap_remove(i);
-                    grant_write(seg, page, to, copyset, payload, version + 1, out);
+                    grant_write(seg, page, to, copyset, payload.clone(), version + 1, out);
+                    // Given from here as from the home: kept on disk until
+                    // `to` has it.
+                    p.version = version;
+                    p.given = Some(to);
+                    p.given_bytes = Some(payload);
                     Ok(())
                 }
                 CoherenceMsg::DropReader { node, .. } => {
@@ -498,6 +522,7 @@ fn claim(
         p.home = None;
         p.owner = Some(from);
         p.given = Some(from);
+        p.given_bytes = None;
         p.chain = vec![from];
         p.dropping.retain(|&(_, r)| r != from);
         versions.push(p.version + 1);
@@ -548,6 +573,11 @@ fn request(
         return Ok(()); // Nobody to answer.
     }
     p.dropping.retain(|&(_, r)| r != from);
+    if p.owner == Some(from) && !write {
+        // A read asked twice (after a death or a restart) whose first
+        // answer came: the node has since been designated the writer.
+        return Ok(());
+    }
     if p.suspect > 0 {
         // After a death, until the page is recovered.
         if p.owner == Some(from) {
@@ -601,6 +631,7 @@ fn request(
     grant_write(seg, page, from, readers, home, p.version + 1, out);
     p.owner = Some(from);
     p.given = Some(from);
+    p.given_bytes = None;
     p.chain = vec![from];
     Ok(())
 }
@@ -676,10 +707,12 @@ fn recover(
                 grant_write(seg, page, to, holders, payload, version + 1, out);
                 p.chain = rest;
                 p.given = None;
+                p.given_bytes = None;
             }
             None => {
                 p.owner = None;
                 p.given = None;
+                p.given_bytes = None;
                 p.home = Some(payload);
                 p.version = version;
                 p.readers = holders;
@@ -700,6 +733,7 @@ fn recover(
     }
     p.owner = None;
     p.given = None;
+    p.given_bytes = None;
     p.home = None;
     p.readers.clear();
     p.chain.clear();
@@ -745,13 +779,40 @@ fn rebuild_page(
     let writing = |n: NodeId| get(n).is_some_and(|r| r.writing);
     let holder =
         es.iter().filter_map(|(n, r)| r.owns.or(r.releasing.as_ref().map(|x| x.2)).map(|v| (v, *n))).max();
-    let inflight = es.iter().filter_map(|(_, r)| r.gave).filter(|&(to, _)| writing(to)).max_by_key(|g| g.1);
+    // A hand-over on its way gives a version newer than any copy (the
+    // giver invalidated them at that version); an older one is history.
+    let held = es
+        .iter()
+        .map(|(_, r)| r.owns.max(r.copy).max(r.releasing.as_ref().map(|x| x.2)).unwrap_or(0))
+        .max()
+        .unwrap_or(0);
+    let heard = es.iter().map(|(_, r)| r.known).max().unwrap_or(0);
+    let inflight = es
+        .iter()
+        .filter_map(|(_, r)| r.gave)
+        .filter(|&(to, v)| writing(to) && v > held && v >= heard)
+        .max_by_key(|g| g.1);
     let head = match (holder, inflight) {
         (Some((hv, h)), Some((to, v))) => Some(if v > hv { to } else { h }),
         (Some((_, h)), None) => Some(h),
         (None, Some((to, _))) => Some(to),
         (None, None) => None,
     };
+    // Copies older than the head's version are invalidated (again: the
+    // manager's own `Invalidate`s of a grant from the home were lost with
+    // it; a node acknowledges twice, harmlessly).
+    let head_version = head.map(|h| {
+        let own = get(h).and_then(|r| r.owns.or(r.releasing.as_ref().map(|x| x.2)));
+        own.or(inflight.filter(|g| g.0 == h).map(|g| g.1)).unwrap_or(0)
+    });
+    if let (Some(h), Some(v)) = (head, head_version) {
+        for (n, r) in es {
+            // A reader giving its copy back acknowledges too.
+            if *n != h && (r.copy.is_some_and(|c| c < v) || r.dropping) {
+                send(out, *n, CoherenceMsg::Invalidate { seg, page, ack_to: h, version: v });
+            }
+        }
+    }
     let mut chain = Vec::new();
     let mut ok = true;
     match head.map(|h| (h, get(h).and_then(|r| r.releasing.clone()))) {
@@ -780,6 +841,7 @@ fn rebuild_page(
             p.home = None;
             p.owner = chain.last().copied();
             p.given = None;
+            p.given_bytes = None;
         }
         None => {
             let known = es

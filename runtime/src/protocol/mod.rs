@@ -155,8 +155,11 @@ pub enum CoherenceMsg {
     /// → reader: drop your copy (the page is at `version` now);
     /// acknowledge to `ack_to`.
     Invalidate { seg: SegId, page: PageIdx, ack_to: NodeId, version: u64 },
-    /// reader → new writer.
-    InvAck { seg: SegId, page: PageIdx },
+    /// reader → new writer: the copy is dropped, for the `Invalidate` of
+    /// this version (a restarted manager invalidates again, so one copy
+    /// can be acknowledged twice; only the version tells which write an
+    /// acknowledgement is for).
+    InvAck { seg: SegId, page: PageIdx, version: u64 },
     /// node → manager: the node gives up the page (detach, exit); an owner
     /// sends (bytes, copyset, version).
     Release { seg: SegId, page: PageIdx, owned: Option<(Payload, Vec<NodeId>, u64)> },
@@ -182,7 +185,7 @@ impl CoherenceMsg {
             | CoherenceMsg::Grant { seg, page, .. }
             | CoherenceMsg::Data { seg, page, .. }
             | CoherenceMsg::Invalidate { seg, page, .. }
-            | CoherenceMsg::InvAck { seg, page }
+            | CoherenceMsg::InvAck { seg, page, .. }
             | CoherenceMsg::Release { seg, page, .. }
             | CoherenceMsg::DropReader { seg, page, .. }
             | CoherenceMsg::Bounce { seg, page, .. }

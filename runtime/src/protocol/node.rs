@@ -12,7 +12,8 @@ struct Pending {
     /// The nodes whose invalidation acknowledgements a write waits for.
     acks_needed: Option<Vec<NodeId>>,
     /// Acknowledgements received (they may come before the list).
-    acks_got: Vec<NodeId>,
+    /// (node, version of the invalidation it acknowledged).
+    acks_got: Vec<(NodeId, u64)>,
     /// The version the page will have (write) or was served at (read).
     version: u64,
     /// Who sent the bytes (the owner, for a read).
@@ -419,12 +420,21 @@ impl NodeProtocol {
                 return Ok(());
             }
         }
-        if let CoherenceMsg::Released { .. } = msg {
-            if !self.segs.contains_key(&seg) {
-                // A second answer to a release (the manager answers for an
-                // owner that left after answering itself) after this node
-                // forgot the segment.
-                return Ok(());
+        if !self.segs.contains_key(&seg) {
+            match msg {
+                // This node detached the segment and holds no copy. What
+                // still comes was sent twice (the manager answers a release
+                // for an owner that left after answering itself; a
+                // restarted manager invalidates and asks again): an
+                // invalidation is acknowledged, the rest is late.
+                CoherenceMsg::Invalidate { ack_to, version, .. } => {
+                    out.push(Action::Send { to: ack_to, msg: CoherenceMsg::InvAck { seg, page, version } });
+                    return Ok(());
+                }
+                CoherenceMsg::Released { .. }
+                | CoherenceMsg::Data { write: false, .. }
+                | CoherenceMsg::InvAck { .. } => return Ok(()),
+                _ => {}
             }
         }
         if let CoherenceMsg::Claimed { count, versions, .. } = msg {
@@ -470,9 +480,22 @@ impl NodeProtocol {
                 super::check_version(version)?;
                 let Some(pend) = p.pending.as_mut().filter(|p| !p.have_data && p.write == write) else {
                     // A duplicate answer to a read request that was sent
-                    // again after its first addressee went away: nothing
-                    // to do (a copy of an older version is never installed
-                    // once this node has been invalidated since).
+                    // again (after a death or a restart of the manager).
+                    // A copy of an older version is never installed once
+                    // this node has been invalidated since. A current one
+                    // is, unless this node is reading or claiming: its
+                    // sender counts it a reader now, and may answer a
+                    // later write request of it with `Grant` (no bytes).
+                    let other = p.pending.as_ref().is_some_and(|q| !q.write || q.claim || q.have_data);
+                    let current = version >= p.inval_version && version >= p.version;
+                    if !write && !other && current && p.access == Access::Invalid && !p.owner && !p.releasing
+                    {
+                        p.version = version;
+                        p.hint = Some(from);
+                        p.hold_until = cx.now + cx.hold;
+                        cx.out.push(Action::Install { seg, page, payload });
+                        cx.set_access(p, Access::Read);
+                    }
                     return Ok(());
                 };
                 if !pend.write && version < p.inval_version {
@@ -491,12 +514,15 @@ impl NodeProtocol {
                 cx.out.push(Action::Install { seg, page, payload });
                 complete(p, &mut cx, waiting)
             }
-            CoherenceMsg::InvAck { .. } => {
-                let pend = p.pending.as_mut().ok_or(ProtocolError::Unexpected("InvAck"))?;
-                if !pend.write || pend.acks_got.contains(&from) {
-                    return Err(ProtocolError::Unexpected("InvAck"));
+            CoherenceMsg::InvAck { version, .. } => {
+                // A second acknowledgement (a restarted manager invalidates
+                // the copies it finds older than the page again), or one
+                // for an earlier write, changes nothing.
+                let Some(pend) = p.pending.as_mut().filter(|q| q.write) else { return Ok(()) };
+                if pend.acks_got.contains(&(from, version)) {
+                    return Ok(());
                 }
-                pend.acks_got.push(from);
+                pend.acks_got.push((from, version));
                 complete(p, &mut cx, waiting)
             }
             CoherenceMsg::Released { .. } => {
@@ -674,6 +700,7 @@ impl NodeProtocol {
                 }
             }
         }
+        v.sort_unstable_by_key(|r| (r.seg, r.page));
         v
     }
 
@@ -873,13 +900,19 @@ fn invalidate(p: &mut NodePage, cx: &mut Ctx, msg: CoherenceMsg) -> Result<(), P
     let CoherenceMsg::Invalidate { ack_to, version, .. } = msg else {
         return Err(ProtocolError::Unexpected("invalidate"));
     };
+    if (p.owner || p.access != Access::Invalid) && p.version >= version {
+        // Not older than the version it names: sent again after a restart
+        // of the manager, this copy is newer than the one it was meant for.
+        cx.send(ack_to, CoherenceMsg::InvAck { seg: cx.seg, page: cx.page, version });
+        return Ok(());
+    }
     if p.owner {
         return Err(ProtocolError::Unexpected("Invalidate at the owner"));
     }
     p.inval_version = p.inval_version.max(version);
     cx.set_access(p, Access::Invalid);
     p.hint = Some(ack_to);
-    cx.send(ack_to, CoherenceMsg::InvAck { seg: cx.seg, page: cx.page });
+    cx.send(ack_to, CoherenceMsg::InvAck { seg: cx.seg, page: cx.page, version });
     Ok(())
 }
 
@@ -891,10 +924,9 @@ fn complete(
 ) -> Result<(), ProtocolError> {
     let Some(pend) = p.pending.as_ref() else { return Ok(()) };
     let Some(needed) = pend.acks_needed.as_ref() else { return Ok(()) };
-    if pend.acks_got.iter().any(|n| !needed.contains(n)) {
-        return Err(ProtocolError::Unexpected("InvAck from a node that was not invalidated"));
-    }
-    let acked = |n: &NodeId| pend.acks_got.contains(n) || cx.dead.contains(n);
+    // Acknowledgements from nodes not in `needed` (invalidated again after
+    // a restart of the manager) do not count.
+    let acked = |n: &NodeId| pend.acks_got.contains(&(*n, pend.version)) || cx.dead.contains(n);
     if !pend.have_data || !needed.iter().all(acked) {
         return Ok(());
     }
