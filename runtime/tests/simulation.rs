@@ -549,6 +549,9 @@ impl Sim {
             let pages = (0..npages)
                 .map(|page| {
                     let (st, _) = self.manager.home_state(seg, page).expect("page");
+                    if self.trace {
+                        eprintln!("{:>8} restored {seg}/{page}: {st:?}", self.now);
+                    }
                     (st, self.disk[self.seg_base[si] + page as usize].clone())
                 })
                 .collect();
@@ -564,6 +567,11 @@ impl Sim {
             for p in r.iter_mut() {
                 if let Some((payload, _, _)) = p.releasing.as_mut() {
                     *payload = encode(n.memory[self.global_page(p.seg, p.page)]);
+                }
+            }
+            if self.trace {
+                for p in &r {
+                    eprintln!("{:>8} node {} rejoins: {p:?}", self.now, i + 1);
                 }
             }
             reports.push((i as NodeId + 1, r));

@@ -452,6 +452,16 @@ impl Manager {
                         p.readers = copyset;
                         p.version = version;
                     } else {
+                        // Designated to the next writer meanwhile: it is
+                        // served from here when `from` bounces the `Fetch`
+                        // back. Kept on disk as given to it until then.
+                        if let Some(to) =
+                            p.chain.iter().rposition(|&n| n == from).and_then(|i| p.chain.get(i + 1))
+                        {
+                            p.given = Some(*to);
+                            p.given_bytes = Some(payload.clone());
+                            p.version = version;
+                        }
                         p.stash.push((from, payload, copyset, version));
                     }
                     send(out, from, CoherenceMsg::Released { seg, page });
@@ -790,7 +800,7 @@ fn rebuild_page(
     let inflight = es
         .iter()
         .filter_map(|(_, r)| r.gave)
-        .filter(|&(to, v)| writing(to) && v > held && v >= heard)
+        .filter(|&(to, v)| writing(to) && get(to).is_some_and(|r| r.known < v) && v > held && v >= heard)
         .max_by_key(|g| g.1);
     let head = match (holder, inflight) {
         (Some((hv, h)), Some((to, v))) => Some(if v > hv { to } else { h }),
@@ -855,8 +865,10 @@ fn rebuild_page(
                 // and no node heard of a newer version.
                 None => {}
                 Some((HomeState::Home { .. }, payload)) => p.home = Some(payload),
+                // (The grant's own invalidations name `version + 1`.)
                 Some((HomeState::Given { version, to }, payload))
-                    if known <= version && get(to).is_some_and(|r| r.writing || r.claiming) =>
+                    if known <= version + 1
+                        && get(to).is_some_and(|r| (r.writing || r.claiming) && r.known <= version) =>
                 {
                     p.home = Some(payload);
                     p.version = version;

@@ -100,7 +100,14 @@ pub struct NodeProtocol {
     /// Pages this node was asked to hand to a node that died, and kept:
     /// (dead node, segment, page), for the report about it.
     kept: Vec<(NodeId, SegId, PageIdx)>,
+    /// The last hand-overs of pages of segments this node detached since
+    /// (at most [`GAVE_KEPT`]): the bytes may still be on their way when
+    /// the manager restarts, and only this node can tell.
+    gave_gone: VecDeque<(SegId, PageIdx, NodeId, u64)>,
 }
+
+/// How many hand-overs of detached segments a node remembers.
+const GAVE_KEPT: usize = 4096;
 
 /// A page, its handlers' context, and the set of pages with work waiting.
 type Parts<'a> = (&'a mut NodePage, Ctx<'a>, &'a mut BTreeSet<(SegId, PageIdx)>);
@@ -154,6 +161,7 @@ impl NodeProtocol {
             waiting: BTreeSet::new(),
             dead: BTreeSet::new(),
             kept: Vec::new(),
+            gave_gone: VecDeque::new(),
         }
     }
 
@@ -170,7 +178,16 @@ impl NodeProtocol {
 
     /// Stops tracking a segment whose pages were all released.
     pub fn forget(&mut self, seg: SegId) {
-        self.segs.remove(&seg);
+        if let Some(set) = self.segs.remove(&seg) {
+            for (i, p) in set.pages.iter().enumerate() {
+                if let Some((to, v)) = p.gave {
+                    self.gave_gone.push_back((seg, i as PageIdx, to, v));
+                }
+            }
+            while self.gave_gone.len() > GAVE_KEPT {
+                self.gave_gone.pop_front();
+            }
+        }
         self.waiting.retain(|&(s, _)| s != seg);
     }
 
@@ -697,6 +714,18 @@ impl NodeProtocol {
                     && r.gave.is_none();
                 if !quiet {
                     v.push(r);
+                }
+            }
+        }
+        for &(seg, page, to, version) in &self.gave_gone {
+            match v.iter_mut().find(|r| r.seg == seg && r.page == page) {
+                Some(r) => {
+                    if r.gave.is_none_or(|g| g.1 < version) {
+                        r.gave = Some((to, version));
+                    }
+                }
+                None => {
+                    v.push(super::PageReport { seg, page, gave: Some((to, version)), ..Default::default() })
                 }
             }
         }
