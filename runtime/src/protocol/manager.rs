@@ -816,11 +816,16 @@ fn rebuild_page(
         own.or(inflight.filter(|g| g.0 == h).map(|g| g.1)).unwrap_or(0)
     });
     if let (Some(h), Some(v)) = (head, head_version) {
+        let mut to: BTreeSet<NodeId> =
+            get(h).map(|r| r.awaiting.iter().copied().collect()).unwrap_or_default();
         for (n, r) in es {
             // A reader giving its copy back acknowledges too.
-            if *n != h && (r.copy.is_some_and(|c| c < v) || r.dropping) {
-                send(out, *n, CoherenceMsg::Invalidate { seg, page, ack_to: h, version: v });
+            if r.copy.is_some_and(|c| c < v) || r.dropping {
+                to.insert(*n);
             }
+        }
+        for n in to.into_iter().filter(|&n| n != h && n != MANAGER && !dead.contains(&n)) {
+            send(out, n, CoherenceMsg::Invalidate { seg, page, ack_to: h, version: v });
         }
     }
     let mut chain = Vec::new();

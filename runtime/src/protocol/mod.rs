@@ -255,6 +255,9 @@ pub struct PageReport {
     pub handoffs: Vec<NodeId>,
     /// Its last hand-over to a writer: (to, the version it gave).
     pub gave: Option<(NodeId, u64)>,
+    /// It has the bytes of its write and waits for these nodes to
+    /// acknowledge their invalidation (the manager's were lost with it).
+    pub awaiting: Vec<NodeId>,
     /// The highest version of the page this node has heard of.
     pub known: u64,
 }

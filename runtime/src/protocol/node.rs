@@ -695,6 +695,10 @@ impl NodeProtocol {
                 } else if p.access == Access::Read {
                     r.copy = Some(p.version);
                 }
+                if let Some(q) = pend.filter(|q| q.write && q.have_data) {
+                    let got = |n: &NodeId| q.acks_got.contains(&(*n, q.version)) || self.dead.contains(n);
+                    r.awaiting = q.acks_needed.iter().flatten().filter(|n| !got(n)).copied().collect();
+                }
                 match pend {
                     Some(q) if q.write && q.have_data && !p.owner => r.owns = Some(q.version),
                     Some(q) if q.claim && !q.have_data => r.claiming = true,
