@@ -661,6 +661,10 @@ struct ReadAhead {
 
 const STREAMS: usize = 4;
 
+/// Most messages taken from the inbound queue before their actions are
+/// applied together.
+const INBOUND_BATCH: usize = 128;
+
 /// The most pages asked for together with a faulting one because they left
 /// this node with it (see `NodeProtocol::group`): a grid row of up to 16 KiB.
 /// `KDIPC_READAHEAD=0` turns groups off too (one page per fault).
@@ -711,8 +715,14 @@ impl Segment {
 
     /// Sets the program's access to a page in every view.
     fn protect(&self, page: PageIdx, access: Access) {
+        self.protect_range(page, 1, access);
+    }
+
+    /// Sets the program's access to `count` pages from `page` on, in every
+    /// view, with one `mprotect` per view.
+    fn protect_range(&self, page: PageIdx, count: u32, access: Access) {
         for v in &self.views {
-            protect_view(v, page, access);
+            protect_view(v, page, count, access);
         }
     }
 
@@ -741,17 +751,18 @@ impl Segment {
     }
 }
 
-fn protect_view(v: &View, page: PageIdx, access: Access) {
+fn protect_view(v: &View, page: PageIdx, count: u32, access: Access) {
     let prot = match access {
         Access::Invalid => libc::PROT_NONE,
         Access::Read => libc::PROT_READ,
         Access::Write if v.readonly => libc::PROT_READ,
         Access::Write => libc::PROT_READ | libc::PROT_WRITE,
     };
-    // SAFETY: the view is mapped (it is in the table) and the page is
-    // inside it; changing its protection affects only our mapping.
-    let r =
-        unsafe { libc::mprotect((v.addr + page as usize * PAGE_SIZE) as *mut libc::c_void, PAGE_SIZE, prot) };
+    let (addr, len) = (v.addr + page as usize * PAGE_SIZE, count as usize * PAGE_SIZE);
+    // SAFETY: the view is mapped (it is in the table) and the pages are
+    // inside it (the protocol checked them against the segment's size);
+    // changing their protection affects only our mapping.
+    let r = unsafe { libc::mprotect(addr as *mut libc::c_void, len, prot) };
     if r != 0 {
         error!("mprotect failed: {}", std::io::Error::last_os_error());
     }
@@ -797,6 +808,14 @@ struct State {
 
 type Shared = Rc<RefCell<State>>;
 
+/// Neighbouring pages to open together (see [`State::apply`]): `first..=last`.
+struct OpenRun {
+    seg: SegId,
+    first: PageIdx,
+    last: PageIdx,
+    access: Access,
+}
+
 impl State {
     fn now(&self) -> u64 {
         self.started.elapsed().as_micros() as u64
@@ -821,38 +840,85 @@ impl State {
         rx
     }
 
+    /// Carries out the protocol's actions, in order, except that the
+    /// `mprotect`s of neighbouring pages are made in one call: a run of
+    /// openings (`SetAccess` to read or write, interleaved with the
+    /// `Install`s of other pages, as a batch of `Data` gives them) is
+    /// opened at once before its threads wake; a run of revocations, or of
+    /// `SendPage`s (an owner serving a read-ahead), is revoked at once
+    /// before any of its pages is read or anything is sent. Each call
+    /// changes the protection of one range, so the program's threads take
+    /// one TLB shoot-down per run instead of one per page. Opening later
+    /// or revoking earlier than the protocol did is safe: the protocol's
+    /// state is already the one after the actions, a thread that faults
+    /// meanwhile is served from it after this returns, and a page never
+    /// appears twice in a run (runs are strictly ascending).
     fn apply(&mut self, actions: &mut Vec<Action>) {
-        for a in actions.drain(..) {
+        let mut it = std::mem::take(actions).into_iter().peekable();
+        let mut open: Option<OpenRun> = None;
+        while let Some(a) = it.next() {
             match a {
                 Action::Send { to, msg } => self.transport.send(to, Msg::Coherence(msg)),
-                Action::SetAccess { seg, page, access } => {
-                    let Some(s) = self.segs.get(&seg) else { continue };
-                    s.protect(page, access);
-                    if access == Access::Invalid {
-                        fault::membarrier();
-                    } else {
-                        self.wake(seg, page, access);
+                Action::SetAccess { seg, page, access: Access::Invalid } => {
+                    self.flush_open(&mut open);
+                    let mut last = page;
+                    while let Some(Action::SetAccess { seg: s, page: p, access: Access::Invalid }) = it.peek()
+                    {
+                        if *s != seg || Some(*p) != last.checked_add(1) {
+                            break;
+                        }
+                        last = *p;
+                        it.next();
                     }
+                    let Some(s) = self.segs.get(&seg) else { continue };
+                    s.protect_range(page, last - page + 1, Access::Invalid);
+                    fault::membarrier();
+                }
+                Action::SetAccess { seg, page, access } => {
+                    if let Some(r) = open.as_mut() {
+                        if r.seg == seg && r.access == access && Some(page) == r.last.checked_add(1) {
+                            r.last = page;
+                            continue;
+                        }
+                    }
+                    self.flush_open(&mut open);
+                    open = Some(OpenRun { seg, first: page, last: page, access });
                 }
                 Action::Install { seg, page, payload } => {
+                    if open.as_ref().is_some_and(|r| r.seg == seg && (r.first..=r.last).contains(&page)) {
+                        self.flush_open(&mut open);
+                    }
                     stats::page_in(seg, if let Payload::Bytes(b) = &payload { b.len() } else { 0 });
                     if let Some(s) = self.segs.get(&seg) {
                         s.write_page(page, &payload);
                     }
                 }
                 Action::SendPage { seg, page, to, acks, version, keep } => {
+                    self.flush_open(&mut open);
+                    let mut run = vec![(page, to, acks, version)];
+                    while let Some(Action::SendPage { seg: s, page: p, keep: k, .. }) = it.peek() {
+                        if *s != seg || *k != keep || Some(*p) != run.last().and_then(|r| r.0.checked_add(1))
+                        {
+                            break;
+                        }
+                        let Some(Action::SendPage { page, to, acks, version, .. }) = it.next() else { break };
+                        run.push((page, to, acks, version));
+                    }
                     let Some(s) = self.segs.get(&seg) else { continue };
-                    s.protect(page, keep);
+                    s.protect_range(page, run.len() as u32, keep);
                     fault::membarrier();
-                    let payload = s.read_page(page);
-                    stats::page_out(seg, if let Payload::Bytes(b) = &payload { b.len() } else { 0 });
-                    // An owner keeps a read copy when it serves a read, none
-                    // when it hands the page to a writer.
-                    let write = keep == Access::Invalid;
-                    let data = CoherenceMsg::Data { seg, page, write, acks, version, payload };
-                    self.transport.send(to, Msg::Coherence(data));
+                    for (page, to, acks, version) in run {
+                        let payload = s.read_page(page);
+                        stats::page_out(seg, if let Payload::Bytes(b) = &payload { b.len() } else { 0 });
+                        // An owner keeps a read copy when it serves a read,
+                        // none when it hands the page to a writer.
+                        let write = keep == Access::Invalid;
+                        let data = CoherenceMsg::Data { seg, page, write, acks, version, payload };
+                        self.transport.send(to, Msg::Coherence(data));
+                    }
                 }
                 Action::ReleasePage { seg, page, copyset, version } => {
+                    self.flush_open(&mut open);
                     let Some(s) = self.segs.get(&seg) else { continue };
                     let bytes = s.read_page(page);
                     stats::page_out(seg, if let Payload::Bytes(b) = &bytes { b.len() } else { 0 });
@@ -871,6 +937,7 @@ impl State {
                     }
                 }
                 Action::Lost { seg, page } => {
+                    self.flush_open(&mut open);
                     error!(seg, page, "page lost: its only current copy died; faulting threads get SIGBUS");
                     for (slot, _) in self.waiters.remove(&(seg, page)).unwrap_or_default() {
                         fault::complete(slot, false);
@@ -880,6 +947,17 @@ impl State {
                     self.wake_at = Some(self.wake_at.map_or(t, |w| w.min(t)));
                 }
             }
+        }
+        self.flush_open(&mut open);
+    }
+
+    /// Opens a run of pages (see [`Self::apply`]) and wakes their threads.
+    fn flush_open(&mut self, open: &mut Option<OpenRun>) {
+        let Some(r) = open.take() else { return };
+        let Some(s) = self.segs.get(&r.seg) else { return };
+        s.protect_range(r.first, r.last - r.first + 1, r.access);
+        for page in r.first..=r.last {
+            self.wake(r.seg, page, r.access);
         }
     }
 
@@ -988,9 +1066,16 @@ impl State {
         }
     }
 
-    fn inbound(&mut self, from: Option<NodeId>, msg: Msg, conn: &quinn::Connection) {
+    /// A message from a peer. A coherence message's actions are added to
+    /// `out`, for the caller to apply together with those of the messages
+    /// that arrived with it (see [`Self::apply`]); any other message applies
+    /// `out` first.
+    fn inbound(&mut self, from: Option<NodeId>, msg: Msg, conn: &quinn::Connection, out: &mut Vec<Action>) {
         if self.fenced {
             return;
+        }
+        if !matches!(msg, Msg::Coherence(_)) {
+            self.apply(out);
         }
         match msg {
             Msg::Coherence(m) => {
@@ -1001,11 +1086,9 @@ impl State {
                     return crate::transport::bad(conn, "coherence message before Hello with an id");
                 };
                 let now = self.now();
-                let mut out = Vec::new();
-                if let Err(e) = self.protocol.handle(from, m, now, &mut out) {
+                if let Err(e) = self.protocol.handle(from, m, now, out) {
                     crate::transport::bad(conn, &format!("protocol: {e}"));
                 }
-                self.apply(&mut out);
             }
             Msg::Reply { id, reply } => {
                 if let Some(tx) = self.calls.remove(&id) {
@@ -1357,11 +1440,29 @@ async fn run(
                 state.borrow_mut().faults();
             }
             Some(m) = inbound.recv() => {
-                match m {
-                    Inbound::Msg { from, conn, msg } => state.borrow_mut().inbound(from, msg, &conn),
-                    Inbound::Lost { node, .. } => state.borrow_mut().peer_lost(node),
-                    Inbound::Gone { node } => state.borrow_mut().peer_lost(Some(node)),
+                // Take what else has arrived too (up to INBOUND_BATCH) and
+                // apply the actions of all of it together: a read-ahead's
+                // requests or pages then cost one `mprotect` per run.
+                let mut st = state.borrow_mut();
+                let mut out = Vec::new();
+                let mut next = Some(m);
+                let mut n = 0;
+                while let Some(m) = next {
+                    match m {
+                        Inbound::Msg { from, conn, msg } => st.inbound(from, msg, &conn, &mut out),
+                        Inbound::Lost { node, .. } => {
+                            st.apply(&mut out);
+                            st.peer_lost(node)
+                        }
+                        Inbound::Gone { node } => {
+                            st.apply(&mut out);
+                            st.peer_lost(Some(node))
+                        }
+                    }
+                    n += 1;
+                    next = if n < INBOUND_BATCH { inbound.try_recv().ok() } else { None };
                 }
+                st.apply(&mut out);
             }
             c = cmds.recv() => {
                 match c {
@@ -1448,9 +1549,11 @@ async fn connect(
         closing: false,
         fenced: false,
     };
+    let mut out = Vec::new();
     for (from, conn, msg) in early {
-        state.inbound(from, msg, &conn);
+        state.inbound(from, msg, &conn, &mut out);
     }
+    state.apply(&mut out);
     Ok((state, irx))
 }
 
@@ -1654,7 +1757,7 @@ fn map_view(
     for page in 0..npages {
         let a = st.protocol.access(id, page);
         if a != Access::Invalid {
-            protect_view(&view, page, a);
+            protect_view(&view, page, 1, a);
         }
     }
     if let Some(s) = st.segs.get_mut(&id) {

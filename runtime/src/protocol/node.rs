@@ -647,7 +647,10 @@ impl NodeProtocol {
         if set.pages.iter().any(|p| p.pending.is_some()) {
             return Err(ProtocolError::Unexpected("release with a request outstanding"));
         }
-        let mut n = 0;
+        // What waited here is served first; then every page closes (one
+        // run of `SetAccess`, which the driver revokes in few `mprotect`s),
+        // then the releases go, each after its page closed.
+        let mut released = Vec::new();
         for (i, p) in set.pages.iter_mut().enumerate() {
             let page = i as PageIdx;
             let mut cx =
@@ -657,20 +660,22 @@ impl NodeProtocol {
             }
             let mut none = BTreeSet::new();
             drain(p, &mut cx, &mut none)?;
-            if p.owner {
+            if p.owner || p.access != Access::Invalid {
                 p.releasing = true;
                 cx.set_access(p, Access::Invalid);
-                out.push(Action::ReleasePage { seg, page, copyset: p.copyset.clone(), version: p.version });
-                n += 1;
-            } else if p.access != Access::Invalid {
-                p.releasing = true;
-                cx.set_access(p, Access::Invalid);
-                cx.send(MANAGER, CoherenceMsg::Release { seg, page, owned: None });
-                n += 1;
+                released.push(page);
             }
         }
+        for &page in &released {
+            let p = &set.pages[page as usize];
+            out.push(if p.owner {
+                Action::ReleasePage { seg, page, copyset: p.copyset.clone(), version: p.version }
+            } else {
+                Action::Send { to: MANAGER, msg: CoherenceMsg::Release { seg, page, owned: None } }
+            });
+        }
         self.waiting.retain(|&(s, _)| s != seg);
-        Ok(n)
+        Ok(released.len())
     }
 }
 
