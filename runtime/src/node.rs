@@ -11,7 +11,7 @@
 //! (one per `shmat`), whose protection follows this node's access.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -642,6 +642,9 @@ struct Segment {
     rt: *mut u8,
     views: Vec<View>,
     ra: ReadAhead,
+    /// Read-ahead marks: pages fetched ahead that stay closed in the
+    /// program's views after they arrive (see [`State::read_ahead`]).
+    marks: HashSet<PageIdx>,
 }
 
 /// Detects runs of faults on neighbouring pages, like the kernel's file
@@ -660,6 +663,9 @@ struct ReadAhead {
 }
 
 const STREAMS: usize = 4;
+
+/// The smallest read-ahead window that gets marks (see `State::read_ahead`).
+const MARK_MIN: u32 = 8;
 
 /// Most messages taken from the inbound queue before their actions are
 /// applied together.
@@ -718,9 +724,22 @@ impl Segment {
         self.protect_range(page, 1, access);
     }
 
+    /// Forgets the read-ahead marks of `count` pages from `page` on (their
+    /// protection is set otherwise).
+    fn unmark(&mut self, page: PageIdx, count: u32) {
+        if !self.marks.is_empty() {
+            for p in page..page.saturating_add(count) {
+                self.marks.remove(&p);
+            }
+        }
+    }
+
     /// Sets the program's access to `count` pages from `page` on, in every
     /// view, with one `mprotect` per view.
     fn protect_range(&self, page: PageIdx, count: u32, access: Access) {
+        if count == 0 {
+            return;
+        }
         for v in &self.views {
             protect_view(v, page, count, access);
         }
@@ -870,7 +889,8 @@ impl State {
                         last = *p;
                         it.next();
                     }
-                    let Some(s) = self.segs.get(&seg) else { continue };
+                    let Some(s) = self.segs.get_mut(&seg) else { continue };
+                    s.unmark(page, last - page + 1);
                     s.protect_range(page, last - page + 1, Access::Invalid);
                     fault::membarrier();
                 }
@@ -904,7 +924,8 @@ impl State {
                         let Some(Action::SendPage { page, to, acks, version, .. }) = it.next() else { break };
                         run.push((page, to, acks, version));
                     }
-                    let Some(s) = self.segs.get(&seg) else { continue };
+                    let Some(s) = self.segs.get_mut(&seg) else { continue };
+                    s.unmark(page, run.len() as u32);
                     s.protect_range(page, run.len() as u32, keep);
                     fault::membarrier();
                     for (page, to, acks, version) in run {
@@ -952,10 +973,23 @@ impl State {
     }
 
     /// Opens a run of pages (see [`Self::apply`]) and wakes their threads.
+    /// Read-ahead marks nobody waits for stay closed (see
+    /// [`Self::read_ahead`]); the rest opens in as few calls as possible.
     fn flush_open(&mut self, open: &mut Option<OpenRun>) {
         let Some(r) = open.take() else { return };
-        let Some(s) = self.segs.get(&r.seg) else { return };
-        s.protect_range(r.first, r.last - r.first + 1, r.access);
+        let Some(s) = self.segs.get_mut(&r.seg) else { return };
+        let mut start = r.first;
+        for page in r.first..=r.last {
+            if s.marks.contains(&page) {
+                if !self.waiters.contains_key(&(r.seg, page)) {
+                    s.protect_range(start, page - start, r.access);
+                    start = page + 1;
+                    continue;
+                }
+                s.marks.remove(&page);
+            }
+        }
+        s.protect_range(start, r.last + 1 - start, r.access);
         for page in r.first..=r.last {
             self.wake(r.seg, page, r.access);
         }
@@ -1017,6 +1051,18 @@ impl State {
                 continue;
             };
             let now = self.now();
+            // A read-ahead mark: the page (if it arrived) opens here, and
+            // the stream's next window is asked for while the program
+            // still has the rest of this one to work through.
+            let marked = self.segs.get_mut(&seg).is_some_and(|s| s.marks.remove(&page));
+            if marked {
+                let access = self.protocol.access(seg, page);
+                if access != Access::Invalid {
+                    if let Some(s) = self.segs.get(&seg) {
+                        s.protect(page, access);
+                    }
+                }
+            }
             let group = self.protocol.group(seg, page, write, GROUP.min(self.readahead));
             let present = self.protocol.fault(seg, page, write, now, &mut out);
             if let Ok(false) = present {
@@ -1026,6 +1072,8 @@ impl State {
                     let _ = self.protocol.fault(seg, p, write, now, &mut out);
                 }
                 self.read_ahead(seg, page + group, write, now, &mut out);
+            } else if marked {
+                self.read_ahead(seg, page, write, now, &mut out);
             }
             // Open the page (apply) before waking the thread.
             self.apply(&mut out);
@@ -1054,15 +1102,34 @@ impl State {
         if n == 0 || end == page {
             return;
         }
-        if write {
-            self.protocol.claim(seg, page + 1, end - page, out);
-            return;
-        }
-        for p in page + 1..=end {
-            if self.protocol.access(seg, p) < Access::Read && !self.protocol.is_pending(seg, p) {
-                // Errors (a page being released) only mean: not this one.
-                let _ = self.protocol.fault(seg, p, false, now, out);
+        let (first, count) = if write {
+            (page + 1, self.protocol.claim(seg, page + 1, end - page, out))
+        } else {
+            let mut asked = Vec::new();
+            for p in page + 1..=end {
+                if self.protocol.access(seg, p) < Access::Read && !self.protocol.is_pending(seg, p) {
+                    // Errors (a page being released) only mean: not this one.
+                    if self.protocol.fault(seg, p, false, now, out).is_ok() {
+                        asked.push(p);
+                    }
+                }
             }
+            // Normally one run (the pages after the previous window).
+            let first = asked.first().copied().unwrap_or(0);
+            let run = asked.iter().enumerate().take_while(|&(i, &p)| p == first + i as u32).count();
+            (first, run as u32)
+        };
+        // Like the kernel's PG_readahead: two pages in the middle of the
+        // new window stay closed when they arrive; the program's first
+        // access to either (two, so that a walk with a stride of two pages
+        // meets one) faults locally, opens it and asks for the next window
+        // while the program works through the rest of this one, so that a
+        // stream that keeps up with its pages never waits for a round trip.
+        if count >= MARK_MIN {
+            let Some(s) = self.segs.get_mut(&seg) else { return };
+            let mid = first + count / 2;
+            s.marks.insert(mid);
+            s.marks.insert(mid + 1);
         }
     }
 
@@ -1800,7 +1867,15 @@ fn new_segment(npages: u32, maplen: usize) -> Result<Segment, Errno> {
     if rt == libc::MAP_FAILED {
         return Err(ENOMEM);
     }
-    Ok(Segment { npages, maplen, _fd: fd, rt: rt as *mut u8, views: Vec::new(), ra: ReadAhead::default() })
+    Ok(Segment {
+        npages,
+        maplen,
+        _fd: fd,
+        rt: rt as *mut u8,
+        views: Vec::new(),
+        ra: ReadAhead::default(),
+        marks: HashSet::new(),
+    })
 }
 
 /// `shmdt` of a distributed view starting at `addr`.
