@@ -714,17 +714,20 @@ impl Sim {
         }
     }
 
-    /// Detaches a random attached segment no thread of the node waits on.
+    /// Detaches a random attached segment no thread of the node waits on
+    /// and no request of the node is outstanding for.
     fn detach(&mut self, node: usize) {
         let si = self.rng.below(SEGMENTS.len() as u64) as usize;
         let n = &self.nodes[node];
         let base = self.seg_base[si];
         let busy =
             n.threads.iter().flatten().any(|b| (base..base + SEGMENTS[si].1 as usize).contains(&b.page));
-        if n.segs[si] != SegState::Attached || busy {
+        let seg = SEGMENTS[si].0;
+        // The runtime's detach waits for requests still on their way (a
+        // claim nobody waits for, read-ahead) before it releases.
+        if n.segs[si] != SegState::Attached || busy || n.proto.any_pending(seg) {
             return;
         }
-        let seg = SEGMENTS[si].0;
         if self.trace {
             eprintln!("{:>8} node {} detaches {seg}", self.now, node + 1);
         }
