@@ -1054,12 +1054,17 @@ impl State {
             // A read-ahead mark: the page (if it arrived) opens here, and
             // the stream's next window is asked for while the program
             // still has the rest of this one to work through.
+            // Its twin opens too (one local fault per window, not two).
             let marked = self.segs.get_mut(&seg).is_some_and(|s| s.marks.remove(&page));
             if marked {
-                let access = self.protocol.access(seg, page);
-                if access != Access::Invalid {
-                    if let Some(s) = self.segs.get(&seg) {
-                        s.protect(page, access);
+                for p in [page.wrapping_sub(1), page, page + 1] {
+                    let Some(s) = self.segs.get_mut(&seg) else { break };
+                    if p != page && !s.marks.remove(&p) {
+                        continue;
+                    }
+                    let access = self.protocol.access(seg, p);
+                    if access != Access::Invalid {
+                        s.protect(p, access);
                     }
                 }
             }
