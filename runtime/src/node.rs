@@ -11,7 +11,7 @@
 //! (one per `shmat`), whose protection follows this node's access.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -642,6 +642,9 @@ struct Segment {
     rt: *mut u8,
     views: Vec<View>,
     ra: ReadAhead,
+    /// Read-ahead marks: pages fetched ahead that stay closed in the
+    /// program's views after they arrive (see [`State::read_ahead`]).
+    marks: HashSet<PageIdx>,
 }
 
 /// Detects runs of faults on neighbouring pages, like the kernel's file
@@ -660,6 +663,13 @@ struct ReadAhead {
 }
 
 const STREAMS: usize = 4;
+
+/// The smallest read-ahead window that gets marks (see `State::read_ahead`).
+const MARK_MIN: u32 = 8;
+
+/// Most messages taken from the inbound queue before their actions are
+/// applied together.
+const INBOUND_BATCH: usize = 128;
 
 /// The most pages asked for together with a faulting one because they left
 /// this node with it (see `NodeProtocol::group`): a grid row of up to 16 KiB.
@@ -711,8 +721,27 @@ impl Segment {
 
     /// Sets the program's access to a page in every view.
     fn protect(&self, page: PageIdx, access: Access) {
+        self.protect_range(page, 1, access);
+    }
+
+    /// Forgets the read-ahead marks of `count` pages from `page` on (their
+    /// protection is set otherwise).
+    fn unmark(&mut self, page: PageIdx, count: u32) {
+        if !self.marks.is_empty() {
+            for p in page..page.saturating_add(count) {
+                self.marks.remove(&p);
+            }
+        }
+    }
+
+    /// Sets the program's access to `count` pages from `page` on, in every
+    /// view, with one `mprotect` per view.
+    fn protect_range(&self, page: PageIdx, count: u32, access: Access) {
+        if count == 0 {
+            return;
+        }
         for v in &self.views {
-            protect_view(v, page, access);
+            protect_view(v, page, count, access);
         }
     }
 
@@ -741,17 +770,18 @@ impl Segment {
     }
 }
 
-fn protect_view(v: &View, page: PageIdx, access: Access) {
+fn protect_view(v: &View, page: PageIdx, count: u32, access: Access) {
     let prot = match access {
         Access::Invalid => libc::PROT_NONE,
         Access::Read => libc::PROT_READ,
         Access::Write if v.readonly => libc::PROT_READ,
         Access::Write => libc::PROT_READ | libc::PROT_WRITE,
     };
-    // SAFETY: the view is mapped (it is in the table) and the page is
-    // inside it; changing its protection affects only our mapping.
-    let r =
-        unsafe { libc::mprotect((v.addr + page as usize * PAGE_SIZE) as *mut libc::c_void, PAGE_SIZE, prot) };
+    let (addr, len) = (v.addr + page as usize * PAGE_SIZE, count as usize * PAGE_SIZE);
+    // SAFETY: the view is mapped (it is in the table) and the pages are
+    // inside it (the protocol checked them against the segment's size);
+    // changing their protection affects only our mapping.
+    let r = unsafe { libc::mprotect(addr as *mut libc::c_void, len, prot) };
     if r != 0 {
         error!("mprotect failed: {}", std::io::Error::last_os_error());
     }
@@ -802,6 +832,14 @@ struct State {
 
 type Shared = Rc<RefCell<State>>;
 
+/// Neighbouring pages to open together (see [`State::apply`]): `first..=last`.
+struct OpenRun {
+    seg: SegId,
+    first: PageIdx,
+    last: PageIdx,
+    access: Access,
+}
+
 impl State {
     fn now(&self) -> u64 {
         self.started.elapsed().as_micros() as u64
@@ -826,38 +864,87 @@ impl State {
         rx
     }
 
+    /// Carries out the protocol's actions, in order, except that the
+    /// `mprotect`s of neighbouring pages are made in one call: a run of
+    /// openings (`SetAccess` to read or write, interleaved with the
+    /// `Install`s of other pages, as a batch of `Data` gives them) is
+    /// opened at once before its threads wake; a run of revocations, or of
+    /// `SendPage`s (an owner serving a read-ahead), is revoked at once
+    /// before any of its pages is read or anything is sent. Each call
+    /// changes the protection of one range, so the program's threads take
+    /// one TLB shoot-down per run instead of one per page. Opening later
+    /// or revoking earlier than the protocol did is safe: the protocol's
+    /// state is already the one after the actions, a thread that faults
+    /// meanwhile is served from it after this returns, and a page never
+    /// appears twice in a run (runs are strictly ascending).
     fn apply(&mut self, actions: &mut Vec<Action>) {
-        for a in actions.drain(..) {
+        let mut it = std::mem::take(actions).into_iter().peekable();
+        let mut open: Option<OpenRun> = None;
+        while let Some(a) = it.next() {
             match a {
                 Action::Send { to, msg } => self.transport.send(to, Msg::Coherence(msg)),
-                Action::SetAccess { seg, page, access } => {
-                    let Some(s) = self.segs.get(&seg) else { continue };
-                    s.protect(page, access);
-                    if access == Access::Invalid {
-                        fault::membarrier();
-                    } else {
-                        self.wake(seg, page, access);
+                Action::SetAccess { seg, page, access: Access::Invalid } => {
+                    self.flush_open(&mut open);
+                    let mut last = page;
+                    while let Some(Action::SetAccess { seg: s, page: p, access: Access::Invalid }) = it.peek()
+                    {
+                        if *s != seg || Some(*p) != last.checked_add(1) {
+                            break;
+                        }
+                        last = *p;
+                        it.next();
                     }
+                    let Some(s) = self.segs.get_mut(&seg) else { continue };
+                    s.unmark(page, last - page + 1);
+                    s.protect_range(page, last - page + 1, Access::Invalid);
+                    fault::membarrier();
+                }
+                Action::SetAccess { seg, page, access } => {
+                    if let Some(r) = open.as_mut() {
+                        if r.seg == seg && r.access == access && Some(page) == r.last.checked_add(1) {
+                            r.last = page;
+                            continue;
+                        }
+                    }
+                    self.flush_open(&mut open);
+                    open = Some(OpenRun { seg, first: page, last: page, access });
                 }
                 Action::Install { seg, page, payload } => {
+                    if open.as_ref().is_some_and(|r| r.seg == seg && (r.first..=r.last).contains(&page)) {
+                        self.flush_open(&mut open);
+                    }
                     stats::page_in(seg, if let Payload::Bytes(b) = &payload { b.len() } else { 0 });
                     if let Some(s) = self.segs.get(&seg) {
                         s.write_page(page, &payload);
                     }
                 }
                 Action::SendPage { seg, page, to, acks, version, keep } => {
-                    let Some(s) = self.segs.get(&seg) else { continue };
-                    s.protect(page, keep);
+                    self.flush_open(&mut open);
+                    let mut run = vec![(page, to, acks, version)];
+                    while let Some(Action::SendPage { seg: s, page: p, keep: k, .. }) = it.peek() {
+                        if *s != seg || *k != keep || Some(*p) != run.last().and_then(|r| r.0.checked_add(1))
+                        {
+                            break;
+                        }
+                        let Some(Action::SendPage { page, to, acks, version, .. }) = it.next() else { break };
+                        run.push((page, to, acks, version));
+                    }
+                    let Some(s) = self.segs.get_mut(&seg) else { continue };
+                    s.unmark(page, run.len() as u32);
+                    s.protect_range(page, run.len() as u32, keep);
                     fault::membarrier();
-                    let payload = s.read_page(page);
-                    stats::page_out(seg, if let Payload::Bytes(b) = &payload { b.len() } else { 0 });
-                    // An owner keeps a read copy when it serves a read, none
-                    // when it hands the page to a writer.
-                    let write = keep == Access::Invalid;
-                    let data = CoherenceMsg::Data { seg, page, write, acks, version, payload };
-                    self.transport.send(to, Msg::Coherence(data));
+                    for (page, to, acks, version) in run {
+                        let payload = s.read_page(page);
+                        stats::page_out(seg, if let Payload::Bytes(b) = &payload { b.len() } else { 0 });
+                        // An owner keeps a read copy when it serves a read,
+                        // none when it hands the page to a writer.
+                        let write = keep == Access::Invalid;
+                        let data = CoherenceMsg::Data { seg, page, write, acks, version, payload };
+                        self.transport.send(to, Msg::Coherence(data));
+                    }
                 }
                 Action::ReleasePage { seg, page, copyset, version } => {
+                    self.flush_open(&mut open);
                     let Some(s) = self.segs.get(&seg) else { continue };
                     let bytes = s.read_page(page);
                     stats::page_out(seg, if let Payload::Bytes(b) = &bytes { b.len() } else { 0 });
@@ -876,6 +963,7 @@ impl State {
                     }
                 }
                 Action::Lost { seg, page } => {
+                    self.flush_open(&mut open);
                     error!(seg, page, "page lost: its only current copy died; faulting threads get SIGBUS");
                     for (slot, _) in self.waiters.remove(&(seg, page)).unwrap_or_default() {
                         fault::complete(slot, false);
@@ -885,6 +973,30 @@ impl State {
                     self.wake_at = Some(self.wake_at.map_or(t, |w| w.min(t)));
                 }
             }
+        }
+        self.flush_open(&mut open);
+    }
+
+    /// Opens a run of pages (see [`Self::apply`]) and wakes their threads.
+    /// Read-ahead marks nobody waits for stay closed (see
+    /// [`Self::read_ahead`]); the rest opens in as few calls as possible.
+    fn flush_open(&mut self, open: &mut Option<OpenRun>) {
+        let Some(r) = open.take() else { return };
+        let Some(s) = self.segs.get_mut(&r.seg) else { return };
+        let mut start = r.first;
+        for page in r.first..=r.last {
+            if s.marks.contains(&page) {
+                if !self.waiters.contains_key(&(r.seg, page)) {
+                    s.protect_range(start, page - start, r.access);
+                    start = page + 1;
+                    continue;
+                }
+                s.marks.remove(&page);
+            }
+        }
+        s.protect_range(start, r.last + 1 - start, r.access);
+        for page in r.first..=r.last {
+            self.wake(r.seg, page, r.access);
         }
     }
 
@@ -944,6 +1056,23 @@ impl State {
                 continue;
             };
             let now = self.now();
+            // A read-ahead mark: the page (if it arrived) opens here, and
+            // the stream's next window is asked for while the program
+            // still has the rest of this one to work through.
+            // Its twin opens too (one local fault per window, not two).
+            let marked = self.segs.get_mut(&seg).is_some_and(|s| s.marks.remove(&page));
+            if marked {
+                for p in [page.wrapping_sub(1), page, page + 1] {
+                    let Some(s) = self.segs.get_mut(&seg) else { break };
+                    if p != page && !s.marks.remove(&p) {
+                        continue;
+                    }
+                    let access = self.protocol.access(seg, p);
+                    if access != Access::Invalid {
+                        s.protect(p, access);
+                    }
+                }
+            }
             let group = self.protocol.group(seg, page, write, GROUP.min(self.readahead));
             let present = self.protocol.fault(seg, page, write, now, &mut out);
             if let Ok(false) = present {
@@ -953,6 +1082,8 @@ impl State {
                     let _ = self.protocol.fault(seg, p, write, now, &mut out);
                 }
                 self.read_ahead(seg, page + group, write, now, &mut out);
+            } else if marked {
+                self.read_ahead(seg, page, write, now, &mut out);
             }
             // Open the page (apply) before waking the thread.
             self.apply(&mut out);
@@ -981,21 +1112,47 @@ impl State {
         if n == 0 || end == page {
             return;
         }
-        if write {
-            self.protocol.claim(seg, page + 1, end - page, out);
-            return;
-        }
-        for p in page + 1..=end {
-            if self.protocol.access(seg, p) < Access::Read && !self.protocol.is_pending(seg, p) {
-                // Errors (a page being released) only mean: not this one.
-                let _ = self.protocol.fault(seg, p, false, now, out);
+        let (first, count) = if write {
+            (page + 1, self.protocol.claim(seg, page + 1, end - page, out))
+        } else {
+            let mut asked = Vec::new();
+            for p in page + 1..=end {
+                if self.protocol.access(seg, p) < Access::Read && !self.protocol.is_pending(seg, p) {
+                    // Errors (a page being released) only mean: not this one.
+                    if self.protocol.fault(seg, p, false, now, out).is_ok() {
+                        asked.push(p);
+                    }
+                }
             }
+            // Normally one run (the pages after the previous window).
+            let first = asked.first().copied().unwrap_or(0);
+            let run = asked.iter().enumerate().take_while(|&(i, &p)| p == first + i as u32).count();
+            (first, run as u32)
+        };
+        // Like the kernel's PG_readahead: two pages in the middle of the
+        // new window stay closed when they arrive; the program's first
+        // access to either (two, so that a walk with a stride of two pages
+        // meets one) faults locally, opens it and asks for the next window
+        // while the program works through the rest of this one, so that a
+        // stream that keeps up with its pages never waits for a round trip.
+        if count >= MARK_MIN {
+            let Some(s) = self.segs.get_mut(&seg) else { return };
+            let mid = first + count / 2;
+            s.marks.insert(mid);
+            s.marks.insert(mid + 1);
         }
     }
 
-    fn inbound(&mut self, from: Option<NodeId>, msg: Msg, conn: &quinn::Connection) {
+    /// A message from a peer. A coherence message's actions are added to
+    /// `out`, for the caller to apply together with those of the messages
+    /// that arrived with it (see [`Self::apply`]); any other message applies
+    /// `out` first.
+    fn inbound(&mut self, from: Option<NodeId>, msg: Msg, conn: &quinn::Connection, out: &mut Vec<Action>) {
         if self.fenced || (from == Some(MANAGER) && self.stale_ns.contains(&conn.stable_id())) {
             return;
+        }
+        if !matches!(msg, Msg::Coherence(_)) {
+            self.apply(out);
         }
         match msg {
             Msg::Restarted { epoch } if from == Some(MANAGER) => self.rejoin(conn, epoch),
@@ -1007,11 +1164,9 @@ impl State {
                     return crate::transport::bad(conn, "coherence message before Hello with an id");
                 };
                 let now = self.now();
-                let mut out = Vec::new();
-                if let Err(e) = self.protocol.handle(from, m, now, &mut out) {
+                if let Err(e) = self.protocol.handle(from, m, now, out) {
                     crate::transport::bad(conn, &format!("protocol: {e}"));
                 }
-                self.apply(&mut out);
             }
             Msg::Reply { id, reply } => {
                 if let Some((_, tx)) = self.calls.remove(&id) {
@@ -1398,11 +1553,29 @@ async fn run(
                 state.borrow_mut().faults();
             }
             Some(m) = inbound.recv() => {
-                match m {
-                    Inbound::Msg { from, conn, msg } => state.borrow_mut().inbound(from, msg, &conn),
-                    Inbound::Lost { node, conn } => state.borrow_mut().peer_lost(node, Some(&conn)),
-                    Inbound::Gone { node } => state.borrow_mut().peer_lost(Some(node), None),
+                // Take what else has arrived too (up to INBOUND_BATCH) and
+                // apply the actions of all of it together: a read-ahead's
+                // requests or pages then cost one `mprotect` per run.
+                let mut st = state.borrow_mut();
+                let mut out = Vec::new();
+                let mut next = Some(m);
+                let mut n = 0;
+                while let Some(m) = next {
+                    match m {
+                        Inbound::Msg { from, conn, msg } => st.inbound(from, msg, &conn, &mut out),
+                        Inbound::Lost { node, conn } => {
+                            st.apply(&mut out);
+                            st.peer_lost(node, Some(&conn))
+                        }
+                        Inbound::Gone { node } => {
+                            st.apply(&mut out);
+                            st.peer_lost(Some(node), None)
+                        }
+                    }
+                    n += 1;
+                    next = if n < INBOUND_BATCH { inbound.try_recv().ok() } else { None };
                 }
+                st.apply(&mut out);
             }
             c = cmds.recv() => {
                 match c {
@@ -1490,9 +1663,11 @@ async fn connect(
         closing: false,
         fenced: false,
     };
+    let mut out = Vec::new();
     for (from, conn, msg) in early {
-        state.inbound(from, msg, &conn);
+        state.inbound(from, msg, &conn, &mut out);
     }
+    state.apply(&mut out);
     Ok((state, irx))
 }
 
@@ -1696,7 +1871,7 @@ fn map_view(
     for page in 0..npages {
         let a = st.protocol.access(id, page);
         if a != Access::Invalid {
-            protect_view(&view, page, a);
+            protect_view(&view, page, 1, a);
         }
     }
     if let Some(s) = st.segs.get_mut(&id) {
@@ -1739,7 +1914,15 @@ fn new_segment(npages: u32, maplen: usize) -> Result<Segment, Errno> {
     if rt == libc::MAP_FAILED {
         return Err(ENOMEM);
     }
-    Ok(Segment { npages, maplen, _fd: fd, rt: rt as *mut u8, views: Vec::new(), ra: ReadAhead::default() })
+    Ok(Segment {
+        npages,
+        maplen,
+        _fd: fd,
+        rt: rt as *mut u8,
+        views: Vec::new(),
+        ra: ReadAhead::default(),
+        marks: HashSet::new(),
+    })
 }
 
 /// `shmdt` of a distributed view starting at `addr`.

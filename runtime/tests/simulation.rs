@@ -813,15 +813,17 @@ impl Sim {
         }
     }
 
-    /// Detaches a random attached segment no thread of the node waits on.
+    /// Detaches a random attached segment no thread of the node waits on
+    /// and no request of the node is outstanding for.
     fn detach(&mut self, node: usize) {
         let si = self.rng.below(SEGMENTS.len() as u64) as usize;
         let n = &self.nodes[node];
         let base = self.seg_base[si];
         let busy =
             n.threads.iter().flatten().any(|b| (base..base + SEGMENTS[si].1 as usize).contains(&b.page));
-        // The runtime's detach waits for requests on their way (a claim).
         let seg = SEGMENTS[si].0;
+        // The runtime's detach waits for requests still on their way (a
+        // claim nobody waits for, read-ahead) before it releases.
         if n.segs[si] != SegState::Attached || busy || n.proto.any_pending(seg) {
             return;
         }
@@ -1524,6 +1526,34 @@ mod scenarios {
         assert_eq!(n1.release(SEG, &mut out), Ok(2));
         assert!(out.contains(&send(MANAGER, CoherenceMsg::Release { seg: SEG, page: 0, owned: None })));
         assert!(out.contains(&Action::ReleasePage { seg: SEG, page: 1, copyset: vec![], version: 1 }));
+    }
+
+    /// A read request reaching a node that is giving the segment up goes
+    /// back to its requester, which asks the manager (not passed on
+    /// behind the node's releases); a second answer is ignored.
+    #[test]
+    fn a_detaching_node_sends_a_read_request_back_to_its_requester() {
+        let mut m = manager();
+        let mut n1 = node(1, 10);
+        let mut n2 = node(2, 10);
+        write_from_home(&mut m, &mut n1, 0, 0);
+        // n2 learnt n1 as the probable owner (an earlier copy from it).
+        assert_eq!(fault(&mut n2, 0, false, 1).1, vec![send(MANAGER, request(0, false, 2))]);
+        assert_eq!(at_manager(&mut m, 2, request(0, false, 2)), vec![send(1, fetch(0, 2, false))]);
+        at_node(&mut n1, MANAGER, fetch(0, 2, false), 100);
+        at_node(&mut n2, 1, data(0, false, vec![], 1), 100);
+        at_node(&mut n2, 1, inval(0, 1, 2), 200);
+        // Invalidated by n1 (as by a write there), n2 asks n1 again; n1
+        // detaches before the request reaches it.
+        assert_eq!(fault(&mut n2, 0, false, 300).1, vec![send(1, request(0, false, 2))]);
+        let mut out = Vec::new();
+        assert_eq!(n1.release(SEG, &mut out), Ok(1));
+        let bounce = CoherenceMsg::Bounce { seg: SEG, page: 0, inner: Box::new(request(0, false, 2)) };
+        assert_eq!(at_node(&mut n1, 2, request(0, false, 2), 300), vec![send(2, bounce.clone())]);
+        assert_eq!(at_node(&mut n2, 1, bounce.clone(), 300), vec![send(MANAGER, request(0, false, 2))]);
+        // Asked again already: a late second bounce changes nothing.
+        assert_eq!(at_node(&mut n2, 1, bounce, 300), vec![]);
+        assert!(n2.is_pending(SEG, 0));
     }
 
     // ---- deaths ---------------------------------------------------------

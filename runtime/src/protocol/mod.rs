@@ -41,7 +41,9 @@
 //! * A node that detaches gives its pages back with `Release`: an owner
 //!   sends its bytes and copyset and the manager's home owns the page again;
 //!   a reader's release is passed to the owner (`DropReader`). What reaches
-//!   a releasing owner meanwhile goes back to the manager (`Bounce`).
+//!   a releasing owner meanwhile goes back to the manager (`Bounce`), but a
+//!   read request goes back to its requester, which asks the manager (it
+//!   would wait behind the releases otherwise).
 //!
 //! * After a death (`Manager::node_gone`, `NodeProtocol::peer_gone`),
 //!   every survivor sends a [`Report`]; the manager parks requests for the
@@ -166,7 +168,8 @@ pub enum CoherenceMsg {
     /// manager → owner: `node` gives up its read copy.
     DropReader { seg: SegId, page: PageIdx, node: NodeId },
     /// releasing owner → manager: a `Fetch` or `DropReader` that arrived
-    /// after the owner sent its `Release`.
+    /// after the owner sent its `Release`; detaching node → requester: a
+    /// read `Request` it will not serve (ask the manager).
     Bounce { seg: SegId, page: PageIdx, inner: Box<CoherenceMsg> },
     /// manager → requester: no current copy of the page exists any more.
     Lost { seg: SegId, page: PageIdx },

@@ -85,6 +85,8 @@ impl NodePage {
 #[derive(Debug)]
 pub struct PageSet {
     pages: Vec<NodePage>,
+    /// `release` ran: the node is giving the whole segment up.
+    detaching: bool,
 }
 
 /// The protocol state of one application node.
@@ -135,6 +137,8 @@ struct Ctx<'a> {
     page: PageIdx,
     now: u64,
     hold: u64,
+    /// This node is releasing the whole segment.
+    detaching: bool,
     out: &'a mut Vec<Action>,
 }
 
@@ -171,9 +175,10 @@ impl NodeProtocol {
 
     /// Starts tracking a segment of `npages` pages (all `Invalid`).
     pub fn attach(&mut self, seg: SegId, npages: u32) {
-        self.segs
-            .entry(seg)
-            .or_insert_with(|| PageSet { pages: (0..npages).map(|_| NodePage::new()).collect() });
+        self.segs.entry(seg).or_insert_with(|| PageSet {
+            pages: (0..npages).map(|_| NodePage::new()).collect(),
+            detaching: false,
+        });
     }
 
     /// Stops tracking a segment whose pages were all released.
@@ -242,9 +247,20 @@ impl NodeProtocol {
     ) -> Result<Parts<'a>, ProtocolError> {
         let set = self.segs.get_mut(&seg).ok_or(ProtocolError::UnknownSegment(seg))?;
         let p = set.pages.get_mut(page as usize).ok_or(ProtocolError::PageOutOfRange { seg, page })?;
+        let detaching = set.detaching;
         Ok((
             p,
-            Ctx { me: self.me, dead: &self.dead, kept: &mut self.kept, seg, page, now, hold: self.hold, out },
+            Ctx {
+                me: self.me,
+                dead: &self.dead,
+                kept: &mut self.kept,
+                seg,
+                page,
+                now,
+                hold: self.hold,
+                detaching,
+                out,
+            },
             &mut self.waiting,
         ))
     }
@@ -584,6 +600,29 @@ impl NodeProtocol {
                 }
                 Ok(())
             }
+            CoherenceMsg::Bounce { inner, .. } if from != MANAGER => {
+                // The node this one asked is detaching the segment: ask the
+                // manager (unless the request was asked again meanwhile).
+                let me = cx.me;
+                match *inner {
+                    CoherenceMsg::Request { seg: s, page: q, write: false, requester }
+                        if s == seg && q == page && requester == me =>
+                    {
+                        if let Some(pend) =
+                            p.pending.as_mut().filter(|q| !q.write && !q.have_data && q.asked == from)
+                        {
+                            pend.asked = MANAGER;
+                            p.hint = None;
+                            cx.send(
+                                MANAGER,
+                                CoherenceMsg::Request { seg, page, write: false, requester: me },
+                            );
+                        }
+                        Ok(())
+                    }
+                    _ => Err(ProtocolError::Unexpected("Bounce at a node")),
+                }
+            }
             CoherenceMsg::Request { .. }
             | CoherenceMsg::Release { .. }
             | CoherenceMsg::Bounce { .. }
@@ -767,30 +806,45 @@ impl NodeProtocol {
         if set.pages.iter().any(|p| p.pending.is_some()) {
             return Err(ProtocolError::Unexpected("release with a request outstanding"));
         }
-        let mut n = 0;
+        // What waited here is served first; then every page closes (one
+        // run of `SetAccess`, which the driver revokes in few `mprotect`s),
+        // then the releases go, each after its page closed.
+        let mut released = Vec::new();
+        set.detaching = true;
         for (i, p) in set.pages.iter_mut().enumerate() {
             let page = i as PageIdx;
-            let mut cx =
-                Ctx { me, dead: &self.dead, kept: &mut self.kept, seg, page, now: u64::MAX, hold, out };
+            let mut cx = Ctx {
+                me,
+                dead: &self.dead,
+                kept: &mut self.kept,
+                seg,
+                page,
+                now: u64::MAX,
+                hold,
+                detaching: true,
+                out,
+            };
             while let Some(msg) = p.deferred.pop_front() {
                 invalidate(p, &mut cx, msg)?;
             }
             let mut none = BTreeSet::new();
             drain(p, &mut cx, &mut none)?;
-            if p.owner {
+            if p.owner || p.access != Access::Invalid {
                 p.releasing = true;
                 cx.set_access(p, Access::Invalid);
-                out.push(Action::ReleasePage { seg, page, copyset: p.copyset.clone(), version: p.version });
-                n += 1;
-            } else if p.access != Access::Invalid {
-                p.releasing = true;
-                cx.set_access(p, Access::Invalid);
-                cx.send(MANAGER, CoherenceMsg::Release { seg, page, owned: None });
-                n += 1;
+                released.push(page);
             }
         }
+        for &page in &released {
+            let p = &set.pages[page as usize];
+            out.push(if p.owner {
+                Action::ReleasePage { seg, page, copyset: p.copyset.clone(), version: p.version }
+            } else {
+                Action::Send { to: MANAGER, msg: CoherenceMsg::Release { seg, page, owned: None } }
+            });
+        }
         self.waiting.retain(|&(s, _)| s != seg);
-        Ok(n)
+        Ok(released.len())
     }
 }
 
@@ -830,6 +884,14 @@ fn dispatch(
     }
     if p.releasing || !p.owner_or_becoming() {
         return match msg {
+            // Giving the segment up (a process exit): the requester asks
+            // the manager itself. Passed on, the request would wait behind
+            // every release (the bytes of every page this node owned) on
+            // the way to the manager.
+            CoherenceMsg::Request { requester, write: false, .. } if cx.detaching && requester == from => {
+                cx.send(requester, CoherenceMsg::Bounce { seg, page, inner: Box::new(msg) });
+                Ok(())
+            }
             // Not (or no longer) the owner: the manager knows who is.
             CoherenceMsg::Request { .. } => {
                 cx.send(MANAGER, msg);
