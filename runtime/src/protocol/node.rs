@@ -476,6 +476,7 @@ impl NodeProtocol {
             }
             return self.claimed(seg, page, count, versions, now, out);
         }
+        let detaching = self.segs.get(&seg).is_some_and(|s| s.detaching);
         let (p, mut cx, waiting) = self.parts(seg, page, now, out)?;
         match msg {
             CoherenceMsg::Request { write: false, requester, .. } if requester != cx.me => {
@@ -521,8 +522,8 @@ impl NodeProtocol {
                     // later write request of it with `Grant` (no bytes).
                     let other = p.pending.as_ref().is_some_and(|q| !q.write || q.claim || q.have_data);
                     let current = version >= p.inval_version && version >= p.version;
-                    if !write && !other && current && p.access == Access::Invalid && !p.owner && !p.releasing
-                    {
+                    let idle = p.access == Access::Invalid && !p.owner && !p.releasing && !detaching;
+                    if !write && !other && current && idle {
                         p.version = version;
                         p.hint = Some(from);
                         p.hold_until = cx.now + cx.hold;
