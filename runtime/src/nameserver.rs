@@ -56,6 +56,10 @@ struct Server {
     replies: HashMap<NodeId, VecDeque<(u64, Reply)>>,
     /// After a restart, until the members came back or the lease ran out.
     rejoining: Option<Rejoining>,
+    /// When the oldest recovery after a death still waiting for reports
+    /// began: a node that has not reported within the lease is declared
+    /// dead (requests for the dead node's pages wait for the reports).
+    reports_due: Option<Instant>,
 }
 
 /// How many answers per node are kept (a node has at most one call per
@@ -128,14 +132,20 @@ pub async fn serve(
         dead: BTreeSet::new(),
         replies: HashMap::new(),
         rejoining: None,
+        reports_due: None,
     };
     if let Some((store, loaded)) = store {
         s.start_from(store, loaded);
     }
     ready(local);
     loop {
-        let deadline =
-            s.lists.values().map(|q| q.deadline).chain(s.rejoining.as_ref().map(|r| r.deadline)).min();
+        let deadline = s
+            .lists
+            .values()
+            .map(|q| q.deadline)
+            .chain(s.rejoining.as_ref().map(|r| r.deadline))
+            .chain(s.reports_due)
+            .min();
         let m = tokio::select! {
             m = irx.recv() => match m {
                 Some(m) => m,
@@ -150,6 +160,9 @@ pub async fn serve(
                 s.expire_lists();
                 if s.rejoining.as_ref().is_some_and(|r| r.deadline <= Instant::now()) {
                     s.finish_rejoin();
+                }
+                if s.reports_due.is_some_and(|d| d <= Instant::now()) {
+                    s.reports_overdue();
                 }
                 s.persist();
                 continue;
@@ -425,6 +438,9 @@ impl Server {
                     bad(conn, &format!("protocol: {e}"));
                 }
                 self.send_all(out);
+                if self.manager.awaiting_reports().is_empty() {
+                    self.reports_due = None;
+                }
             }
             (_, other) => bad(conn, &format!("unexpected message at the nameserver: {other:?}")),
         }
@@ -673,6 +689,28 @@ impl Server {
         self.manager.node_gone(node, &live, &mut out);
         self.forget_node(node);
         self.send_all(out);
+        self.watch_reports();
+    }
+
+    /// Starts (or stops) the clock on the reports awaited after a death.
+    fn watch_reports(&mut self) {
+        if self.manager.awaiting_reports().is_empty() {
+            self.reports_due = None;
+        } else if self.reports_due.is_none() {
+            self.reports_due = Some(Instant::now() + crate::config::lease());
+        }
+    }
+
+    /// A node that has not sent its report about a death within the lease
+    /// (alive, it answers within milliseconds) holds up the recovery of
+    /// the dead node's pages for everyone: it is declared dead in turn.
+    fn reports_overdue(&mut self) {
+        self.reports_due = None;
+        for n in self.manager.awaiting_reports() {
+            warn!(node = n, "no recovery report within the lease: node declared dead");
+            self.node_gone(n);
+        }
+        self.watch_reports();
     }
 
     /// Everything but the pages of a node that is gone: it leaves the
@@ -685,7 +723,8 @@ impl Server {
         }
         self.dead.insert(node);
         self.save = true;
-        self.by_conn.retain(|_, n| *n != node);
+        // `by_conn` keeps it: a dead node that speaks again on the stream
+        // it registered on is refused as such.
         self.transport.forget(node);
         if let Some(s) = self.stats.get_mut(&node) {
             s.1 = false;

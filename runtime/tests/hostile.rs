@@ -436,3 +436,39 @@ fn a_node_declared_dead_is_refused_under_its_old_id() {
     assert_eq!(count(&log, "refusing a node declared dead"), 1, "{log}");
     assert_eq!(count(&log, "segment"), 0, "the dead node's call was served:\n{log}");
 }
+
+/// A node that never sends its report after a death would hold up the
+/// recovery of the dead node's pages for everyone: after the lease the
+/// nameserver declares it dead too (and refuses it from then on).
+#[test]
+fn a_node_that_never_reports_after_a_death_is_declared_dead() {
+    let c = Cluster::local_env(&[("KDIPC_LEASE_MS", "1000")]);
+    let ns: SocketAddr = env_of(&c, "KDIPC_NAMESERVER").parse().unwrap();
+    let dir = PathBuf::from(env_of(&c, "KDIPC_CERT_DIR"));
+    let certified = || certs::load(&dir).unwrap().client;
+    rt().block_on(async {
+        let (ep_a, conn_a, _sa, _ra) = register(ns, certified()).await;
+        let (ep_b, conn_b, mut send_b, _rb) = register(ns, certified()).await;
+        wait_log(&c, "node joined", 2);
+        // A leaves; B is told (`NodeGone`) and keeps silent.
+        conn_a.close(0u32.into(), b"bye");
+        ep_a.wait_idle().await;
+        let t0 = std::time::Instant::now();
+        let log = wait_log(&c, "no recovery report within the lease", 1);
+        let waited = t0.elapsed();
+        assert!(waited < Duration::from_secs(4), "declared after {waited:?}:\n{log}");
+        // B speaks again: refused.
+        let get = Call::ShmGet { key: 0, size: 4096, flags: libc::IPC_CREAT | 0o600, cred: me() };
+        send_b.write_all(&frame(&Msg::Call { id: 1, call: get })).await.unwrap();
+        let why = tokio::time::timeout(SOON, conn_b.closed()).await.expect("the connection stayed open");
+        match why {
+            quinn::ConnectionError::ApplicationClosed(a) => assert_eq!(&a.reason[..], b"declared dead"),
+            other => panic!("closed otherwise: {other}"),
+        }
+        ep_b.close(0u32.into(), b"");
+        println!(
+            "silent node declared dead {:.2} s after the death it did not report on",
+            waited.as_secs_f64()
+        );
+    });
+}

@@ -301,6 +301,11 @@ impl Manager {
         }
     }
 
+    /// The nodes whose report about a death is still awaited.
+    pub fn awaiting_reports(&self) -> BTreeSet<NodeId> {
+        self.recovering.values().flat_map(|r| r.awaiting.iter().copied()).collect()
+    }
+
     /// A survivor's report after the death of `dead`.
     pub fn report(
         &mut self,
