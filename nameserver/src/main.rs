@@ -21,7 +21,7 @@ const USAGE: &str = "\
 usage: kdipc COMMAND [ARGS]
 
 commands:
-  nameserver [--listen ADDR] [--cert-dir DIR] [--state DIR] [--daemon]
+  nameserver [--listen ADDR] [--cert-dir DIR] [--state DIR [--fsync]] [--daemon]
                      run a nameserver (default 127.0.0.1:7350, credentials in
                      KDIPC_CERT_DIR or /tmp/kdipc-UID, made if missing)
   run -n N [--hosts NS,...] [--listen ADDR] [--tag-output] [--] PROG ARGS...
@@ -42,7 +42,7 @@ commands:
 ";
 
 const NAMESERVER_USAGE: &str = "\
-usage: kdipc nameserver [--listen ADDR] [--cert-dir DIR] [--state DIR] [--daemon]
+usage: kdipc nameserver [--listen ADDR] [--cert-dir DIR] [--state DIR [--fsync]] [--daemon]
 
 Runs a nameserver: the registry of distributed segments and semaphore sets,
 their owner and the home of every page.
@@ -55,6 +55,9 @@ their owner and the home of every page.
                    the same DIR and ADDR within the lease (KDIPC_LEASE_MS)
                    lets the running nodes rejoin and their run complete.
                    Semaphore sets then always run at the nameserver
+  --fsync          with --state: put every change on the disk (fdatasync)
+                   before the answers that depend on it leave, so that the
+                   state also survives a crash of the machine (slower)
   --daemon         start a detached nameserver unless one listens on ADDR,
                    log to DIR/nameserver.log, and return once it listens
 ";
@@ -273,10 +276,12 @@ fn cmd_nameserver(args: &[String]) -> Result<ExitCode, String> {
         std::env::var_os("KDIPC_CERT_DIR").map(PathBuf::from).unwrap_or_else(config::auto_cert_dir);
     let mut daemon = false;
     let mut state: Option<PathBuf> = None;
+    let mut fsync = false;
     let mut i = 0;
     while i < args.len() {
         match args[i].as_str() {
             "--state" => state = Some(value(args, &mut i, "nameserver: --state")?.into()),
+            "--fsync" => fsync = true,
             "--listen" => {
                 let v = value(args, &mut i, "nameserver: --listen")?;
                 listen =
@@ -291,6 +296,9 @@ fn cmd_nameserver(args: &[String]) -> Result<ExitCode, String> {
     if let Err(e) = ensure_certs(&cert_dir) {
         return failure(&e);
     }
+    if fsync && state.is_none() {
+        return failure("nameserver: --fsync needs --state DIR");
+    }
     let res = if daemon {
         if state.is_some() {
             return failure("nameserver: --state and --daemon do not go together");
@@ -302,7 +310,7 @@ fn cmd_nameserver(args: &[String]) -> Result<ExitCode, String> {
             .build()
             .map_err(|e| e.to_string())
             .and_then(|rt| {
-                rt.block_on(nameserver::serve(listen, &cert_dir, state.as_deref(), |a| {
+                rt.block_on(nameserver::serve(listen, &cert_dir, state.as_deref(), fsync, |a| {
                     eprintln!("kdipc nameserver listening on {a}")
                 }))
             })
@@ -872,7 +880,7 @@ fn run_with(l: Launch) -> Result<ExitCode, String> {
             Err(e) => return tx.send(Err(e.to_string())).unwrap_or(()),
         };
         let tx2 = tx.clone();
-        if let Err(e) = rt.block_on(nameserver::serve(listen, &cdir, None, move |a| {
+        if let Err(e) = rt.block_on(nameserver::serve(listen, &cdir, None, false, move |a| {
             let _ = tx2.send(Ok(a));
         })) {
             let _ = tx.send(Err(e));

@@ -98,9 +98,13 @@ pub async fn serve(
     listen: SocketAddr,
     cert_dir: &Path,
     state: Option<&Path>,
+    fsync: bool,
     ready: impl FnOnce(SocketAddr),
 ) -> Result<(), String> {
-    let store = state.map(Store::open).transpose()?;
+    let mut store = state.map(Store::open).transpose()?;
+    if let Some((s, _)) = store.as_mut() {
+        s.set_sync(fsync);
+    }
     let tls = crate::certs::load(cert_dir).map_err(|e| e.to_string())?;
     let (itx, mut irx) = mpsc::unbounded_channel();
     let mut transport = Transport::bind(listen, tls, itx).map_err(|e| format!("binding {listen}: {e}"))?;
@@ -294,6 +298,9 @@ impl Server {
             if let Err(e) = store.save(&snap) {
                 error!("state directory: {e}");
             }
+        }
+        if let Err(e) = store.flush() {
+            error!("state directory: {e}");
         }
     }
 

@@ -15,8 +15,10 @@
 //!   the state that names them.
 //!
 //! The writes are ordinary `write`s: they survive the nameserver process
-//! dying at any instant (the kernel has them); `fsync` is not called, so a
-//! crash of the machine itself can lose the last ones.
+//! dying at any instant (the kernel has them). With `--fsync` they also
+//! survive a crash of the machine: a page's bytes are on the disk before
+//! the state that names them is written, and everything a turn wrote is on
+//! the disk before that turn's answers leave (`Store::flush`).
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -97,6 +99,10 @@ pub struct Store {
     /// `state.0` and `state.1`, and the sequence number of the last write.
     snaps: [File; 2],
     seq: u64,
+    /// `--fsync`, and what this turn wrote and has not synced yet.
+    sync: bool,
+    unsynced_meta: Vec<SegId>,
+    unsynced_snap: Option<usize>,
 }
 
 /// Bytes before a snapshot in `state.N`: sequence number, length, checksum.
@@ -149,7 +155,15 @@ impl Store {
         };
         let snaps = [open(0)?, open(1)?];
         let best = snaps.iter().filter_map(read_snap).max_by_key(|s| s.0);
-        let mut store = Store { dir: dir.to_path_buf(), segs: HashMap::new(), snaps, seq: 0 };
+        let mut store = Store {
+            dir: dir.to_path_buf(),
+            segs: HashMap::new(),
+            snaps,
+            seq: 0,
+            sync: false,
+            unsynced_meta: Vec::new(),
+            unsynced_snap: None,
+        };
         let Some((seq, body)) = best else { return Ok((store, None)) };
         store.seq = seq;
         let path = dir.join(format!("state.{}", seq % 2));
@@ -281,6 +295,12 @@ impl Store {
             f.data
                 .write_all_at(b, page as u64 * PAGE_SIZE as u64)
                 .map_err(|e| format!("writing page {page} of segment {seg}: {e}"))?;
+            if self.sync {
+                f.data.sync_data().map_err(|e| format!("syncing segment {seg}: {e}"))?;
+            }
+        }
+        if self.sync && !self.unsynced_meta.contains(&seg) {
+            self.unsynced_meta.push(seg);
         }
         f.meta
             .write_all_at(&rec, page as u64 * 16)
@@ -304,6 +324,27 @@ impl Store {
             .write_all_at(&buf, 0)
             .map_err(|e| io("writing", &self.dir.join(format!("state.{n}")), e))?;
         self.seq = seq;
+        if self.sync {
+            self.unsynced_snap = Some(n);
+        }
+        Ok(())
+    }
+
+    /// With `--fsync`: puts what this turn wrote on the disk.
+    pub fn set_sync(&mut self, sync: bool) {
+        self.sync = sync;
+    }
+
+    /// Syncs what was written since the last call (`--fsync` only).
+    pub fn flush(&mut self) -> Result<(), String> {
+        for seg in std::mem::take(&mut self.unsynced_meta) {
+            if let Some(f) = self.segs.get(&seg) {
+                f.meta.sync_data().map_err(|e| format!("syncing segment {seg}: {e}"))?;
+            }
+        }
+        if let Some(n) = self.unsynced_snap.take() {
+            self.snaps[n].sync_data().map_err(|e| format!("syncing state.{n}: {e}"))?;
+        }
         Ok(())
     }
 }

@@ -109,6 +109,12 @@ fn prodcons_completes_across_a_nameserver_restart() {
 }
 
 #[test]
+fn prodcons_completes_across_a_restart_of_a_syncing_nameserver() {
+    let mut c = Cluster::with_synced_state();
+    prodcons_across_a_restart(&mut c);
+}
+
+#[test]
 fn prodcons_across_emulated_hosts_completes_across_a_nameserver_restart() {
     if !can_use_netns("prodcons_across_emulated_hosts_completes_across_a_nameserver_restart") {
         return;

@@ -187,8 +187,9 @@ pub struct Cluster {
     hosts: Option<Hosts>,
     /// Environment of the nameserver and of every command (e.g. the lease).
     env: Vec<(String, String)>,
-    /// `kdipc nameserver --state` directory, if any.
+    /// `kdipc nameserver --state` directory, if any (and `--fsync`).
     state: Option<PathBuf>,
+    fsync: bool,
     _netns: Option<std::sync::MutexGuard<'static, ()>>,
 }
 
@@ -233,6 +234,15 @@ impl Cluster {
         Self::launch(h, guard, env, true)
     }
 
+    /// `with_state` on loopback, the nameserver syncing its writes
+    /// (`--fsync`).
+    pub fn with_synced_state() -> Cluster {
+        let mut c = Self::launch(None, None, &[], true);
+        c.fsync = true;
+        c.restart_nameserver(Duration::ZERO);
+        c
+    }
+
     /// Kills the nameserver (SIGKILL), waits `down`, and starts it again
     /// on the same address and state directory; returns once it listens.
     pub fn restart_nameserver(&mut self, down: Duration) {
@@ -241,7 +251,14 @@ impl Cluster {
         let _ = self.ns.wait();
         std::thread::sleep(down);
         let before = self.ns_log().matches("listening on").count();
-        self.ns = spawn_ns(self.hosts.as_ref(), &self.addr, &self.dir, &self.env, self.state.as_deref());
+        self.ns = spawn_ns(
+            self.hosts.as_ref(),
+            &self.addr,
+            &self.dir,
+            &self.env,
+            self.state.as_deref(),
+            self.fsync,
+        );
         let deadline = Instant::now() + Duration::from_secs(10);
         while self.ns_log().matches("listening on").count() == before {
             assert!(Instant::now() < deadline, "nameserver did not restart:\n{}", self.ns_log());
@@ -293,8 +310,8 @@ impl Cluster {
         };
         std::fs::File::create(dir.join("nameserver.log")).unwrap();
         let state = state.then(|| dir.join("state"));
-        let ns = spawn_ns(hosts.as_ref(), &listen, &dir, &env, state.as_deref());
-        let c = Cluster { ns, dir, addr: listen, hosts, env, state, _netns: guard };
+        let ns = spawn_ns(hosts.as_ref(), &listen, &dir, &env, state.as_deref(), false);
+        let c = Cluster { ns, dir, addr: listen, hosts, env, state, fsync: false, _netns: guard };
         let deadline = Instant::now() + Duration::from_secs(10);
         while !c.ns_log().contains("listening on") {
             assert!(Instant::now() < deadline, "nameserver did not start:\n{}", c.ns_log());
@@ -387,6 +404,7 @@ fn spawn_ns(
     dir: &Path,
     env: &[(String, String)],
     state: Option<&Path>,
+    fsync: bool,
 ) -> Child {
     let log = std::fs::OpenOptions::new().append(true).open(dir.join("nameserver.log")).unwrap();
     let mut cmd = match hosts {
@@ -400,6 +418,9 @@ fn spawn_ns(
     cmd.args(["nameserver", "--listen", addr, "--cert-dir"]).arg(dir.join("certs"));
     if let Some(st) = state {
         cmd.arg("--state").arg(st);
+        if fsync {
+            cmd.arg("--fsync");
+        }
     }
     cmd.env("KDIPC_LOG", std::env::var("KDIPC_LOG").unwrap_or_else(|_| "info".into()))
         .envs(env.iter().map(|(k, v)| (k, v)))
