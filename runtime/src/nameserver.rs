@@ -730,8 +730,8 @@ impl Server {
         }
         self.dead.insert(node);
         self.save = true;
-        // `by_conn` keeps it: a dead node that speaks again on the stream
-        // it registered on is refused as such.
+        // (Its entries in `by_conn` go: quinn reuses connection ids.)
+        self.by_conn.retain(|_, n| *n != node);
         self.transport.forget(node);
         if let Some(s) = self.stats.get_mut(&node) {
             s.1 = false;

@@ -439,7 +439,7 @@ fn a_node_declared_dead_is_refused_under_its_old_id() {
 
 /// A node that never sends its report after a death would hold up the
 /// recovery of the dead node's pages for everyone: after the lease the
-/// nameserver declares it dead too (and refuses it from then on).
+/// nameserver declares it dead too (and serves it nothing from then on).
 #[test]
 fn a_node_that_never_reports_after_a_death_is_declared_dead() {
     let c = Cluster::local_env(&[("KDIPC_LEASE_MS", "1000")]);
@@ -457,14 +457,12 @@ fn a_node_that_never_reports_after_a_death_is_declared_dead() {
         let log = wait_log(&c, "no recovery report within the lease", 1);
         let waited = t0.elapsed();
         assert!(waited < Duration::from_secs(4), "declared after {waited:?}:\n{log}");
-        // B speaks again: refused.
+        // B speaks again (on the stream it registered on, before it had an
+        // id): its connection is closed, nothing is served.
         let get = Call::ShmGet { key: 0, size: 4096, flags: libc::IPC_CREAT | 0o600, cred: me() };
         send_b.write_all(&frame(&Msg::Call { id: 1, call: get })).await.unwrap();
         let why = tokio::time::timeout(SOON, conn_b.closed()).await.expect("the connection stayed open");
-        match why {
-            quinn::ConnectionError::ApplicationClosed(a) => assert_eq!(&a.reason[..], b"declared dead"),
-            other => panic!("closed otherwise: {other}"),
-        }
+        assert!(matches!(why, quinn::ConnectionError::ApplicationClosed(_)), "closed otherwise: {why}");
         ep_b.close(0u32.into(), b"");
         println!(
             "silent node declared dead {:.2} s after the death it did not report on",
