@@ -680,9 +680,12 @@ fn recover(
     let next = j.and_then(|j| p.chain.get(j + 1).copied());
     let rest: Vec<NodeId> = j.map_or_else(Vec::new, |j| p.chain[j + 1..].to_vec());
     // The node after the dead one waits for the bytes from it only if its
-    // write is that designation: designated again later, it got them then
-    // and waits for a later hand-over now.
-    let again = rest.iter().skip(1).any(|&n| Some(n) == next);
+    // write is that designation: designated again later, or with a write
+    // request parked here since the death (a node asks once per write, so
+    // that is a new write), it got them then and waits for a later
+    // hand-over now.
+    let again =
+        rest.iter().skip(1).any(|&n| Some(n) == next) || next.is_some_and(|n| p.parked.contains(&(n, true)));
     if next.is_some_and(|n| again || !waiting(n)) {
         p.chain.retain(|&n| n != dead);
         return true; // The hand-over out of the dead node completed.
