@@ -14,7 +14,7 @@ use crate::protocol::{Action, Manager, NodeId, Rejoin, MANAGER};
 use crate::registry::{now_secs, Call, Effect, Errno, Registry, Reply};
 use crate::semaphores::{SemCall, SemRegistry, SemopOutcome, Waiter};
 use crate::stats::{ObjKind, ObjReport, ObjStats};
-use crate::transport::{bad, Inbound, Transport};
+use crate::transport::{bad, Goodbye, Inbound, Transport};
 use crate::wire::Msg;
 
 struct Server {
@@ -176,7 +176,7 @@ pub async fn serve(
             Inbound::Msg { from, conn, msg } => s.handle(from, &conn, msg),
             Inbound::Gone { node } => {
                 warn!(node, "node unreachable");
-                s.node_gone(node)
+                s.node_gone(node, false)
             }
             Inbound::Lost { node, conn } => {
                 let node = node.or_else(|| s.by_conn.get(&conn.stable_id()).copied());
@@ -184,18 +184,28 @@ pub async fn serve(
                 if let Some(n) = node.filter(|n| s.nodes.contains_key(n)) {
                     // A process that exits closes its connection itself;
                     // anything else (time-out, reset) is a node lost.
-                    match conn.close_reason() {
-                        Some(quinn::ConnectionError::ApplicationClosed(_)) => info!(node = n, "node left"),
+                    let left = match conn.close_reason() {
+                        Some(quinn::ConnectionError::ApplicationClosed(c))
+                            if c.error_code == (Goodbye::Clean as u32).into() =>
+                        {
+                            info!(node = n, "node left");
+                            true
+                        }
+                        Some(quinn::ConnectionError::ApplicationClosed(c)) => {
+                            warn!(node = n, code = %c.error_code, "node left without giving every page back");
+                            false
+                        }
                         why => {
                             warn!(
                                 node = n,
                                 lease_ms = crate::config::lease().as_millis() as u64,
                                 "node lost: {}",
                                 why.map_or("unknown".into(), |e| e.to_string())
-                            )
+                            );
+                            false
                         }
-                    }
-                    s.node_gone(n);
+                    };
+                    s.node_gone(n, left);
                 }
             }
         }
@@ -674,7 +684,8 @@ impl Server {
         }
     }
 
-    fn node_gone(&mut self, node: NodeId) {
+    /// `left`: it closed its connection saying it gave every page back.
+    fn node_gone(&mut self, node: NodeId, left: bool) {
         if !self.nodes.contains_key(&node) {
             return;
         }
@@ -693,7 +704,11 @@ impl Server {
         // the dead node held or was handing over (`Msg::Recovery`).
         let live: Vec<NodeId> = self.nodes.keys().copied().filter(|&n| n != node).collect();
         let mut out = Vec::new();
-        self.manager.node_gone(node, &live, &mut out);
+        if left {
+            self.manager.node_left(node, &live, &mut out);
+        } else {
+            self.manager.node_gone(node, &live, &mut out);
+        }
         self.forget_node(node);
         self.send_all(out);
         self.watch_reports();
@@ -715,7 +730,7 @@ impl Server {
         self.reports_due = None;
         for n in self.manager.awaiting_reports() {
             warn!(node = n, "no recovery report within the lease: node declared dead");
-            self.node_gone(n);
+            self.node_gone(n, false);
         }
         self.watch_reports();
     }

@@ -31,7 +31,7 @@ use crate::semaphores::{
     SemCall, SemOp, SemRegistry, SemctlArg, SemctlReply, SemopOutcome, SetState, Waiter,
 };
 use crate::stats;
-use crate::transport::{Inbound, Transport};
+use crate::transport::{Goodbye, Inbound, Transport};
 use crate::wire::Msg;
 
 const EINVAL: Errno = Errno(libc::EINVAL);
@@ -824,6 +824,9 @@ struct State {
     wake_at: Option<u64>,
     /// The process is exiting: connections close on purpose.
     closing: bool,
+    /// A detach did not complete (pages may still be here): the exit is
+    /// not a clean one (see [`Goodbye`]).
+    unclean: bool,
     /// Cut off from the nameserver for longer than the lease: this node
     /// was declared dead. Its pages are closed (accesses get `SIGBUS`),
     /// every call fails with `EIDRM`, peers' messages are ignored.
@@ -1661,6 +1664,7 @@ async fn connect(
         releasing: HashMap::new(),
         wake_at: None,
         closing: false,
+        unclean: false,
         fenced: false,
     };
     let mut out = Vec::new();
@@ -1754,9 +1758,16 @@ async fn command(state: Shared, lock: Rc<tokio::sync::Mutex<()>>, c: Command) {
                 }
             }
             // Peers learn at once that this node is gone (a read request
-            // sent here by a stale hint then goes to the manager).
-            state.borrow_mut().closing = true;
-            state.borrow().transport.close();
+            // sent here by a stale hint then goes to the manager), and the
+            // nameserver whether it left anything behind.
+            let (closing, why) = {
+                let mut st = state.borrow_mut();
+                st.closing = true;
+                let why = if st.unclean || st.fenced { Goodbye::Unclean } else { Goodbye::Clean };
+                (st.transport.closing(), why)
+            };
+            debug!(?why, "exit: closing");
+            closing.finish(why, Duration::from_secs(2)).await;
             let _ = reply.send(());
         }
     }
@@ -1956,6 +1967,7 @@ async fn detach(state: &Shared, addr: usize) -> Result<(), Errno> {
         }
         if state.borrow().protocol.any_pending(id) {
             warn!(seg = id, pending = ?state.borrow().protocol.pending(id), "detach: requests still unanswered after 10 s");
+            state.borrow_mut().unclean = true;
         }
         // Hand the pages back before the nameserver counts the detach, so
         // that a segment destroyed by it has nothing in flight.
@@ -1972,6 +1984,7 @@ async fn detach(state: &Shared, addr: usize) -> Result<(), Errno> {
                 }
                 Err(e) => {
                     warn!(seg = id, "release: {e}");
+                    st.unclean = true;
                     st.apply(&mut out);
                     None
                 }

@@ -11,6 +11,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
@@ -43,7 +44,51 @@ pub struct Transport {
     shared: Arc<Mutex<Shared>>,
     addrs: HashMap<NodeId, SocketAddr>,
     out: HashMap<NodeId, mpsc::UnboundedSender<Msg>>,
+    /// The tasks writing the streams in `out` (and streams given up,
+    /// still delivering their last messages).
+    writers: Vec<tokio::task::JoinHandle<()>>,
+    /// [`Transport::closing`] was called: nothing more is sent.
+    closed: bool,
     inbound: mpsc::UnboundedSender<Inbound>,
+}
+
+/// How a node closes its connections (QUIC application close codes; the
+/// nameserver tells a node that left from one that died by them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Goodbye {
+    /// Every page given back and every hand-over done: nothing to recover.
+    Clean = 0,
+    /// Malformed input from the peer.
+    Malformed = 1,
+    /// Exiting with pages possibly still here (a detach that did not
+    /// complete): recovered as after a death.
+    Unclean = 2,
+}
+
+/// A transport being closed (see [`Transport::closing`]).
+pub struct Closing {
+    endpoint: quinn::Endpoint,
+    writers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Closing {
+    /// Waits (at most `within`) until every message sent so far is
+    /// acknowledged by its receiver, then closes every connection and
+    /// waits a moment for the close to go out. Without the first wait a
+    /// hand-over sent just before exiting could die in the send buffer;
+    /// without the second, peers would see a time-out instead of a close.
+    pub async fn finish(self, why: Goodbye, within: Duration) {
+        let drained = async {
+            for w in self.writers {
+                let _ = w.await;
+            }
+        };
+        if tokio::time::timeout(within, drained).await.is_err() {
+            warn!("closing: messages still unacknowledged after {within:?}");
+        }
+        self.endpoint.close((why as u32).into(), b"bye");
+        let _ = tokio::time::timeout(Duration::from_millis(200), self.endpoint.wait_idle()).await;
+    }
 }
 
 impl Transport {
@@ -62,7 +107,16 @@ impl Transport {
         endpoint.set_default_client_config(tls.client);
         let shared = Arc::new(Mutex::new(Shared::default()));
         tokio::spawn(accept_loop(endpoint.clone(), shared.clone(), inbound.clone()));
-        Ok(Transport { endpoint, me: None, shared, addrs: HashMap::new(), out: HashMap::new(), inbound })
+        Ok(Transport {
+            endpoint,
+            me: None,
+            shared,
+            addrs: HashMap::new(),
+            out: HashMap::new(),
+            writers: Vec::new(),
+            closed: false,
+            inbound,
+        })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -100,6 +154,9 @@ impl Transport {
 
     /// Queues a message for `to`.
     pub fn send(&mut self, to: NodeId, msg: Msg) {
+        if self.closed {
+            return;
+        }
         if let Some(tx) = self.out.get(&to) {
             if tx.send(msg).is_ok() {
                 return;
@@ -123,7 +180,8 @@ impl Transport {
                 }
             },
         };
-        tokio::spawn(writer(
+        self.writers.retain(|w| !w.is_finished());
+        self.writers.push(tokio::spawn(writer(
             self.endpoint.clone(),
             self.me,
             to,
@@ -131,11 +189,17 @@ impl Transport {
             rx,
             self.shared.clone(),
             self.inbound.clone(),
-        ));
+        )));
     }
 
-    pub fn close(&self) {
-        self.endpoint.close(0u32.into(), b"bye");
+    /// Ends every stream: messages sent from now on are dropped; the
+    /// returned [`Closing`] finishes the close.
+    pub fn closing(&mut self) -> Closing {
+        self.closed = true;
+        self.out.clear();
+        self.addrs.clear();
+        self.shared.lock().unwrap_or_else(|e| e.into_inner()).conns.clear();
+        Closing { endpoint: self.endpoint.clone(), writers: std::mem::take(&mut self.writers) }
     }
 }
 
@@ -298,7 +362,14 @@ async fn read_stream(
                     return;
                 }
             }
-            Ok(None) => return,
+            // The peer finished the stream (it is closing, see
+            // `Closing::finish`): it is lost when the connection ends,
+            // after every message it sent here.
+            Ok(None) => {
+                conn.closed().await;
+                let _ = inbound.send(Inbound::Lost { node: from, conn });
+                return;
+            }
             Err(e) => {
                 if conn.close_reason().is_none() {
                     bad(&conn, &e);
@@ -313,7 +384,7 @@ async fn read_stream(
 /// Closes a connection whose peer sent something malformed.
 pub fn bad(conn: &quinn::Connection, why: &str) {
     warn!(remote = %conn.remote_address(), "closing connection: malformed input: {why}");
-    conn.close(1u32.into(), b"malformed message");
+    conn.close((Goodbye::Malformed as u32).into(), b"malformed message");
 }
 
 async fn writer(
@@ -382,11 +453,18 @@ async fn writer(
             }
         }
         if let Err(e) = send.write_all(&buf).await {
-            warn!(node = to, "send failed: {e}");
+            match conn.close_reason() {
+                // The peer closed on purpose (it exited).
+                Some(quinn::ConnectionError::ApplicationClosed(_)) => debug!(node = to, "send failed: {e}"),
+                _ => warn!(node = to, "send failed: {e}"),
+            }
             let _ = inbound.send(Inbound::Lost { node: Some(to), conn });
             return;
         }
         buf.clear();
     }
-    let _ = send.finish();
+    // Until the peer has every byte (see `Closing::finish`).
+    if send.finish().is_ok() {
+        let _ = send.stopped().await;
+    }
 }

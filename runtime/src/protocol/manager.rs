@@ -82,6 +82,8 @@ struct Recovery {
     /// Readers that released their copy of a page meanwhile: a copy they
     /// report is gone.
     dropped: Vec<(SegId, PageIdx, NodeId)>,
+    /// The node left on purpose (see [`Manager::node_left`]).
+    left: bool,
 }
 
 /// The directory of every distributed page.
@@ -259,6 +261,20 @@ impl Manager {
     /// and to every later request). It leaves the home's read copies; its
     /// later or stale requests are ignored.
     pub fn node_gone(&mut self, node: NodeId, live: &[NodeId], out: &mut Vec<Action>) {
+        self.gone(node, live, false, out);
+    }
+
+    /// `node` exited after giving every page back: everything it was handed
+    /// it had passed on, and its last messages were acknowledged before it
+    /// closed (`Transport::close`). Nothing of its pages is missing: it
+    /// only leaves the hand-over chains. It is otherwise handled as a death
+    /// (its later messages ignored, reads that reached it after it closed
+    /// answered again once the survivors reported them).
+    pub fn node_left(&mut self, node: NodeId, live: &[NodeId], out: &mut Vec<Action>) {
+        self.gone(node, live, true, out);
+    }
+
+    fn gone(&mut self, node: NodeId, live: &[NodeId], left: bool, out: &mut Vec<Action>) {
         if node == MANAGER || !self.dead.insert(node) {
             return;
         }
@@ -268,7 +284,7 @@ impl Manager {
                 done.push(d);
             }
         }
-        let mut rec = Recovery::default();
+        let mut rec = Recovery { left, ..Recovery::default() };
         for (&seg, pages) in self.segs.iter_mut() {
             for (i, p) in pages.iter_mut().enumerate() {
                 p.readers.retain(|&r| r != node);
@@ -294,7 +310,7 @@ impl Manager {
         if rec.awaiting.is_empty() {
             done.push(node);
         }
-        tracing::info!(node, pages = rec.pages.len(), awaiting = ?rec.awaiting, "recovering the pages of a dead node");
+        tracing::info!(node, left, pages = rec.pages.len(), awaiting = ?rec.awaiting, "recovering the pages of a node gone");
         self.recovering.insert(node, rec);
         for d in done {
             self.finish(d, out);
@@ -364,7 +380,7 @@ impl Manager {
             p.suspect = p.suspect.saturating_sub(1);
             let dropped: Vec<NodeId> =
                 rec.dropped.iter().filter(|d| d.0 == seg && d.1 == page).map(|d| d.2).collect();
-            if !recover(seg, page, p, dead, &rec.reports, &dropped, out) {
+            if !recover(seg, page, p, dead, rec.left, &rec.reports, &dropped, out) {
                 *lost.entry(seg).or_default() += 1;
             }
             // Reads that may have gone to the dead node before it was known
@@ -663,11 +679,17 @@ fn request(
 /// only after every copy acknowledged its invalidation). Failing both, the
 /// page is lost: the waiting writers get `Lost`, and so does every later
 /// request.
+///
+/// A node that `left` on purpose completed every hand-over out of it: it
+/// only leaves the chain. (Its owning the page still would be a release
+/// that never came: recovered as a death.)
+#[allow(clippy::too_many_arguments)]
 fn recover(
     seg: SegId,
     page: PageIdx,
     p: &mut HomePage,
     dead: NodeId,
+    left: bool,
     reports: &[(NodeId, Report)],
     dropped: &[NodeId],
     out: &mut Vec<Action>,
@@ -675,6 +697,10 @@ fn recover(
     let j = p.chain.iter().rposition(|&n| n == dead);
     if j.is_none() && p.owner != Some(dead) {
         return true; // Given back meanwhile.
+    }
+    if left && p.owner != Some(dead) {
+        p.chain.retain(|&n| n != dead);
+        return true;
     }
     let waiting = |n: NodeId| reports.iter().any(|(f, r)| *f == n && r.waiting.contains(&(seg, page)));
     let next = j.and_then(|j| p.chain.get(j + 1).copied());
