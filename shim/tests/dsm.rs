@@ -95,6 +95,69 @@ fn persistence_after_the_writer_exits() {
     assert!(r.stdout.contains("bad_bytes=0"), "{}", r.stdout);
 }
 
+/// 4b. Processes that come and go (`c-tests/churn.c`): short-lived workers,
+///     several at a time, each taking every page from the ones before it
+///     (under a semaphore), adding to it and exiting while the next ones'
+///     requests for its pages are on their way. Every count must be exact,
+///     and every exit a clean one: the nameserver declares no node lost and
+///     recovers nothing.
+fn churn(c: &Cluster, workers: usize, at_once: usize) {
+    use std::process::Stdio;
+    let key = support::fresh_key();
+    let pages = "16";
+    c.run("churn", &[&key, "init", pages], T).assert_ok("churn init");
+    let mut running: Vec<std::process::Child> = Vec::new();
+    let mut started = 0;
+    let deadline = std::time::Instant::now() + T;
+    while started < workers || !running.is_empty() {
+        assert!(std::time::Instant::now() < deadline, "churn: workers still running after {T:?}");
+        let mut i = 0;
+        while i < running.len() {
+            if let Some(st) = running[i].try_wait().unwrap() {
+                let out = running.swap_remove(i).wait_with_output().unwrap();
+                assert!(
+                    st.success(),
+                    "churn worker failed ({st}): {}\nnameserver log:\n{}",
+                    String::from_utf8_lossy(&out.stderr),
+                    c.ns_log()
+                );
+            } else {
+                i += 1;
+            }
+        }
+        while started < workers && running.len() < at_once {
+            let mut cmd = c.command(started % c.nhosts().max(1), &support::prog("churn"));
+            cmd.args([&key, "work", pages, &started.to_string()])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+            running.push(cmd.spawn().unwrap());
+            started += 1;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let check = c.run("churn", &[&key, "check", pages, &workers.to_string()], T);
+    check.assert_ok("churn check");
+    print!("{}", check.stdout);
+    let log = support::plain(&c.ns_log());
+    assert!(log.matches("node left").count() >= workers, "{log}");
+    for bad in ["node lost", "without giving", "lost:", "pages lost", "left=false"] {
+        assert!(!log.contains(bad), "nameserver log has {bad:?}:\n{log}");
+    }
+}
+
+#[test]
+fn processes_that_come_and_go_lose_nothing() {
+    churn(&Cluster::local(), iters(48, 200) as usize, 6);
+}
+
+#[test]
+fn processes_that_come_and_go_across_emulated_hosts() {
+    if !can_use_netns("processes_that_come_and_go_across_emulated_hosts") {
+        return;
+    }
+    churn(&Cluster::hosts(2), iters(32, 200) as usize, 4);
+}
+
 /// 5. Threads of one process fault on the same and different pages at once
 ///    while another process writes them.
 #[test]
