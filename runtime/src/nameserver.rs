@@ -279,7 +279,7 @@ impl Server {
         self.send_all(out);
         for n in gone {
             warn!(node = n, "node did not rejoin after the restart: declared dead");
-            self.forget_node(n);
+            self.forget_node(n, false);
         }
         for (n, conn, msg) in r.held {
             self.handle(Some(n), &conn, msg);
@@ -443,6 +443,7 @@ impl Server {
                 self.reply(node, id, reply, keep);
             }
             (Some(node), Msg::Coherence(m)) => {
+                tracing::trace!(from = node, msg = ?m, "received");
                 let mut out = Vec::new();
                 if let Err(e) = self.manager.handle(node, m, &mut out) {
                     bad(conn, &format!("protocol: {e}"));
@@ -679,6 +680,7 @@ impl Server {
     fn send_all(&mut self, out: Vec<Action>) {
         for a in out {
             if let Action::Send { to, msg } = a {
+                tracing::trace!(to, ?msg, "send");
                 self.transport.send(to, Msg::Coherence(msg));
             }
         }
@@ -692,7 +694,7 @@ impl Server {
         if self.rejoining.as_mut().is_some_and(|r| r.awaiting.remove(&node)) {
             // It will not report: the rebuild goes on without it (its
             // pages are dealt with there).
-            self.forget_node(node);
+            self.forget_node(node, left);
             if self.rejoining.as_ref().is_some_and(|r| r.awaiting.is_empty()) {
                 self.finish_rejoin();
             }
@@ -709,7 +711,7 @@ impl Server {
         } else {
             self.manager.node_gone(node, &live, &mut out);
         }
-        self.forget_node(node);
+        self.forget_node(node, left);
         self.send_all(out);
         self.watch_reports();
     }
@@ -739,7 +741,7 @@ impl Server {
     /// members (every node hears), its attaches go, its `SEM_UNDO`
     /// adjustments apply, its blocked operations go, the sets lent to it
     /// come home as last reported.
-    fn forget_node(&mut self, node: NodeId) {
+    fn forget_node(&mut self, node: NodeId, left: bool) {
         if self.nodes.remove(&node).is_none() {
             return;
         }
@@ -761,7 +763,7 @@ impl Server {
             self.finish_list(k);
         }
         for &other in self.nodes.keys() {
-            self.transport.send(other, Msg::NodeGone { node });
+            self.transport.send(other, Msg::NodeGone { node, left });
         }
         for e in self.registry.node_gone(node) {
             self.effect(e);

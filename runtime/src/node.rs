@@ -885,7 +885,10 @@ impl State {
         let mut open: Option<OpenRun> = None;
         while let Some(a) = it.next() {
             match a {
-                Action::Send { to, msg } => self.transport.send(to, Msg::Coherence(msg)),
+                Action::Send { to, msg } => {
+                    tracing::trace!(to, ?msg, "send");
+                    self.transport.send(to, Msg::Coherence(msg))
+                }
                 Action::SetAccess { seg, page, access: Access::Invalid } => {
                     self.flush_open(&mut open);
                     let mut last = page;
@@ -932,7 +935,10 @@ impl State {
                         let Some(Action::SendPage { page, to, acks, version, .. }) = it.next() else { break };
                         run.push((page, to, acks, version));
                     }
-                    let Some(s) = self.segs.get_mut(&seg) else { continue };
+                    let Some(s) = self.segs.get_mut(&seg) else {
+                        warn!(seg, page, pages = run.len(), "pages to send of a segment no longer attached");
+                        continue;
+                    };
                     s.unmark(page, run.len() as u32);
                     s.protect_range(page, run.len() as u32, keep);
                     fault::membarrier();
@@ -943,6 +949,7 @@ impl State {
                         // none when it hands the page to a writer.
                         let write = keep == Access::Invalid;
                         let data = CoherenceMsg::Data { seg, page, write, acks, version, payload };
+                        tracing::trace!(to, msg = ?data, "send");
                         self.transport.send(to, Msg::Coherence(data));
                     }
                 }
@@ -1167,6 +1174,7 @@ impl State {
                     return crate::transport::bad(conn, "coherence message before Hello with an id");
                 };
                 let now = self.now();
+                tracing::trace!(from, msg = ?m, "received");
                 if let Err(e) = self.protocol.handle(from, m, now, out) {
                     crate::transport::bad(conn, &format!("protocol: {e}"));
                 }
@@ -1181,8 +1189,8 @@ impl State {
                     self.transport.set_addr(node, addr);
                 }
             }
-            Msg::NodeGone { node } if from == Some(MANAGER) => {
-                self.peer_dead(node);
+            Msg::NodeGone { node, left } if from == Some(MANAGER) => {
+                self.peer_dead(node, left);
                 // What this node holds of the pages the dead node held or
                 // was handing over, for the manager to recover them.
                 let mut report = self.protocol.report(node);
@@ -1321,11 +1329,11 @@ impl State {
     }
 
     /// The nameserver declared `n` dead.
-    fn peer_dead(&mut self, n: NodeId) {
+    fn peer_dead(&mut self, n: NodeId, left: bool) {
         self.transport.forget(n);
         let mut out = Vec::new();
         let now = self.now();
-        if let Err(e) = self.protocol.peer_gone(n, now, &mut out) {
+        if let Err(e) = self.protocol.peer_gone(n, left, now, &mut out) {
             error!("peer gone: {e}");
         }
         self.apply(&mut out);
@@ -1974,8 +1982,13 @@ async fn detach(state: &Shared, addr: usize) -> Result<(), Errno> {
         let done = {
             let mut st = state.borrow_mut();
             let mut out = Vec::new();
-            match st.protocol.release(id, &mut out) {
-                Ok(0) => None,
+            let r = st.protocol.release(id, &mut out);
+            debug!(seg = id, released = ?r, actions = out.len(), "detach: release");
+            match r {
+                Ok(0) => {
+                    st.apply(&mut out);
+                    None
+                }
                 Ok(n) => {
                     let (tx, rx) = oneshot::channel();
                     st.releasing.insert(id, (n, vec![tx]));

@@ -11,7 +11,7 @@ use crate::registry::{Call, Reply};
 use crate::semaphores::SetState;
 
 /// Bumped on every incompatible change of [`Msg`].
-pub const PROTOCOL_VERSION: u16 = 9;
+pub const PROTOCOL_VERSION: u16 = 10;
 /// Largest frame accepted (a page plus headroom, or a registry answer).
 pub const MAX_FRAME: usize = 1 << 20;
 
@@ -36,7 +36,12 @@ pub enum Msg {
     /// nameserver → node: where a node listens.
     PeerAddr { node: NodeId, addr: SocketAddr },
     /// nameserver → node: that node died or left.
-    NodeGone { node: NodeId },
+    NodeGone {
+        node: NodeId,
+        /// It closed saying it gave every page back (see
+        /// `NodeProtocol::peer_gone`).
+        left: bool,
+    },
     /// node → nameserver: after `dead` died (or this node lost its
     /// connection to it), what this node holds of the pages the dead node
     /// may have held; the manager recovers them from these.

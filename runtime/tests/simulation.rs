@@ -1576,7 +1576,7 @@ mod scenarios {
     /// The node learns of the death from the nameserver and reports.
     fn gone(n: &mut NodeProtocol, dead: NodeId) -> (Vec<Action>, Report) {
         let mut out = Vec::new();
-        n.peer_gone(dead, 1000, &mut out).unwrap();
+        n.peer_gone(dead, false, 1000, &mut out).unwrap();
         (out, n.report(dead))
     }
 
@@ -1643,7 +1643,7 @@ mod scenarios {
         assert_eq!(at_manager(&mut m, 3, request(0, true, 3)), vec![send(2, fetch(0, 3, true))]);
         let mut out = Vec::new();
         m.node_gone(2, &[1, 3], &mut out);
-        n1.peer_gone(2, 100, &mut out).unwrap();
+        n1.peer_gone(2, false, 100, &mut out).unwrap();
         assert!(at_node(&mut n1, MANAGER, fetch(0, 2, true), 100).is_empty(), "kept");
         assert!(n1.is_owner(SEG, 0));
         let r1 = n1.report(2);
@@ -1707,7 +1707,7 @@ mod scenarios {
     fn messages_from_a_dead_node_are_ignored() {
         let mut n2 = node(2, 10);
         let mut out = Vec::new();
-        n2.peer_gone(1, 0, &mut out).unwrap();
+        n2.peer_gone(1, false, 0, &mut out).unwrap();
         assert_eq!(fault(&mut n2, 0, false, 0).1, vec![send(MANAGER, request(0, false, 2))]);
         // A late answer from the dead node does not complete the read.
         assert!(at_node(&mut n2, 1, data(0, false, vec![], 1), 10).is_empty());

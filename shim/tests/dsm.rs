@@ -96,9 +96,9 @@ fn persistence_after_the_writer_exits() {
 }
 
 /// 4b. Processes that come and go (`c-tests/churn.c`): short-lived workers,
-///     several at a time, each taking every page from the ones before it
-///     (under a semaphore), adding to it and exiting while the next ones'
-///     requests for its pages are on their way. Every count must be exact,
+///     several at a time, each adding to every page a few times (the pages
+///     move between the workers running at once) and exiting while the
+///     others' requests for its pages are on their way. Every count must be exact,
 ///     and every exit a clean one: the nameserver declares no node lost and
 ///     recovers nothing.
 fn churn(c: &Cluster, workers: usize, at_once: usize) {

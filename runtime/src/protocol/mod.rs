@@ -91,10 +91,20 @@ pub enum Access {
 
 /// The bytes of a page on the wire. A page that was never written travels
 /// without payload.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Payload {
     Zero,
     Bytes(#[serde(with = "raw_bytes")] Vec<u8>),
+}
+
+/// The length, not the bytes (messages are logged at `trace`).
+impl std::fmt::Debug for Payload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Payload::Zero => f.write_str("Zero"),
+            Payload::Bytes(b) => write!(f, "Bytes({})", b.len()),
+        }
+    }
 }
 
 /// Bytes as one length-prefixed blob (serde's default for `Vec<u8>` is a

@@ -99,6 +99,9 @@ pub struct NodeProtocol {
     waiting: BTreeSet<(SegId, PageIdx)>,
     /// Nodes known to be dead: they acknowledge nothing any more.
     dead: BTreeSet<NodeId>,
+    /// Those of `dead` that left on purpose: what they sent before they
+    /// closed still counts (see [`NodeProtocol::peer_gone`]).
+    left: BTreeSet<NodeId>,
     /// Pages this node was asked to hand to a node that died, and kept:
     /// (dead node, segment, page), for the report about it.
     kept: Vec<(NodeId, SegId, PageIdx)>,
@@ -164,6 +167,7 @@ impl NodeProtocol {
             segs: HashMap::new(),
             waiting: BTreeSet::new(),
             dead: BTreeSet::new(),
+            left: BTreeSet::new(),
             kept: Vec::new(),
             gave_gone: VecDeque::new(),
         }
@@ -440,7 +444,7 @@ impl NodeProtocol {
         out: &mut Vec<Action>,
     ) -> Result<(), ProtocolError> {
         let (seg, page) = msg.target();
-        if self.dead.contains(&from) {
+        if self.dead.contains(&from) && !self.left.contains(&from) {
             // Sent before it died, arriving after its death was handled
             // (and reported to the manager as not arrived): ignored.
             return Ok(());
@@ -640,9 +644,25 @@ impl NodeProtocol {
     /// their way are ignored; a page this node was to hand to it stays here
     /// (now or when the manager's `Fetch` comes later). Once the manager
     /// has declared it dead, [`Self::report`] says what this node holds.
-    pub fn peer_gone(&mut self, node: NodeId, now: u64, out: &mut Vec<Action>) -> Result<(), ProtocolError> {
+    ///
+    /// A node that `left` (closed after giving every page back) had every
+    /// message it sent acknowledged by its receiver before it closed, but
+    /// this node may not have read them all yet (the nameserver's word can
+    /// come first): they are still handled when they come (a hand-over out
+    /// of it is not recovered by the manager, so this is its only way
+    /// here).
+    pub fn peer_gone(
+        &mut self,
+        node: NodeId,
+        left: bool,
+        now: u64,
+        out: &mut Vec<Action>,
+    ) -> Result<(), ProtocolError> {
         if node == MANAGER || !self.dead.insert(node) {
             return Ok(());
+        }
+        if left {
+            self.left.insert(node);
         }
         let me = self.me;
         let mut writes = Vec::new();
