@@ -242,7 +242,7 @@ fn samples(f: &Fields) -> Vec<Msg> {
         },
         Msg::HeldQuery { query: f.x },
         Msg::Held { query: f.x, segs: vec![(f.i, f.n)] },
-        Msg::NodeGone { node: f.n, left: f.x % 2 == 0 },
+        Msg::NodeGone { node: f.n, left: f.x.is_multiple_of(2) },
         Msg::Restarted { epoch: f.x },
         Msg::Rejoin {
             pages: vec![kdipc_runtime::protocol::PageReport {
