@@ -275,7 +275,8 @@ static void other_calls(uint8_t *e)
     int rcvd = recvmmsg(dsv[1], mm, 2, MSG_DONTWAIT, NULL);
     CHECK(rcvd == 2 && mm[0].msg_len == 5 && mm[1].msg_len == 7 && memcmp(m1, "first", 5) == 0
               && memcmp(m2, "second!", 7) == 0,
-          "recvmmsg: %d (%s)", rcvd, strerror(errno));
+          "recvmmsg: %d (%s) msg_len %u %u data '%.5s' '%.7s'", rcvd, strerror(errno), mm[0].msg_len,
+          mm[1].msg_len, m1, m2);
 
     /* poll, ppoll, select, pselect: arrays and sets in region E, on a
      * socket with a datagram waiting (readable) and one that is not. */

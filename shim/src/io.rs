@@ -519,9 +519,89 @@ fn copy_out_bytes(dst: usize, src: &[u8]) -> Result<(), Errno> {
     }
     Ok(())
 }
-hook! {
-    /// Hook for libc::sendmsg.
-    fn sendmsg(fd: Int, msg: *const libc::msghdr, flags: Int) -> isize; msg_bufs(msg, false)
+/// Whether a page of the buffers lies in a distributed view.
+fn distributed(bufs: &[Buf]) -> bool {
+    bufs.iter().any(|&(a, l, _)| a != 0 && l != 0 && fault::meets_view(a, l))
+}
+
+/// A message the kernel only reads, gathered from the program's memory
+/// into ours: its data in one buffer, its address and control data
+/// copied. A send from distributed pages retried after an `EFAULT` needs
+/// every page present at once (another node writing them can keep that
+/// from happening), and a retried `sendmmsg` sent again the messages whose
+/// `msg_len` the kernel could not store (their page had left): gathered,
+/// the kernel reads only our memory and the call runs once.
+struct Gathered {
+    hdr: libc::msghdr,
+    _data: Vec<u8>,
+    _name: Vec<u8>,
+    _ctl: Vec<u8>,
+    _one: Box<libc::iovec>,
+}
+
+impl Gathered {
+    /// `None` when it is larger than [`BOUNCE_MAX`] or cannot be read
+    /// (the call then runs as before).
+    fn of(msg: *const libc::msghdr) -> Option<Gathered> {
+        let total: usize = msg_bufs(msg, false).iter().map(|b| b.1).sum();
+        if total > BOUNCE_MAX {
+            return None;
+        }
+        let m = copy_in(msg).ok()?;
+        let iov = copy_in_slice(m.msg_iov as *const libc::iovec, m.msg_iovlen).ok()?;
+        let mut data = Vec::new();
+        for v in &iov {
+            data.extend(copy_in_slice(v.iov_base as *const u8, v.iov_len).ok()?);
+        }
+        let bytes = |a: Ptr, n: usize| {
+            if a.is_null() {
+                Some(Vec::new())
+            } else {
+                copy_in_slice(a as *const u8, n).ok()
+            }
+        };
+        let mut name = bytes(m.msg_name, m.msg_namelen as usize)?;
+        let mut ctl = bytes(m.msg_control, m.msg_controllen)?;
+        let mut one = Box::new(libc::iovec { iov_base: data.as_mut_ptr() as Ptr, iov_len: data.len() });
+        let mut hdr = m;
+        hdr.msg_iov = &mut *one;
+        hdr.msg_iovlen = 1;
+        if !m.msg_name.is_null() {
+            hdr.msg_name = name.as_mut_ptr() as Ptr;
+        }
+        if !m.msg_control.is_null() {
+            hdr.msg_control = ctl.as_mut_ptr() as Ptr;
+        }
+        Some(Gathered { hdr, _data: data, _name: name, _ctl: ctl, _one: one })
+    }
+}
+
+/// Hook for libc::sendmsg: a message with distributed buffers is sent
+/// [`Gathered`].
+///
+/// # Safety
+/// As for libc's `sendmsg`.
+#[cfg_attr(not(test), no_mangle)]
+pub unsafe extern "C" fn sendmsg(fd: Int, msg: *const libc::msghdr, flags: Int) -> isize {
+    guard(|| {
+        let f = real_fn!(sendmsg: fn(Int, *const libc::msghdr, Int) -> isize);
+        if passthrough() {
+            // SAFETY: libc's function with the program's arguments.
+            return unsafe { f(fd, msg, flags) };
+        }
+        let bufs = msg_bufs(msg, false);
+        if !distributed(&bufs) {
+            // SAFETY: libc's function with the program's arguments.
+            return unsafe { f(fd, msg, flags) };
+        }
+        if let Some(g) = Gathered::of(msg) {
+            // SAFETY: libc's sendmsg with our own header, which points into
+            // buffers `g` owns until it returns.
+            return unsafe { f(fd, &g.hdr, flags) };
+        }
+        // SAFETY: libc's function with the program's arguments.
+        with_pages(&bufs, || unsafe { f(fd, msg, flags) })
+    })
 }
 /// Hook for libc::recvmmsg: the `mmsghdr` array (the kernel writes
 /// `msg_len`) and every message's buffers; on a datagram socket through a
@@ -575,11 +655,44 @@ pub unsafe extern "C" fn recvmmsg(
     })
 }
 
-hook! {
-    /// Hook for libc::sendmmsg (the kernel reads the buffers and writes
-    /// `msg_len`).
-    fn sendmmsg(fd: Int, vec: *mut libc::mmsghdr, vlen: libc::c_uint, flags: Int) -> Int;
-    mmsg_bufs(vec, vlen as usize, false)
+/// Hook for libc::sendmmsg (the kernel reads the buffers and writes
+/// `msg_len`): with distributed memory in it, every message is sent
+/// [`Gathered`], from our own `mmsghdr` array, and the lengths are stored
+/// back after the call.
+///
+/// # Safety
+/// As for libc's `sendmmsg`.
+#[cfg_attr(not(test), no_mangle)]
+pub unsafe extern "C" fn sendmmsg(fd: Int, vec: *mut libc::mmsghdr, vlen: libc::c_uint, flags: Int) -> Int {
+    guard(|| {
+        let f = real_fn!(sendmmsg: fn(Int, *mut libc::mmsghdr, libc::c_uint, Int) -> Int);
+        // SAFETY: libc's function with the program's arguments.
+        let call = || unsafe { f(fd, vec, vlen, flags) };
+        if passthrough() {
+            return call();
+        }
+        let n = vlen.min(libc::UIO_MAXIOV as u32) as usize;
+        let bufs = mmsg_bufs(vec, n, false);
+        if !distributed(&bufs) {
+            return call();
+        }
+        let gathered: Option<Vec<Gathered>> =
+            (0..n).map(|i| Gathered::of(vec.wrapping_add(i) as *const libc::msghdr)).collect();
+        let Some(gathered) = gathered else { return with_pages(&bufs, call) };
+        let mut ours: Vec<libc::mmsghdr> =
+            gathered.iter().map(|g| libc::mmsghdr { msg_hdr: g.hdr, msg_len: 0 }).collect();
+        // SAFETY: libc's sendmmsg with our own array, whose headers point
+        // into buffers `gathered` owns until it returns.
+        let r = unsafe { f(fd, ours.as_mut_ptr(), n as libc::c_uint, flags) };
+        for (i, m) in ours.iter().enumerate().take(r.max(0) as usize) {
+            let len = (vec.wrapping_add(i) as usize + std::mem::offset_of!(libc::mmsghdr, msg_len))
+                as *mut libc::c_uint;
+            if let Err(e) = copy_out(len, &m.msg_len) {
+                return fail(e);
+            }
+        }
+        r
+    })
 }
 hook! {
     /// Hook for libc::poll: the kernel reads the array and writes `revents`.
