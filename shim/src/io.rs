@@ -289,7 +289,7 @@ pub unsafe extern "C" fn recvfrom(
             (addr as usize, alen_v, true),
             (alen as usize, std::mem::size_of::<libc::socklen_t>(), true),
         ];
-        if bounce_needed(fd, &bufs) {
+        if bounce_needed(&bufs) {
             let iov = vec![libc::iovec { iov_base: buf, iov_len: n }];
             let name = if alen.is_null() { (0, 0) } else { (addr as usize, alen_v) };
             let r =
@@ -329,7 +329,7 @@ pub unsafe extern "C" fn recvmsg(fd: Int, msg: *mut libc::msghdr, flags: Int) ->
             return call();
         }
         let bufs = msg_bufs(msg, true);
-        if bounce_needed(fd, &bufs) {
+        if bounce_needed(&bufs) {
             let Ok(orig) = copy_in(msg) else { return call() };
             let r = Bounce::of_msg(&orig).and_then(|b| recv_bounced(fd, b, flags)).and_then(|(r, m)| {
                 if r >= 0 {
@@ -347,24 +347,19 @@ pub unsafe extern "C" fn recvmsg(fd: Int, msg: *mut libc::msghdr, flags: Int) ->
 /// prefault-and-retry path).
 const BOUNCE_MAX: usize = 64 << 20;
 
-/// Whether a receive must go through a bounce buffer: some page of `bufs`
-/// is distributed and writable, and `fd` is a socket that keeps record
-/// boundaries. The kernel dequeues a datagram before it copies it out and
-/// drops it when the copy fails: a page that leaves between our touch and
-/// that copy (another node writes it while the call blocks) would lose the
-/// datagram, where a byte stream keeps unread data for the retry.
-fn bounce_needed(fd: Int, bufs: &[Buf]) -> bool {
+/// Whether a receive (`recvfrom`, `recvmsg`, `recvmmsg`) must go through a
+/// bounce buffer: some page of `bufs` is distributed and writable. The
+/// kernel dequeues a datagram before it copies it out and drops it when
+/// the copy fails; and on any socket it stores the address length, the
+/// control length and the flags after the data was taken: a page that
+/// left between our touch and those stores (another node writes it while
+/// the call blocks) made the call fail with `EFAULT` after consuming the
+/// data, and the retry then waited for data that had already come (a
+/// stream `recvmsg` with a descriptor passed hung `syscalls.c` ≈ 1 run
+/// in 30). A plain `read` stores nothing after the data and is retried.
+fn bounce_needed(bufs: &[Buf]) -> bool {
     let total: usize = bufs.iter().map(|b| b.1).sum();
-    if total > BOUNCE_MAX || !bufs.iter().any(|&(a, l, _)| writable_distributed(a, l)) {
-        return false;
-    }
-    let mut ty: Int = 0;
-    let mut len = std::mem::size_of::<Int>() as libc::socklen_t;
-    // SAFETY: SO_TYPE writes one int into `ty`.
-    let r = unsafe {
-        libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_TYPE, &mut ty as *mut Int as Ptr, &mut len)
-    };
-    r == 0 && matches!(ty, libc::SOCK_DGRAM | libc::SOCK_SEQPACKET | libc::SOCK_RAW | libc::SOCK_RDM)
+    total <= BOUNCE_MAX && bufs.iter().any(|&(a, l, _)| writable_distributed(a, l))
 }
 
 /// Whether a page of `[addr, addr + len)` lies in a writable distributed view.
@@ -628,7 +623,7 @@ pub unsafe extern "C" fn recvmmsg(
         let vlen = vlen.min(libc::UIO_MAXIOV as u32);
         let mut bufs = mmsg_bufs(vec, vlen as usize, true);
         bufs.push((tmo as usize, std::mem::size_of::<libc::timespec>(), true));
-        if !bounce_needed(fd, &bufs) {
+        if !bounce_needed(&bufs) {
             return with_pages(&bufs, call);
         }
         let r = (|| {
