@@ -2,8 +2,50 @@
 //! `copy_from_user`/`copy_to_user` do: a bad pointer is `EFAULT`, not a
 //! crash in the shim.
 
+use std::cell::Cell;
+
 use kdipc_runtime::fault;
 use kdipc_runtime::registry::Errno;
+
+/// Whether `[addr, addr + len)` lies between this function's own frame and
+/// the top of the calling thread's stack: memory the thread is using, so
+/// mapped, readable and writable, and copied without a system call (the
+/// common case: a `sembuf` array or a `timespec` in a local variable).
+/// On a signal stack or a stack of the program's own making the frame is
+/// not inside the thread's stack and the caller takes the checked path.
+fn on_stack(addr: usize, len: usize) -> bool {
+    thread_local! {
+        // The top of this thread's stack; 0: not known yet, 1: unknown.
+        static TOP: Cell<usize> = const { Cell::new(0) };
+    }
+    let here = 0u8;
+    let sp = &here as *const u8 as usize;
+    let top = TOP.with(|t| {
+        if t.get() == 0 {
+            t.set(stack_top(sp).unwrap_or(1));
+        }
+        t.get()
+    });
+    addr >= sp && addr.checked_add(len).is_some_and(|end| end <= top)
+}
+
+/// The end of the calling thread's stack, if `sp` lies in it.
+fn stack_top(sp: usize) -> Option<usize> {
+    // SAFETY: pthread_attr_t is plain data, initialised by
+    // pthread_getattr_np before it is read and destroyed after.
+    unsafe {
+        let mut attr: libc::pthread_attr_t = std::mem::zeroed();
+        if libc::pthread_getattr_np(libc::pthread_self(), &mut attr) != 0 {
+            return None;
+        }
+        let mut base: *mut libc::c_void = std::ptr::null_mut();
+        let mut size: libc::size_t = 0;
+        let r = libc::pthread_attr_getstack(&attr, &mut base, &mut size);
+        libc::pthread_attr_destroy(&mut attr);
+        let (lo, hi) = (base as usize, (base as usize).checked_add(size)?);
+        (r == 0 && (lo..hi).contains(&sp)).then_some(hi)
+    }
+}
 
 /// `copy_to_user`: `EFAULT` where the kernel would fail, instead of a crash.
 pub fn copy_out<T>(dst: *mut T, src: &T) -> Result<(), Errno> {
@@ -15,6 +57,11 @@ pub fn copy_out<T>(dst: *mut T, src: &T) -> Result<(), Errno> {
             // SAFETY: the whole range lies in a read-write distributed view
             // of ours; the fault handler serves the write (which
             // process_vm_writev would not fault in).
+            unsafe { std::ptr::write_unaligned(dst, std::ptr::read(src)) };
+            Ok(())
+        }
+        None if on_stack(dst as usize, len) => {
+            // SAFETY: the range lies in this thread's live stack.
             unsafe { std::ptr::write_unaligned(dst, std::ptr::read(src)) };
             Ok(())
         }
@@ -36,9 +83,9 @@ pub fn copy_out<T>(dst: *mut T, src: &T) -> Result<(), Errno> {
 /// `copy_from_user`: `EFAULT` where the kernel would fail.
 pub fn copy_in<T: Copy>(src: *const T) -> Result<T, Errno> {
     let len = std::mem::size_of::<T>();
-    if in_one_view(src as usize, len).is_some() {
-        // SAFETY: the range lies in a distributed view; the fault handler
-        // serves the read.
+    if in_one_view(src as usize, len).is_some() || on_stack(src as usize, len) {
+        // SAFETY: the range lies in a distributed view, whose faults the
+        // fault handler serves, or in this thread's live stack.
         return Ok(unsafe { std::ptr::read_unaligned(src) });
     }
     let mut out = std::mem::MaybeUninit::<T>::uninit();
@@ -81,9 +128,9 @@ pub fn copy_in_slice<T: Copy>(src: *const T, n: usize) -> Result<Vec<T>, Errno> 
     if n == 0 {
         return Ok(out);
     }
-    if in_one_view(src as usize, len).is_some() {
-        // SAFETY: the range lies in a distributed view; the fault handler
-        // serves the reads.
+    if in_one_view(src as usize, len).is_some() || on_stack(src as usize, len) {
+        // SAFETY: the range lies in a distributed view, whose faults the
+        // fault handler serves, or in this thread's live stack.
         unsafe { std::ptr::copy_nonoverlapping(src, out.as_mut_ptr(), n) };
     } else {
         let local = libc::iovec { iov_base: out.as_mut_ptr() as *mut libc::c_void, iov_len: len };
