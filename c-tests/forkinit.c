@@ -1,6 +1,6 @@
 /*
  * forkinit - fork while another thread starts the node: the child must
- * not inherit the start-up lock held.
+ * not inherit the start-up lock held nor a start-up half done.
  *
  *   forkinit KEY [ROUNDS=5]
  *

@@ -128,6 +128,8 @@ pub struct NodeHandle {
 
 thread_local! {
     static RUNTIME_THREAD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// Whether this thread holds [`NODE_INIT`] (it is starting the node).
+    static STARTING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 /// Whether the calling thread is this process's runtime thread: the shim's
@@ -145,7 +147,10 @@ static NODE_INIT: InitLock = InitLock(std::sync::atomic::AtomicI32::new(0));
 /// thread of the parent may hold it (while it starts the node) when another
 /// thread calls `fork`, and in the child, where that thread does not exist,
 /// it would stay held for ever; [`after_fork_in_child`] resets it. A futex
-/// word: 0 free, 1 held.
+/// word: 0 free, 1 held. `fork` itself waits for a start-up under way in
+/// another thread ([`fork_guard`]): the start-up initialises libraries
+/// (logging, TLS, the async runtime) whose one-time initialisations,
+/// inherited half done, would never finish in the child.
 struct InitLock(std::sync::atomic::AtomicI32);
 
 /// Holds [`InitLock`] until dropped.
@@ -169,17 +174,20 @@ impl InitLock {
                 )
             };
         }
+        STARTING.set(true);
         InitGuard(self)
     }
 
     /// In the child of `fork`: whoever held it is not here.
     fn reset(&self) {
+        STARTING.set(false);
         self.0.store(0, Ordering::Release);
     }
 }
 
 impl Drop for InitGuard {
     fn drop(&mut self) {
+        STARTING.set(false);
         self.0 .0.store(0, Ordering::Release);
         // SAFETY: FUTEX_WAKE on our own word.
         unsafe {
@@ -232,6 +240,13 @@ pub fn node() -> Result<&'static NodeHandle, Errno> {
 /// The node, if it was started.
 pub fn started() -> Option<&'static NodeHandle> {
     current().and_then(|r| r.as_ref().ok())
+}
+
+/// Taken by the `fork` hook around the real `fork`: waits until no other
+/// thread is starting the node (milliseconds). `None` when the calling
+/// thread is the one starting it (a `fork` from within the start-up).
+pub fn fork_guard() -> Option<impl Drop> {
+    (!STARTING.get()).then(|| NODE_INIT.lock())
 }
 
 /// In the child of `fork`: the parent's runtime thread does not exist

@@ -18,8 +18,10 @@ use crate::ffi::{self, guard, real_fn};
 pub extern "C" fn fork() -> libc::pid_t {
     guard(|| {
         let f = real_fn!(fork: fn() -> libc::pid_t);
+        let starting = node::fork_guard();
         // SAFETY: libc's fork.
         let pid = unsafe { f() };
+        drop(starting);
         if pid == 0 {
             at_load();
             node::after_fork_in_child();

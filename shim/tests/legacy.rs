@@ -142,10 +142,12 @@ fn own_sigaltstack_and_stack_overflow_handler_keep_working() {
     }
 }
 
-/// The start-up lock across `fork`: a process forks children every 300 µs
+/// Node start-up across `fork`: a process forks children every 300 µs
 /// while a second thread makes its first distributed call (starting the
 /// node); every child's own distributed `shmget` completes (a child that
-/// inherited the lock held would hang until its `alarm(10)`).
+/// inherited the start-up lock held, or a library initialisation half
+/// done, would hang until its `alarm(10)`). `fork` waits for a start-up
+/// under way in another thread.
 #[test]
 fn fork_while_another_thread_starts_the_node_children_do_not_hang() {
     let c = Cluster::local();
