@@ -1745,4 +1745,40 @@ mod scenarios {
         let out = at_node(&mut n3, MANAGER, fetch(0, 2, true), 2000);
         assert!(matches!(out[..], [Action::SendPage { to: 2, version: 4, .. }]), "{out:?}");
     }
+
+    /// A read of a page a node never had goes to the node that last sent
+    /// it a page of the segment, which serves it if it owns it; a wrong
+    /// guess is passed on to the manager.
+    #[test]
+    fn a_read_with_no_hint_goes_to_the_last_sender_and_a_wrong_guess_to_the_manager() {
+        let mut m = Manager::new();
+        m.create(SEG, 3);
+        let mk = |id| {
+            let mut n = NodeProtocol::new(id, 10);
+            n.attach(SEG, 3);
+            n
+        };
+        let (mut n1, mut n2, mut n3) = (mk(1), mk(2), mk(3));
+        write_from_home(&mut m, &mut n1, 0, 0);
+        write_from_home(&mut m, &mut n1, 1, 0);
+        write_from_home(&mut m, &mut n3, 2, 0);
+        // Page 0: no hint, no guess yet: the manager, which has node 1
+        // serve it.
+        assert_eq!(fault(&mut n2, 0, false, 100), (false, vec![send(MANAGER, request(0, false, 2))]));
+        let out = at_manager(&mut m, 2, request(0, false, 2));
+        let [Action::Send { to: 1, msg }] = &out[..] else { panic!("manager: {out:?}") };
+        let out = at_node(&mut n1, MANAGER, msg.clone(), 100);
+        let [Action::SendPage { to: 2, version, .. }] = out[..] else { panic!("node 1: {out:?}") };
+        let out = at_node(&mut n2, 1, data(0, false, vec![], version), 100);
+        assert!(out.contains(&access(0, Access::Read)), "{out:?}");
+        // Page 1: straight to node 1, which serves it.
+        assert_eq!(fault(&mut n2, 1, false, 100), (false, vec![send(1, request(1, false, 2))]));
+        let out = at_node(&mut n1, 2, request(1, false, 2), 100);
+        assert!(matches!(out[..], [Action::SendPage { to: 2, .. }]), "{out:?}");
+        // Page 2 (node 3's): to node 1 too, which passes it to the manager.
+        assert_eq!(fault(&mut n2, 2, false, 100), (false, vec![send(1, request(2, false, 2))]));
+        assert_eq!(at_node(&mut n1, 2, request(2, false, 2), 100), vec![send(MANAGER, request(2, false, 2))]);
+        // Writes still go to the manager.
+        assert_eq!(fault(&mut n1, 2, true, 100).1, vec![send(MANAGER, request(2, true, 1))]);
+    }
 }

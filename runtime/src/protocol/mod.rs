@@ -16,7 +16,8 @@
 //!   (the home) when nobody does. The owner holds a current copy, knows the
 //!   read copies it gave (its copyset) and serves reads itself.
 //! * A read fault sends `Request` to the probable owner (the node that last
-//!   gave this node the page or invalidated it; at first the manager).
+//!   gave this node the page or invalidated it; for a page it never had,
+//!   the node that last sent it a page of the segment, else the manager).
 //!   The owner answers with `Data`: one round trip when the hint is right.
 //!   A node that is not the owner forwards the request to the manager.
 //! * A write fault sends `Request` to the manager, which designates the

@@ -87,6 +87,10 @@ pub struct PageSet {
     pages: Vec<NodePage>,
     /// `release` ran: the node is giving the whole segment up.
     detaching: bool,
+    /// The last node other than the manager that sent a page of this
+    /// segment: where a read of a page with no hint goes first (see
+    /// [`NodeProtocol::fault`]).
+    last_sender: Option<NodeId>,
 }
 
 /// The protocol state of one application node.
@@ -182,6 +186,7 @@ impl NodeProtocol {
         self.segs.entry(seg).or_insert_with(|| PageSet {
             pages: (0..npages).map(|_| NodePage::new()).collect(),
             detaching: false,
+            last_sender: None,
         });
     }
 
@@ -282,6 +287,7 @@ impl NodeProtocol {
         now: u64,
         out: &mut Vec<Action>,
     ) -> Result<bool, ProtocolError> {
+        let guess = self.segs.get(&seg).and_then(|s| s.last_sender);
         let (p, mut cx, _) = self.parts(seg, page, now, out)?;
         let need = if write { Access::Write } else { Access::Read };
         if p.access >= need {
@@ -321,7 +327,17 @@ impl NodeProtocol {
             });
             return Ok(false);
         }
-        let to = if write { MANAGER } else { p.hint.filter(|h| !cx.dead.contains(h)).unwrap_or(MANAGER) };
+        // A read goes to the probable owner. A page this node never had
+        // goes to the node that last sent a page of the segment, not the
+        // manager: the pages a program reads after another node wrote
+        // them (a matrix, a grid) mostly come from one writer, and the
+        // manager's hop (and its work, on a machine whose CPUs the
+        // program keeps busy) is saved. A wrong guess passes the request
+        // on to the manager: one hop more.
+        let to = match p.hint.or(guess) {
+            Some(h) if !write && !cx.dead.contains(&h) => h,
+            _ => MANAGER,
+        };
         p.pending = Some(Pending { write, asked: to, ..Pending::default() });
         cx.send(to, CoherenceMsg::Request { seg, page, write, requester: me });
         Ok(false)
@@ -481,6 +497,11 @@ impl NodeProtocol {
             return self.claimed(seg, page, count, versions, now, out);
         }
         let detaching = self.segs.get(&seg).is_some_and(|s| s.detaching);
+        if let (CoherenceMsg::Data { .. }, Some(s)) = (&msg, self.segs.get_mut(&seg)) {
+            if from != MANAGER {
+                s.last_sender = Some(from);
+            }
+        }
         let (p, mut cx, waiting) = self.parts(seg, page, now, out)?;
         match msg {
             CoherenceMsg::Request { write: false, requester, .. } if requester != cx.me => {
