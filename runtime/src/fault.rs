@@ -372,10 +372,40 @@ pub fn take_posted(out: &mut Vec<(usize, usize, bool)>) {
 }
 
 /// Runtime side: the fault in `slot` is served (`ok`) or the page is lost.
+/// The thread sees it at once if it is spinning; a sleeping one is woken
+/// by the next [`wake_completed`], which the runtime calls once the
+/// messages it queued meanwhile are sent: a woken thread often preempts
+/// the runtime thread, and a reply still queued behind it then waited for
+/// the end of the thread's time slice (≈ 1 ms) while its requester stood.
 pub fn complete(slot: usize, ok: bool) {
-    let s = &SLOTS[slot];
-    s.state.store(if ok { DONE } else { FAILED }, Ordering::Release);
-    futex_wake(&s.state);
+    SLOTS[slot].state.store(if ok { DONE } else { FAILED }, Ordering::Release);
+    TO_WAKE[slot].store(true, Ordering::Relaxed);
+    ANY_TO_WAKE.store(true, Ordering::Release);
+}
+
+/// Slots completed whose thread has not been woken yet.
+#[allow(clippy::declare_interior_mutable_const)]
+const NO_WAKE: AtomicBool = AtomicBool::new(false);
+static TO_WAKE: [AtomicBool; MAX_FAULTS] = [NO_WAKE; MAX_FAULTS];
+static ANY_TO_WAKE: AtomicBool = AtomicBool::new(false);
+
+/// Whether [`wake_completed`] has threads to wake.
+pub fn completed_pending() -> bool {
+    ANY_TO_WAKE.load(Ordering::Acquire)
+}
+
+/// Wakes the threads of the faults completed since the last call. (A
+/// thread that already left, and a new fault in its slot, only see a
+/// spurious wake-up, which `wait_for_page` absorbs.)
+pub fn wake_completed() {
+    if !ANY_TO_WAKE.swap(false, Ordering::AcqRel) {
+        return;
+    }
+    for (slot, w) in SLOTS.iter().zip(&TO_WAKE) {
+        if w.swap(false, Ordering::Relaxed) {
+            futex_wake(&slot.state);
+        }
+    }
 }
 
 fn futex_wake(word: &AtomicU32) {

@@ -312,7 +312,13 @@ fn start(config: Config) -> Result<NodeHandle, String> {
         .spawn(move || {
             RUNTIME_THREAD.set(true);
             block_signals();
-            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            // Before the thread sleeps, every reply is sent: wake the
+            // threads whose faults were served (see `fault::complete`).
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .on_thread_park(fault::wake_completed)
+                .build()
+            {
                 Ok(rt) => rt,
                 Err(e) => {
                     let _ = ready_tx.send(Err(e.to_string()));
@@ -1560,10 +1566,21 @@ async fn run(
         }
     };
     loop {
+        // Faults served and not yet woken (the runtime stayed busy): let
+        // the tasks that send the replies queued meanwhile run first.
+        if fault::completed_pending() {
+            tokio::task::yield_now().await;
+            fault::wake_completed();
+        }
         let lent = !lock_sems(&state.borrow().sems).is_empty();
         let wake = state.borrow().wake_at;
         if wake != timer.armed {
             let now = state.borrow().now();
+            if wake.is_some_and(|t| t <= now) {
+                // Due already: no timer round trip through the kernel.
+                state.borrow_mut().timeout();
+                continue;
+            }
             timer.arm(wake.map(|t| t.saturating_sub(now)));
             timer.armed = wake;
         }
@@ -1572,11 +1589,13 @@ async fn run(
             r = efd.readable() => {
                 let Ok(mut guard) = r else { break };
                 let mut buf = [0u8; 8];
+                // A read empties the counter: clear the readiness at once
+                // (it only clears what was seen before this guard, so a
+                // fault posted after the read still wakes the loop) rather
+                // than reading again to hear EAGAIN.
                 // SAFETY: reading 8 bytes into an 8-byte buffer.
-                let n = unsafe { libc::syscall(libc::SYS_read, efd.as_raw_fd(), buf.as_mut_ptr(), 8usize) };
-                if n < 0 {
-                    guard.clear_ready();
-                }
+                unsafe { libc::syscall(libc::SYS_read, efd.as_raw_fd(), buf.as_mut_ptr(), 8usize) };
+                guard.clear_ready();
                 state.borrow_mut().faults();
             }
             Some(m) = inbound.recv() => {
@@ -1626,6 +1645,7 @@ async fn run(
             _ = report.tick() => state.borrow_mut().report_stats(),
         }
     }
+    fault::wake_completed();
 }
 
 async fn connect(
