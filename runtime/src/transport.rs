@@ -102,8 +102,11 @@ impl Transport {
         let socket = std::net::UdpSocket::bind(bind)?;
         grow_buffers(&socket);
         let runtime: Arc<dyn quinn::Runtime> = Arc::new(quinn::TokioRuntime);
-        let mut endpoint =
-            quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(tls.server), socket, runtime)?;
+        // What this node accepts, and so what a peer's MTU discovery may
+        // reach (see `certs::MAX_UDP_PAYLOAD`).
+        let mut config = quinn::EndpointConfig::default();
+        config.max_udp_payload_size(crate::certs::MAX_UDP_PAYLOAD).map_err(std::io::Error::other)?;
+        let mut endpoint = quinn::Endpoint::new(config, Some(tls.server), socket, runtime)?;
         endpoint.set_default_client_config(tls.client);
         let shared = Arc::new(Mutex::new(Shared::default()));
         tokio::spawn(accept_loop(endpoint.clone(), shared.clone(), inbound.clone()));
@@ -207,7 +210,7 @@ impl Transport {
 const SOCKET_BUFFER: libc::c_int = 4 << 20;
 
 /// Grows the socket's buffers from the default (≈ 208 KiB): a read-ahead
-/// window answered at once (64 pages in ≈ 32 jumbo datagrams, each
+/// window answered at once (64 pages in ≈ 200 datagrams of 1 472 bytes, each
 /// charged with more than its size) overflowed the receive buffer, and
 /// every datagram dropped there cost a QUIC loss recovery (matmul n=1000:
 /// ≈ 90 drops per run, fault p99 8 ms). The kernel caps `SO_RCVBUF` at
