@@ -1565,13 +1565,19 @@ async fn run(
             return;
         }
     };
+    // Messages queued when the loop last let the writer tasks run.
+    let mut sent = 0;
     loop {
         // Faults served and not yet woken (the runtime stayed busy): let
-        // the tasks that send the replies queued meanwhile run first.
+        // the tasks that send the replies queued meanwhile run first, if
+        // any were.
         if fault::completed_pending() {
-            tokio::task::yield_now().await;
+            if state.borrow().transport.queued() != sent {
+                tokio::task::yield_now().await;
+            }
             fault::wake_completed();
         }
+        sent = state.borrow().transport.queued();
         let lent = !lock_sems(&state.borrow().sems).is_empty();
         let wake = state.borrow().wake_at;
         if wake != timer.armed {

@@ -50,6 +50,8 @@ pub struct Transport {
     /// [`Transport::closing`] was called: nothing more is sent.
     closed: bool,
     inbound: mpsc::UnboundedSender<Inbound>,
+    /// Messages queued so far (see [`Transport::queued`]).
+    queued: u64,
 }
 
 /// How a node closes its connections (QUIC application close codes; the
@@ -119,6 +121,7 @@ impl Transport {
             writers: Vec::new(),
             closed: false,
             inbound,
+            queued: 0,
         })
     }
 
@@ -155,11 +158,18 @@ impl Transport {
         self.shared.lock().unwrap_or_else(|e| e.into_inner()).conns.remove(&node);
     }
 
+    /// How many messages were queued so far: the runtime compares it to
+    /// know whether writer tasks have something to send.
+    pub fn queued(&self) -> u64 {
+        self.queued
+    }
+
     /// Queues a message for `to`.
     pub fn send(&mut self, to: NodeId, msg: Msg) {
         if self.closed {
             return;
         }
+        self.queued += 1;
         if let Some(tx) = self.out.get(&to) {
             if tx.send(msg).is_ok() {
                 return;
