@@ -1542,9 +1542,11 @@ async fn run(
     }
     fault::membarrier_register();
     fault::set_spin(config.spin_us);
+    // Readable only: an eventfd is always writable, and each read of it
+    // signalled that (`EPOLLOUT`): an event for nothing.
     // SAFETY: the AsyncFd owns the descriptor until it is dropped, and
     // nothing else closes it.
-    let efd = match unsafe { AsyncFd::register(efd) } {
+    let efd = match unsafe { AsyncFd::register_with_interest(efd, tokio::io::Interest::READABLE) } {
         Ok(f) => f,
         Err(e) => {
             let _ = ready.send(Err(format!("eventfd: {e:?}")));
