@@ -1767,6 +1767,8 @@ async fn command(state: Shared, lock: Rc<tokio::sync::Mutex<()>>, c: Command) {
             let _g = lock.lock().await;
             let addrs: Vec<usize> =
                 state.borrow().segs.values().flat_map(|s| s.views.iter().map(|v| v.addr)).collect();
+            let ids: Vec<SegId> = state.borrow().segs.keys().copied().collect();
+            serve_held(&state, &ids).await;
             for a in addrs {
                 if let Err(e) = detach(&state, a).await {
                     warn!("detaching at exit: {e:?}");
@@ -1988,6 +1990,29 @@ fn new_segment(npages: u32, maplen: usize) -> Result<Segment, Errno> {
     })
 }
 
+/// Serves what waits at this node for pages of `ids`, which it is giving
+/// up (see `NodeProtocol::serve_held`), and lets the answers leave before
+/// the releases start.
+async fn serve_held(state: &Shared, ids: &[SegId]) {
+    {
+        let mut st = state.borrow_mut();
+        let mut out = Vec::new();
+        for &id in ids {
+            if let Err(e) = st.protocol.serve_held(id, &mut out) {
+                warn!(seg = id, "serving before a release: {e}");
+            }
+        }
+        if out.is_empty() {
+            return;
+        }
+        st.apply(&mut out);
+    }
+    // The writer tasks run, then the connections' drivers they wake.
+    for _ in 0..3 {
+        tokio::task::yield_now().await;
+    }
+}
+
 /// `shmdt` of a distributed view starting at `addr`.
 async fn detach(state: &Shared, addr: usize) -> Result<(), Errno> {
     let (id, last) = {
@@ -2008,6 +2033,7 @@ async fn detach(state: &Shared, addr: usize) -> Result<(), Errno> {
         st.protocol.forget(id);
         st.segs.remove(&id);
     } else if last {
+        serve_held(state, &[id]).await;
         // Requests still on their way (read-ahead, another thread's fault
         // that raced the detach) complete first: a page granted here after
         // the release would be stranded.

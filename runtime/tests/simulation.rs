@@ -164,6 +164,9 @@ enum Event {
     Wake { node: usize, thread: usize },
     /// A node attaches a segment it had detached.
     Reattach { node: usize, seg: usize },
+    /// A node that served what waited for a segment it gives up
+    /// (`serve_held`, as a process exit does first) releases it.
+    Release { node: usize, seg: usize },
 }
 
 /// One ordered pair of nodes: messages in sending order, each with the
@@ -179,6 +182,8 @@ struct Link {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum SegState {
     Attached,
+    /// `serve_held` ran; the release comes at an `Event::Release`.
+    Serving,
     /// `release` sent this many `Release`s still unanswered.
     Detaching(usize),
     Detached,
@@ -221,6 +226,10 @@ struct Stats {
     refaults: u64,
     max_blocked: u64,
     detaches: u64,
+    /// Detaches that served what waited first and released later.
+    served_first: u64,
+    /// Pages given up by detaches.
+    released: u64,
     reattaches: u64,
     /// `SendPage` of a page already released (detach racing a `Fetch`).
     sent_while_releasing: u64,
@@ -443,7 +452,8 @@ impl Sim {
             Event::Timer { node, .. }
             | Event::App { node, .. }
             | Event::Wake { node, .. }
-            | Event::Reattach { node, .. } => Some(node),
+            | Event::Reattach { node, .. }
+            | Event::Release { node, .. } => Some(node),
         };
         match event {
             Event::Deliver { from, to } => self.deliver(from, to, seq),
@@ -471,6 +481,13 @@ impl Sim {
                 self.nodes[node].proto.attach(seg, npages);
                 self.nodes[node].segs[si] = SegState::Attached;
                 self.stats.reattaches += 1;
+            }
+            Event::Release { node, seg: si } => {
+                assert_eq!(self.nodes[node].segs[si], SegState::Serving);
+                if self.trace {
+                    eprintln!("{:>8} node {} releases {}", self.now, node + 1, SEGMENTS[si].0);
+                }
+                self.release(node, si);
             }
         }
         self.check(stepped);
@@ -831,11 +848,35 @@ impl Sim {
             eprintln!("{:>8} node {} detaches {seg}", self.now, node + 1);
         }
         self.stats.detaches += 1;
+        if self.rng.chance(500) {
+            // As at a process exit: what waits is served first, and
+            // messages come and go before the release.
+            let mut out = Vec::new();
+            if let Err(e) = self.nodes[node].proto.serve_held(seg, &mut out) {
+                panic!("node {}: serve_held of {seg}: {e}", node + 1);
+            }
+            if self.trace {
+                eprintln!("{:>8} node {} serves what waits for {seg}, releases later", self.now, node + 1);
+            }
+            self.nodes[node].segs[si] = SegState::Serving;
+            self.stats.served_first += 1;
+            self.apply(node, out);
+            let at = self.now + self.rng.range(1, 300);
+            self.push(at, Event::Release { node, seg: si });
+            return;
+        }
+        self.release(node, si);
+    }
+
+    /// Gives a segment up: `release`, then one `Released` per page.
+    fn release(&mut self, node: usize, si: usize) {
+        let seg = SEGMENTS[si].0;
         let mut out = Vec::new();
         let released = match self.nodes[node].proto.release(seg, &mut out) {
             Ok(n) => n,
             Err(e) => panic!("node {}: release of {seg}: {e}", node + 1),
         };
+        self.stats.released += released as u64;
         self.nodes[node].segs[si] = SegState::Detaching(released);
         self.apply(node, out);
         if released == 0 {
@@ -1003,10 +1044,13 @@ fn run_seed(seed: u64, trace: bool) -> (Params, Stats) {
     assert!(s.deferrals > 0 && s.timers > 0, "no Fetch/Invalidate was deferred: {s:?}");
     assert!(s.refaults > 0, "no writer woken by a read grant: {s:?}");
     assert!(s.detaches > 0 && s.reattaches > 0, "no detach/re-attach: {s:?}");
+    assert!(s.served_first > 0, "no detach served what waited before releasing: {s:?}");
     assert!(s.restarts > 0, "the manager never restarted: {s:?}");
     assert!(s.blocked * 10 > s.reads + s.writes, "too little contention: {s:?}");
     for (k, name) in KINDS.iter().enumerate() {
-        assert!(RARE.contains(name) || s.kinds[k] > 0, "no {name} was ever sent: {s:?}");
+        // (A run whose detaching nodes never held a page sends no release.)
+        let unreleased = s.released == 0 && ["Release", "Released"].contains(name);
+        assert!(RARE.contains(name) || unreleased || s.kinds[k] > 0, "no {name} was ever sent: {s:?}");
     }
     (params, s)
 }
@@ -1040,7 +1084,7 @@ fn simulated_cluster_is_coherent() {
                     Ok((p, s)) => eprintln!(
                         "seed {seed}: {} deliveries ({} overtaking), {} steps, {} reads, {} writes, \
                          {} blocked ({} refaults, longest {}), {} deferrals, {} detaches \
-                         ({} pages sent while releasing), {} restarts ({} messages dropped); {p:?}",
+                         ({} served first, {} pages sent while releasing), {} restarts ({} messages dropped); {p:?}",
                         s.deliveries,
                         s.overtaken,
                         s.steps,
@@ -1051,6 +1095,7 @@ fn simulated_cluster_is_coherent() {
                         s.max_blocked,
                         s.deferrals,
                         s.detaches,
+                        s.served_first,
                         s.sent_while_releasing,
                         s.restarts,
                         s.dropped,
@@ -1413,6 +1458,38 @@ mod scenarios {
         let mut out = Vec::new();
         n1.handle_timeout(200, &mut out).unwrap();
         assert!(out.is_empty());
+    }
+
+    /// A process exit serves what waits in a hold before it releases
+    /// anything: the peer waiting for the page written last (a barrier)
+    /// gets it without waiting for the release of every other page.
+    #[test]
+    fn serve_held_serves_a_held_read_before_the_release() {
+        let mut m = manager();
+        let mut n1 = node(1, 100);
+        write_from_home(&mut m, &mut n1, 0, 10);
+        write_from_home(&mut m, &mut n1, 1, 10);
+        // Node 2 asks for page 0 during its hold: it waits.
+        assert_eq!(at_node(&mut n1, 2, request(0, false, 2), 20), vec![Action::WakeAt(110)]);
+        let mut out = Vec::new();
+        n1.serve_held(SEG, &mut out).unwrap();
+        assert_eq!(
+            out,
+            vec![Action::SendPage { seg: SEG, page: 0, to: 2, acks: vec![], version: 1, keep: Access::Read }]
+        );
+        assert_eq!(n1.access(SEG, 0), Access::Read);
+        assert_eq!(n1.access(SEG, 1), Access::Write, "nothing is released yet");
+        // A read of a page it does not own goes back to the requester.
+        let bounce = CoherenceMsg::Bounce { seg: SEG, page: 0, inner: Box::new(request(0, false, 3)) };
+        let mut n2 = node(2, 100);
+        at_node(&mut n2, 1, data(0, false, vec![], 1), 30);
+        assert_eq!(n2.serve_held(SEG, &mut Vec::new()), Ok(()));
+        assert_eq!(at_node(&mut n2, 3, request(0, false, 3), 40), vec![send(3, bounce)]);
+        // Then the release gives both pages back.
+        let mut out = Vec::new();
+        assert_eq!(n1.release(SEG, &mut out), Ok(2));
+        assert!(out.contains(&Action::ReleasePage { seg: SEG, page: 0, copyset: vec![2], version: 1 }));
+        assert!(out.contains(&Action::ReleasePage { seg: SEG, page: 1, copyset: vec![], version: 1 }));
     }
 
     #[test]

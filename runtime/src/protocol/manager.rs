@@ -930,9 +930,15 @@ fn rebuild_page(
         tracing::debug!(seg, page, ?head, ?chain, owner = ?p.owner, home = p.home.is_some(), reports = ?es.iter().map(|(n, r)| (n, r.owns, r.copy.is_some(), r.writing, r.reading, r.claiming, &r.handoffs, r.gave)).collect::<Vec<_>>(), "rebuilt page");
     }
     if p.owner.is_none() && p.home.is_some() {
-        // Every valid read copy of a page the home owns is current.
+        // Every valid read copy of a page the home owns is current. A node
+        // still reading it may have a copy on its way too: the last owner
+        // served it, then gave the page back to the old manager, whose
+        // copyset died with it; the next writer invalidates it as well
+        // (a node acknowledges an invalidation with or without a copy).
         for (n, r) in es {
-            if r.copy.is_some() && r.owns.is_none() && r.releasing.is_none() && !p.readers.contains(n) {
+            let copy = r.copy.is_some() && r.owns.is_none() && r.releasing.is_none();
+            let reading = r.reading && !r.writing && !dead.contains(n);
+            if (copy || reading) && !p.readers.contains(n) {
                 p.readers.push(*n);
             }
         }

@@ -542,10 +542,11 @@ impl NodeProtocol {
                     // again (after a death or a restart of the manager).
                     // A copy of an older version is never installed once
                     // this node has been invalidated since. A current one
-                    // is, unless this node is reading or claiming: its
-                    // sender counts it a reader now, and may answer a
-                    // later write request of it with `Grant` (no bytes).
-                    let other = p.pending.as_ref().is_some_and(|q| !q.write || q.claim || q.have_data);
+                    // is, also while this node asks to write or claims the
+                    // page: its sender counts it a reader now, and may
+                    // answer that write request with `Grant` (no bytes).
+                    // Not over the bytes of a write on their way.
+                    let other = p.pending.as_ref().is_some_and(|q| q.have_data);
                     let current = version >= p.inval_version && version >= p.version;
                     let idle = p.access == Access::Invalid && !p.owner && !p.releasing && !detaching;
                     if !write && !other && current && idle {
@@ -841,9 +842,7 @@ impl NodeProtocol {
     /// calling [`Self::forget`]. Returns the number of pages released. No
     /// request may be outstanding.
     pub fn release(&mut self, seg: SegId, out: &mut Vec<Action>) -> Result<usize, ProtocolError> {
-        let me = self.me;
-        let hold = self.hold;
-        let set = self.segs.get_mut(&seg).ok_or(ProtocolError::UnknownSegment(seg))?;
+        let set = self.segs.get(&seg).ok_or(ProtocolError::UnknownSegment(seg))?;
         // Refuse before changing anything.
         if set.pages.iter().any(|p| p.pending.is_some()) {
             return Err(ProtocolError::Unexpected("release with a request outstanding"));
@@ -851,9 +850,58 @@ impl NodeProtocol {
         // What waited here is served first; then every page closes (one
         // run of `SetAccess`, which the driver revokes in few `mprotect`s),
         // then the releases go, each after its page closed.
+        self.serve_held(seg, out)?;
+        let me = self.me;
+        let hold = self.hold;
+        let set = self.segs.get_mut(&seg).ok_or(ProtocolError::UnknownSegment(seg))?;
         let mut released = Vec::new();
+        for (i, p) in set.pages.iter_mut().enumerate() {
+            if p.owner || p.access != Access::Invalid {
+                p.releasing = true;
+                let mut cx = Ctx {
+                    me,
+                    dead: &self.dead,
+                    kept: &mut self.kept,
+                    seg,
+                    page: i as PageIdx,
+                    now: u64::MAX,
+                    hold,
+                    detaching: true,
+                    out,
+                };
+                cx.set_access(p, Access::Invalid);
+                released.push(i as PageIdx);
+            }
+        }
+        for &page in &released {
+            let p = &set.pages[page as usize];
+            out.push(if p.owner {
+                Action::ReleasePage { seg, page, copyset: p.copyset.clone(), version: p.version }
+            } else {
+                Action::Send { to: MANAGER, msg: CoherenceMsg::Release { seg, page, owned: None } }
+            });
+        }
+        self.waiting.retain(|&(s, _)| s != seg);
+        Ok(released.len())
+    }
+
+    /// The first step of giving a segment up: serves every request and
+    /// invalidation that waits here, holds or not, and from now on sends
+    /// read requests for pages this node does not own back to their
+    /// requesters. A process exit does this for every segment, and lets
+    /// the answers leave, before the first release: a release (the bytes
+    /// of every page owned) keeps the runtime busy for milliseconds, and
+    /// the peer waiting for the page this process wrote last (a barrier, a
+    /// progress flag) would wait that long.
+    pub fn serve_held(&mut self, seg: SegId, out: &mut Vec<Action>) -> Result<(), ProtocolError> {
+        let me = self.me;
+        let hold = self.hold;
+        let set = self.segs.get_mut(&seg).ok_or(ProtocolError::UnknownSegment(seg))?;
         set.detaching = true;
         for (i, p) in set.pages.iter_mut().enumerate() {
+            if p.deferred.is_empty() && p.queue.is_empty() {
+                continue;
+            }
             let page = i as PageIdx;
             let mut cx = Ctx {
                 me,
@@ -869,24 +917,9 @@ impl NodeProtocol {
             while let Some(msg) = p.deferred.pop_front() {
                 invalidate(p, &mut cx, msg)?;
             }
-            let mut none = BTreeSet::new();
-            drain(p, &mut cx, &mut none)?;
-            if p.owner || p.access != Access::Invalid {
-                p.releasing = true;
-                cx.set_access(p, Access::Invalid);
-                released.push(page);
-            }
+            drain(p, &mut cx, &mut self.waiting)?;
         }
-        for &page in &released {
-            let p = &set.pages[page as usize];
-            out.push(if p.owner {
-                Action::ReleasePage { seg, page, copyset: p.copyset.clone(), version: p.version }
-            } else {
-                Action::Send { to: MANAGER, msg: CoherenceMsg::Release { seg, page, owned: None } }
-            });
-        }
-        self.waiting.retain(|&(s, _)| s != seg);
-        Ok(released.len())
+        Ok(())
     }
 }
 
