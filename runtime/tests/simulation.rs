@@ -230,6 +230,8 @@ struct Stats {
     served_first: u64,
     /// Pages given up by detaches.
     released: u64,
+    /// Pages pushed to their readers (`NodeProtocol::push`).
+    pushes: u64,
     reattaches: u64,
     /// `SendPage` of a page already released (detach racing a `Fetch`).
     sent_while_releasing: u64,
@@ -646,6 +648,9 @@ impl Sim {
                     if n.access[gp] == Access::Invalid {
                         self.stats.sent_while_releasing += 1;
                     }
+                    if keep == Access::Read && n.proto.pushed(seg, page).contains(&to) {
+                        self.stats.pushes += 1;
+                    }
                     n.access[gp] = n.access[gp].min(keep);
                     let value = n.memory[gp];
                     assert_eq!(
@@ -1010,12 +1015,25 @@ impl Sim {
             assert!(owners.len() <= 1, "{seg}/{page}: several owners {owners:?}");
             assert_eq!(holders.owner, owners.first().copied(), "{seg}/{page}: the manager's owner differs");
             // The copyset of the owner (the home's, or the owning node's)
-            // is exactly the set of other nodes that can read.
+            // is exactly the set of other nodes that can read, and the
+            // nodes it pushed the page to that did not keep it (they were
+            // detaching): a later write invalidates them for nothing. The
+            // home cannot tell those apart (an owner gave them back with
+            // the page), so its readers need only include every reader.
             let mut copyset = match holders.owner {
                 None => holders.readers.clone(),
-                Some(o) => self.nodes[o as usize - 1].proto.copyset(seg, page),
+                Some(o) => {
+                    let owner = &self.nodes[o as usize - 1].proto;
+                    let pushed = owner.pushed(seg, page);
+                    let mut c = owner.copyset(seg, page);
+                    c.retain(|r| readers.contains(r) || !pushed.contains(r));
+                    c
+                }
             };
             copyset.sort_unstable();
+            if holders.owner.is_none() {
+                copyset.retain(|r| readers.contains(r));
+            }
             assert_eq!(copyset, readers, "{seg}/{page}: the owner's copyset differs from the readers");
             if holders.owner.is_none() {
                 let home = self.manager.home_copy(seg, page).expect("the home owns a page without bytes");
@@ -1045,6 +1063,7 @@ fn run_seed(seed: u64, trace: bool) -> (Params, Stats) {
     assert!(s.refaults > 0, "no writer woken by a read grant: {s:?}");
     assert!(s.detaches > 0 && s.reattaches > 0, "no detach/re-attach: {s:?}");
     assert!(s.served_first > 0, "no detach served what waited before releasing: {s:?}");
+    assert!(s.pushes > 0, "no page was pushed: {s:?}");
     assert!(s.restarts > 0, "the manager never restarted: {s:?}");
     assert!(s.blocked * 10 > s.reads + s.writes, "too little contention: {s:?}");
     for (k, name) in KINDS.iter().enumerate() {
@@ -1295,19 +1314,57 @@ mod scenarios {
         assert_eq!(m.holders(SEG, 0).unwrap().owner, Some(3));
     }
 
+    /// The home sends its bytes also to a reader that upgrades: a reader
+    /// it counts may be one an owner pushed the page to and that did not
+    /// keep it.
     #[test]
-    fn reader_upgrading_gets_grant_with_acks() {
+    fn reader_upgrading_at_the_home_gets_the_bytes_with_acks() {
         let mut m = manager();
         let (mut n1, mut n2) = (node(1, 10), node(2, 10));
         read_from_home(&mut m, &mut n1, 0);
         read_from_home(&mut m, &mut n2, 0);
         assert_eq!(
             at_manager(&mut m, 1, request(0, true, 1)),
-            vec![
-                send(2, inval(0, 1, 1)),
-                send(1, CoherenceMsg::Grant { seg: SEG, page: 0, acks: vec![2], version: 1 }),
-            ]
+            vec![send(2, inval(0, 1, 1)), send(1, data(0, true, vec![2], 1))]
         );
+    }
+
+    /// A node that reads every version of a page another node writes (a
+    /// halo row) gets the next version pushed at the writer's next write
+    /// fault, before that fault's invalidations, and stops getting it
+    /// after `PUSH_CREDIT` versions it did not ask for. A node pushed to
+    /// that asks to write gets the bytes, not `Grant`.
+    #[test]
+    fn pages_read_after_every_write_are_pushed_to_their_reader() {
+        let mut m = manager();
+        let (mut n1, mut n2) = (node(1, 0), node(2, 0));
+        write_from_home(&mut m, &mut n1, 0, 0);
+        write_from_home(&mut m, &mut n1, 1, 0);
+        let serve = |n1: &mut NodeProtocol, n2: &mut NodeProtocol, page: u32, now: u64| {
+            assert!(!fault(n2, page, false, now).0);
+            let out = at_node(n1, 2, request(page, false, 2), now);
+            assert!(matches!(out[..], [Action::SendPage { to: 2, keep: Access::Read, .. }]), "{out:?}");
+        };
+        // Version 1 read, version 2 written and read again: a re-reader.
+        serve(&mut n1, &mut n2, 0, 1);
+        assert!(!fault(&mut n1, 0, true, 2).0);
+        at_node(&mut n2, 1, inval(0, 1, 2), 3);
+        at_node(&mut n1, 2, ack(0, 2), 4);
+        serve(&mut n1, &mut n2, 0, 5);
+        // Version 3: written; the write fault on page 1 pushes it.
+        assert!(!fault(&mut n1, 0, true, 6).0);
+        at_node(&mut n1, 2, ack(0, 3), 7);
+        let (present, out) = fault(&mut n1, 1, true, 8);
+        assert!(present);
+        assert_eq!(
+            out,
+            vec![Action::SendPage { seg: SEG, page: 0, to: 2, acks: vec![], version: 3, keep: Access::Read }]
+        );
+        assert_eq!(n1.access(SEG, 0), Access::Read);
+        assert_eq!(n1.pushed(SEG, 0), vec![2]);
+        // Node 2 wants to write it: the bytes go, not `Grant`.
+        let out = at_node(&mut n1, MANAGER, fetch(0, 2, true), 9);
+        assert!(matches!(out[..], [Action::SendPage { to: 2, keep: Access::Invalid, .. }]), "{out:?}");
     }
 
     #[test]

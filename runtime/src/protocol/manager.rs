@@ -785,7 +785,9 @@ fn recover(
 }
 
 /// Makes `to` the writer of a page whose current bytes and copyset are
-/// here: every other copy is invalidated, acknowledged to `to`.
+/// here: every other copy is invalidated, acknowledged to `to`. The bytes
+/// go too, also to a reader: a copyset an owner gave back may name a node
+/// it pushed the page to and that did not keep it (see `NodeProtocol::push`).
 fn grant_write(
     seg: SegId,
     page: PageIdx,
@@ -795,17 +797,12 @@ fn grant_write(
     version: u64,
     out: &mut Vec<Action>,
 ) {
-    let had_copy = copyset.contains(&to);
     let others: Vec<NodeId> = copyset.into_iter().filter(|&r| r != to).collect();
     for &r in &others {
         send(out, r, CoherenceMsg::Invalidate { seg, page, ack_to: to, version });
     }
     let acks = others;
-    if had_copy {
-        send(out, to, CoherenceMsg::Grant { seg, page, acks, version });
-    } else {
-        send(out, to, CoherenceMsg::Data { seg, page, write: true, acks, version, payload });
-    }
+    send(out, to, CoherenceMsg::Data { seg, page, write: true, acks, version, payload });
 }
 
 /// Rebuilds one page after a restart (see [`Manager::rebuild`]); `es` are
@@ -831,10 +828,19 @@ fn rebuild_page(
         .max()
         .unwrap_or(0);
     let heard = es.iter().map(|(_, r)| r.known).max().unwrap_or(0);
+    // A version the home got back was not on its way (its writer gave the
+    // page back, and may ask again after attaching anew, knowing nothing).
+    let home_has = p.home.is_some().then_some(p.version);
     let inflight = es
         .iter()
         .filter_map(|(_, r)| r.gave)
-        .filter(|&(to, v)| writing(to) && get(to).is_some_and(|r| r.known < v) && v > held && v >= heard)
+        .filter(|&(to, v)| {
+            writing(to)
+                && get(to).is_some_and(|r| r.known < v)
+                && v > held
+                && v >= heard
+                && home_has.is_none_or(|h| v > h)
+        })
         .max_by_key(|g| g.1);
     let head = match (holder, inflight) {
         (Some((hv, h)), Some((to, v))) => Some(if v > hv { to } else { h }),

@@ -55,6 +55,15 @@ struct NodePage {
     releasing: bool,
     /// The last hand-over to a writer: (to, the version it gave).
     gave: Option<(NodeId, u64)>,
+    /// As owner: the nodes whose copies its last write invalidated.
+    last_readers: Vec<NodeId>,
+    /// Versions still to push to their readers (see [`NodeProtocol::push`]):
+    /// refilled when one of `last_readers` asks for the page again.
+    push_credit: u8,
+    /// Those of `copyset` that got the page pushed and never asked for it:
+    /// the copy may not have been installed (the node was detaching), so a
+    /// write request of theirs gets the bytes, not `Grant`.
+    pushed: Vec<NodeId>,
 }
 
 impl NodePage {
@@ -72,6 +81,9 @@ impl NodePage {
             deferred: VecDeque::new(),
             releasing: false,
             gave: None,
+            last_readers: Vec::new(),
+            push_credit: 0,
+            pushed: Vec::new(),
         }
     }
 
@@ -113,10 +125,20 @@ pub struct NodeProtocol {
     /// (at most [`GAVE_KEPT`]): the bytes may still be on their way when
     /// the manager restarts, and only this node can tell.
     gave_gone: VecDeque<(SegId, PageIdx, NodeId, u64)>,
+    /// Pages this node wrote whose new version goes to the nodes that read
+    /// the old one (see [`NodeProtocol::push`]).
+    pushes: Vec<(SegId, PageIdx, Vec<NodeId>)>,
 }
 
 /// How many hand-overs of detached segments a node remembers.
 const GAVE_KEPT: usize = 4096;
+
+/// How many versions of a page are pushed to its readers after one of them
+/// asked for it again (see [`NodeProtocol::push`]).
+const PUSH_CREDIT: u8 = 8;
+
+/// At most this many pages wait to be pushed.
+const MAX_PUSHES: usize = 64;
 
 /// A page, its handlers' context, and the set of pages with work waiting.
 type Parts<'a> = (&'a mut NodePage, Ctx<'a>, &'a mut BTreeSet<(SegId, PageIdx)>);
@@ -174,6 +196,7 @@ impl NodeProtocol {
             left: BTreeSet::new(),
             kept: Vec::new(),
             gave_gone: VecDeque::new(),
+            pushes: Vec::new(),
         }
     }
 
@@ -222,6 +245,12 @@ impl NodeProtocol {
     /// The read copies this node gave, when it owns the page.
     pub fn copyset(&self, seg: SegId, page: PageIdx) -> Vec<NodeId> {
         self.page(seg, page).map_or_else(Vec::new, |p| p.copyset.clone())
+    }
+
+    /// Nodes of the copyset that got the page pushed and did not ask for
+    /// it since (see [`Self::push`]): they may hold no copy.
+    pub fn pushed(&self, seg: SegId, page: PageIdx) -> Vec<NodeId> {
+        self.page(seg, page).map(|p| p.pushed.clone()).unwrap_or_default()
     }
 
     /// Whether a request for any page of the segment is outstanding.
@@ -287,6 +316,20 @@ impl NodeProtocol {
         now: u64,
         out: &mut Vec<Action>,
     ) -> Result<bool, ProtocolError> {
+        if write {
+            self.push(Some((seg, page)), now, out);
+            // An owner about to invalidate the readers of this page: the
+            // new version goes to them at the next push (while they keep
+            // asking again for it).
+            let page_ref = self.segs.get_mut(&seg).and_then(|s| s.pages.get_mut(page as usize));
+            if let Some(p) = page_ref {
+                let upgrade = p.owner && p.access != Access::Write && p.pending.is_none() && !p.releasing;
+                if upgrade && !p.copyset.is_empty() && p.push_credit > 0 && self.pushes.len() < MAX_PUSHES {
+                    p.push_credit -= 1;
+                    self.pushes.push((seg, page, p.copyset.clone()));
+                }
+            }
+        }
         let guess = self.segs.get(&seg).and_then(|s| s.last_sender);
         let (p, mut cx, _) = self.parts(seg, page, now, out)?;
         let need = if write { Access::Write } else { Access::Read };
@@ -308,6 +351,7 @@ impl NodeProtocol {
             // invalidating the copies it gave.
             let version = p.version + 1;
             let others = std::mem::take(&mut p.copyset);
+            p.pushed.clear();
             if others.is_empty() {
                 p.version = version;
                 p.hold_until = now + cx.hold;
@@ -317,6 +361,7 @@ impl NodeProtocol {
             for &r in &others {
                 cx.send(r, CoherenceMsg::Invalidate { seg, page, ack_to: me, version });
             }
+            p.last_readers.clone_from(&others);
             p.pending = Some(Pending {
                 write: true,
                 have_data: true,
@@ -819,6 +864,67 @@ impl NodeProtocol {
         v
     }
 
+    /// Sends the pages this node wrote since the last push to the nodes
+    /// that read their previous versions and asked again for the version
+    /// after (a halo row a neighbour reads after every step; see
+    /// docs/design.md, "Pushes"), as if they had asked: this node keeps a
+    /// read copy and counts them readers. The driver calls it at a
+    /// synchronisation (a `semop`); a write fault on another page does
+    /// too (`skip`: that page), before its own invalidations leave, so a
+    /// reader gets the pages written before a progress flag ahead of the
+    /// flag's invalidation, on the same stream; a page still in its hold
+    /// goes when the hold ends (`handle_timeout`). Pushing is serving a
+    /// read early: sequential consistency holds as for any read.
+    pub fn push(&mut self, skip: Option<(SegId, PageIdx)>, now: u64, out: &mut Vec<Action>) {
+        if self.pushes.is_empty() {
+            return;
+        }
+        let me = self.me;
+        for (seg, page, to) in std::mem::take(&mut self.pushes) {
+            if skip == Some((seg, page)) {
+                self.pushes.push((seg, page, to));
+                continue;
+            }
+            let Some(set) = self.segs.get_mut(&seg) else { continue };
+            if set.detaching {
+                continue;
+            }
+            let Some(p) = set.pages.get_mut(page as usize) else { continue };
+            if p.pending.as_ref().is_some_and(|q| q.write && q.have_data) {
+                // Still waiting for the readers' acknowledgements.
+                self.pushes.push((seg, page, to));
+                continue;
+            }
+            let settled = p.owner && p.access == Access::Write && p.pending.is_none() && !p.releasing;
+            if !settled || !p.queue.is_empty() || !p.deferred.is_empty() {
+                continue;
+            }
+            if now < p.hold_until {
+                // The hold protects the write that faulted (another
+                // thread's may not have run yet): pushed when it ends.
+                out.push(Action::WakeAt(p.hold_until));
+                self.pushes.push((seg, page, to));
+                continue;
+            }
+            for r in to {
+                if r == me || r == MANAGER || self.dead.contains(&r) || p.copyset.contains(&r) {
+                    continue;
+                }
+                p.access = Access::Read;
+                p.copyset.push(r);
+                p.pushed.push(r);
+                out.push(Action::SendPage {
+                    seg,
+                    page,
+                    to: r,
+                    acks: Vec::new(),
+                    version: p.version,
+                    keep: Access::Read,
+                });
+            }
+        }
+    }
+
     /// Serves what waited for a hold to expire.
     pub fn handle_timeout(&mut self, now: u64, out: &mut Vec<Action>) -> Result<(), ProtocolError> {
         let due: Vec<(SegId, PageIdx)> = self.waiting.iter().copied().collect();
@@ -833,6 +939,7 @@ impl NodeProtocol {
             }
             drain(p, &mut cx, waiting)?;
         }
+        self.push(None, now, out);
         Ok(())
     }
 
@@ -1021,6 +1128,11 @@ fn serve(p: &mut NodePage, cx: &mut Ctx, msg: CoherenceMsg) -> Result<(), Protoc
                 return Err(ProtocolError::Unexpected("read request for the owner itself"));
             }
             p.access = p.access.min(Access::Read);
+            if p.last_readers.contains(&to) {
+                // It read the last version too: it will read the next.
+                p.push_credit = PUSH_CREDIT;
+            }
+            p.pushed.retain(|&r| r != to);
             cx.out.push(Action::SendPage {
                 seg,
                 page,
@@ -1039,7 +1151,8 @@ fn serve(p: &mut NodePage, cx: &mut Ctx, msg: CoherenceMsg) -> Result<(), Protoc
             }
             let version = p.version + 1;
             let copyset = std::mem::take(&mut p.copyset);
-            let had_copy = copyset.contains(&to);
+            let had_copy = copyset.contains(&to) && !p.pushed.contains(&to);
+            p.pushed.clear();
             let others: Vec<NodeId> = copyset.into_iter().filter(|&r| r != to).collect();
             for &r in &others {
                 cx.send(r, CoherenceMsg::Invalidate { seg, page, ack_to: to, version });
@@ -1058,6 +1171,7 @@ fn serve(p: &mut NodePage, cx: &mut Ctx, msg: CoherenceMsg) -> Result<(), Protoc
         }
         CoherenceMsg::DropReader { node, .. } => {
             p.copyset.retain(|&r| r != node);
+            p.pushed.retain(|&r| r != node);
             cx.send(node, CoherenceMsg::Released { seg, page });
         }
         _ => return Err(ProtocolError::Unexpected("serve")),
