@@ -1743,15 +1743,6 @@ async fn command(state: Shared, lock: Rc<tokio::sync::Mutex<()>>, c: Command) {
             let _ = reply.send(answer);
         }
         Command::Waitable { id, call, reply, notify } => {
-            if let Call::Sem(SemCall::Op { .. }) = call {
-                // A synchronisation: the pages written before it go to
-                // their readers first (see `NodeProtocol::push`).
-                let mut st = state.borrow_mut();
-                let mut out = Vec::new();
-                let now = st.now();
-                st.protocol.push(None, now, &mut out);
-                st.apply(&mut out);
-            }
             let rx = state.borrow_mut().call_as(id, call);
             if let Ok(answer) = rx.await {
                 let _ = reply.send(answer);

@@ -868,9 +868,8 @@ impl NodeProtocol {
     /// that read their previous versions and asked again for the version
     /// after (a halo row a neighbour reads after every step; see
     /// docs/design.md, "Pushes"), as if they had asked: this node keeps a
-    /// read copy and counts them readers. The driver calls it at a
-    /// synchronisation (a `semop`); a write fault on another page does
-    /// too (`skip`: that page), before its own invalidations leave, so a
+    /// read copy and counts them readers. A write fault on another page
+    /// calls it (`skip`: that page), before its own invalidations leave, so a
     /// reader gets the pages written before a progress flag ahead of the
     /// flag's invalidation, on the same stream; a page still in its hold
     /// goes when the hold ends (`handle_timeout`). Pushing is serving a
