@@ -51,11 +51,33 @@ pub struct FaultSlot {
     state: AtomicU32,
     addr: AtomicUsize,
     write: AtomicBool,
+    /// The faulting thread (`pthread_self`).
+    thread: AtomicUsize,
+    /// The faulting instruction's address (0: not an instruction, a
+    /// system call's buffer brought in by [`prefault`]).
+    pc: AtomicUsize,
 }
 
 #[allow(clippy::declare_interior_mutable_const)]
-const SLOT_INIT: FaultSlot =
-    FaultSlot { state: AtomicU32::new(FREE), addr: AtomicUsize::new(0), write: AtomicBool::new(false) };
+const SLOT_INIT: FaultSlot = FaultSlot {
+    state: AtomicU32::new(FREE),
+    addr: AtomicUsize::new(0),
+    write: AtomicBool::new(false),
+    thread: AtomicUsize::new(0),
+    pc: AtomicUsize::new(0),
+};
+
+/// A fault the runtime took from a slot.
+#[derive(Clone, Copy, Debug)]
+pub struct Posted {
+    pub slot: usize,
+    pub addr: usize,
+    pub write: bool,
+    /// The faulting thread.
+    pub thread: usize,
+    /// The faulting instruction (0: a system call's buffer).
+    pub pc: usize,
+}
 static SLOTS: [FaultSlot; MAX_FAULTS] = [SLOT_INIT; MAX_FAULTS];
 
 /// Iterations a faulting thread spins before it sleeps.
@@ -261,7 +283,7 @@ pub fn prefault(addr: usize, len: usize, write: bool) -> bool {
         let seg = v.seg.load(Ordering::Relaxed);
         let mut page = lo & !(PAGE_SIZE - 1);
         while page < hi {
-            wait_for_page(page, write, seg);
+            wait_for_page(page, write, seg, 0);
             page += PAGE_SIZE;
         }
     }
@@ -360,13 +382,19 @@ pub fn ensure_altstack() {
     }
 }
 
-/// Runtime side: takes every posted fault (slot, address, write).
-pub fn take_posted(out: &mut Vec<(usize, usize, bool)>) {
+/// Runtime side: takes every posted fault.
+pub fn take_posted(out: &mut Vec<Posted>) {
     for (i, s) in SLOTS.iter().enumerate() {
         if s.state.load(Ordering::Acquire) == POSTED
             && s.state.compare_exchange(POSTED, TAKEN, Ordering::AcqRel, Ordering::Relaxed).is_ok()
         {
-            out.push((i, s.addr.load(Ordering::Relaxed), s.write.load(Ordering::Relaxed)));
+            out.push(Posted {
+                slot: i,
+                addr: s.addr.load(Ordering::Relaxed),
+                write: s.write.load(Ordering::Relaxed),
+                thread: s.thread.load(Ordering::Relaxed),
+                pc: s.pc.load(Ordering::Relaxed),
+            });
         }
     }
 }
@@ -462,6 +490,14 @@ fn is_write(ctx: *mut libc::c_void) -> bool {
     uc.uc_mcontext.gregs[libc::REG_ERR as usize] & 2 != 0
 }
 
+/// The address of the faulting instruction.
+#[cfg(target_arch = "x86_64")]
+fn fault_pc(ctx: *mut libc::c_void) -> usize {
+    // SAFETY: as in `is_write`.
+    let uc = unsafe { &*(ctx as *const libc::ucontext_t) };
+    uc.uc_mcontext.gregs[libc::REG_RIP as usize] as usize
+}
+
 extern "C" fn handler(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
     // SAFETY: errno is thread-local; we restore it so the interrupted code
     // sees no change.
@@ -471,7 +507,7 @@ extern "C" fn handler(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut li
     let view = if code > 0 { lookup(addr) } else { None };
     match view {
         Some((_, readonly, seg)) if !(readonly && is_write(ctx)) => {
-            if !wait_for_page(addr, is_write(ctx), seg) {
+            if !wait_for_page(addr, is_write(ctx), seg, fault_pc(ctx)) {
                 // The page is lost: no current copy exists anywhere.
                 // SAFETY: raise is async-signal-safe.
                 unsafe { libc::raise(libc::SIGBUS) };
@@ -484,8 +520,9 @@ extern "C" fn handler(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut li
 }
 
 /// Posts the fault and sleeps until the runtime has served it (`seg`: the
-/// view's segment, for the figures).
-fn wait_for_page(addr: usize, write: bool, seg: i32) -> bool {
+/// view's segment, for the figures; `pc`: the faulting instruction, 0 for
+/// none).
+fn wait_for_page(addr: usize, write: bool, seg: i32, pc: usize) -> bool {
     let slot = loop {
         if let Some(s) = SLOTS
             .iter()
@@ -499,6 +536,10 @@ fn wait_for_page(addr: usize, write: bool, seg: i32) -> bool {
     let t0 = monotonic_ns();
     slot.addr.store(addr, Ordering::Relaxed);
     slot.write.store(write, Ordering::Relaxed);
+    // SAFETY: pthread_self reads the thread pointer: no lock, no
+    // allocation, no system call (async-signal-safe in practice).
+    slot.thread.store(unsafe { libc::pthread_self() } as usize, Ordering::Relaxed);
+    slot.pc.store(pc, Ordering::Relaxed);
     slot.state.store(POSTED, Ordering::Release);
     let one: u64 = 1;
     // SAFETY: the write(2) system call is async-signal-safe; the buffer is

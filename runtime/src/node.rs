@@ -841,6 +841,8 @@ struct State {
     stale_ns: Vec<usize>,
     /// Faulting threads per page: (slot, wants write).
     waiters: HashMap<(SegId, PageIdx), Vec<(usize, bool)>>,
+    /// Each program thread's last fault (see [`State::moved_on`]).
+    last_faults: Vec<LastFault>,
     /// Releases outstanding per segment, and who waits for them.
     releasing: HashMap<SegId, (usize, Vec<oneshot::Sender<()>>)>,
     wake_at: Option<u64>,
@@ -856,6 +858,25 @@ struct State {
 }
 
 type Shared = Rc<RefCell<State>>;
+
+/// A program thread's last fault: the pages it asked for together.
+#[derive(Clone, Copy, Debug)]
+struct LastFault {
+    thread: usize,
+    pc: usize,
+    seg: SegId,
+    first: PageIdx,
+    count: u32,
+}
+
+impl LastFault {
+    fn covers(&self, seg: SegId, page: PageIdx) -> bool {
+        self.seg == seg && page >= self.first && page - self.first < self.count
+    }
+}
+
+/// More threads than this remembered: the list starts again.
+const MAX_LAST_FAULTS: usize = 1024;
 
 /// Neighbouring pages to open together (see [`State::apply`]): `first..=last`.
 struct OpenRun {
@@ -1070,12 +1091,12 @@ impl State {
         fault::take_posted(&mut posted);
         let mut out = Vec::new();
         if self.fenced {
-            for (slot, _, _) in posted {
+            for fault::Posted { slot, .. } in posted {
                 fault::complete(slot, false);
             }
             return;
         }
-        for (slot, addr, write) in posted {
+        for fault::Posted { slot, addr, write, thread, pc } in posted {
             let found = self.segs.iter().find_map(|(&id, s)| {
                 s.views
                     .iter()
@@ -1106,6 +1127,7 @@ impl State {
                 }
             }
             let group = self.protocol.group(seg, page, write, GROUP.min(self.readahead));
+            self.moved_on(LastFault { thread, pc, seg, first: page, count: 1 + group }, now, &mut out);
             let present = self.protocol.fault(seg, page, write, now, &mut out);
             if let Ok(false) = present {
                 self.waiters.entry((seg, page)).or_default().push((slot, write));
@@ -1127,6 +1149,39 @@ impl State {
                     fault::complete(slot, true);
                 }
             }
+        }
+    }
+
+    /// A program thread faults again. If its previous fault was at another
+    /// instruction, the instruction that faulted then has run (a faulting
+    /// instruction restarts at the same address), so the hold of the pages
+    /// it was granted (`KDIPC_HOLD_US`, there so that it gets to run) ends
+    /// now, unless another thread's last fault was on them too: what waits
+    /// for them is served, and a page it wrote is pushed at once. A program
+    /// that writes a progress flag and then waits for its neighbour's does
+    /// not keep the neighbour waiting for the rest of the hold.
+    fn moved_on(&mut self, f: LastFault, now: u64, out: &mut Vec<Action>) {
+        if self.last_faults.len() >= MAX_LAST_FAULTS {
+            self.last_faults.clear();
+        }
+        let prev = match self.last_faults.iter_mut().find(|l| l.thread == f.thread) {
+            Some(l) => std::mem::replace(l, f),
+            None => {
+                self.last_faults.push(f);
+                return;
+            }
+        };
+        // pc 0: a system call's buffer, brought in page by page before the
+        // call runs: its holds run out.
+        if prev.pc == 0 || f.pc == 0 || prev.pc == f.pc || prev.covers(f.seg, f.first) {
+            return;
+        }
+        for page in prev.first..prev.first + prev.count {
+            if self.last_faults.iter().any(|l| l.covers(prev.seg, page)) {
+                continue;
+            }
+            // Errors (a segment detached meanwhile) only mean: nothing held.
+            let _ = self.protocol.end_hold(prev.seg, page, now, out);
         }
     }
 
@@ -1713,6 +1768,7 @@ async fn connect(
         calls: HashMap::new(),
         stale_ns: Vec::new(),
         waiters: HashMap::new(),
+        last_faults: Vec::new(),
         releasing: HashMap::new(),
         wake_at: None,
         closing: false,

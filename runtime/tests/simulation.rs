@@ -232,6 +232,8 @@ struct Stats {
     released: u64,
     /// Pages pushed to their readers (`NodeProtocol::push`).
     pushes: u64,
+    /// Holds ended by a thread moving on (`NodeProtocol::end_hold`).
+    holds_ended: u64,
     reattaches: u64,
     /// `SendPage` of a page already released (detach racing a `Fetch`).
     sent_while_releasing: u64,
@@ -736,6 +738,7 @@ impl Sim {
             self.apply(node, out);
             self.stats.max_blocked = self.stats.max_blocked.max(self.now - b.since);
             self.perform(node, b.page, b.write);
+            self.moved_on(node, b.page);
             self.schedule_app(node, thread);
             return;
         }
@@ -750,6 +753,28 @@ impl Sim {
         );
         self.stats.refaults += 1;
         self.nodes[node].threads[thread] = Some(b);
+        self.apply(node, out);
+    }
+
+    /// Half the time, a thread whose access to `gp` has just run moves on
+    /// at once, as the runtime sees it when the thread faults again at
+    /// another instruction: the page's hold ends (unless another thread of
+    /// the node waits for the page too).
+    fn moved_on(&mut self, node: usize, gp: usize) {
+        let others = self.nodes[node].threads.iter().flatten().any(|b| b.page == gp);
+        if others || !self.rng.chance(500) {
+            return;
+        }
+        let (si, page) = self.pages[gp];
+        let seg = SEGMENTS[si].0;
+        let mut out = Vec::new();
+        if let Err(e) = self.nodes[node].proto.end_hold(seg, page, self.now, &mut out) {
+            panic!("node {}: end_hold of {seg}/{page}: {e}", node + 1);
+        }
+        if self.trace && !out.is_empty() {
+            eprintln!("{:>8} node {} ends the hold of {seg}/{page}", self.now, node + 1);
+        }
+        self.stats.holds_ended += 1;
         self.apply(node, out);
     }
 
@@ -1064,6 +1089,7 @@ fn run_seed(seed: u64, trace: bool) -> (Params, Stats) {
     assert!(s.detaches > 0 && s.reattaches > 0, "no detach/re-attach: {s:?}");
     assert!(s.served_first > 0, "no detach served what waited before releasing: {s:?}");
     assert!(s.pushes > 0, "no page was pushed: {s:?}");
+    assert!(s.holds_ended > 0, "no hold was ended early: {s:?}");
     assert!(s.restarts > 0, "the manager never restarted: {s:?}");
     assert!(s.blocked * 10 > s.reads + s.writes, "too little contention: {s:?}");
     for (k, name) in KINDS.iter().enumerate() {
@@ -1547,6 +1573,35 @@ mod scenarios {
         assert_eq!(n1.release(SEG, &mut out), Ok(2));
         assert!(out.contains(&Action::ReleasePage { seg: SEG, page: 0, copyset: vec![2], version: 1 }));
         assert!(out.contains(&Action::ReleasePage { seg: SEG, page: 1, copyset: vec![], version: 1 }));
+    }
+
+    #[test]
+    fn end_hold_serves_what_waited_for_the_hold() {
+        let mut m = manager();
+        let mut n1 = node(1, 100);
+        write_from_home(&mut m, &mut n1, 0, 10);
+        // A read during the hold waits for it...
+        assert_eq!(at_node(&mut n1, 2, request(0, false, 2), 20), vec![Action::WakeAt(110)]);
+        // ...until the writing thread has moved on (the driver saw it fault
+        // at another instruction): served then, not at 110.
+        let mut out = Vec::new();
+        n1.end_hold(SEG, 0, 30, &mut out).unwrap();
+        assert_eq!(
+            out,
+            vec![Action::SendPage { seg: SEG, page: 0, to: 2, acks: vec![], version: 1, keep: Access::Read }]
+        );
+        // An invalidation of a read copy in its hold, likewise.
+        let mut n2 = node(2, 100);
+        read_from_home(&mut manager(), &mut n2, 40);
+        assert_eq!(at_node(&mut n2, MANAGER, inval(0, 3, 1), 50), vec![Action::WakeAt(140)]);
+        let mut out = Vec::new();
+        n2.end_hold(SEG, 0, 60, &mut out).unwrap();
+        assert_eq!(out, vec![access(0, Access::Invalid), send(3, ack(0, 1))]);
+        // Past its hold, or for a page it does not track, nothing happens.
+        let mut out = Vec::new();
+        n2.end_hold(SEG, 0, 70, &mut out).unwrap();
+        assert!(out.is_empty());
+        assert!(n2.end_hold(SEG + 1, 0, 70, &mut out).is_err());
     }
 
     #[test]

@@ -57,7 +57,8 @@
 //!
 //! A node keeps a page it was just granted for at least `hold` time units
 //! before serving a request or invalidation for it, so that the faulting
-//! instruction gets to run (no ping-pong livelock between two writers).
+//! instruction gets to run (no ping-pong livelock between two writers),
+//! or until the driver knows it ran (`NodeProtocol::end_hold`).
 
 mod manager;
 mod node;

@@ -937,6 +937,35 @@ impl NodeProtocol {
                 invalidate(p, &mut cx, msg)?;
             }
             drain(p, &mut cx, waiting)?;
+            if p.queue.is_empty() && p.deferred.is_empty() {
+                waiting.remove(&(seg, page));
+            }
+        }
+        self.push(None, now, out);
+        Ok(())
+    }
+
+    /// The access a local thread faulted for has run (the driver knows:
+    /// the thread has faulted since at another instruction): the page's
+    /// hold ends now. What waited for it is served and pushes go.
+    pub fn end_hold(
+        &mut self,
+        seg: SegId,
+        page: PageIdx,
+        now: u64,
+        out: &mut Vec<Action>,
+    ) -> Result<(), ProtocolError> {
+        let (p, mut cx, waiting) = self.parts(seg, page, now, out)?;
+        if p.hold_until <= now {
+            return Ok(());
+        }
+        p.hold_until = now;
+        while let Some(msg) = p.deferred.pop_front() {
+            invalidate(p, &mut cx, msg)?;
+        }
+        drain(p, &mut cx, waiting)?;
+        if p.queue.is_empty() && p.deferred.is_empty() {
+            waiting.remove(&(seg, page));
         }
         self.push(None, now, out);
         Ok(())
