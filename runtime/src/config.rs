@@ -89,6 +89,9 @@ pub struct Config {
     pub keys: KeySet,
     pub hold_us: u64,
     pub spin_us: u64,
+    /// Real-time (`SCHED_FIFO`) priority asked for the runtime thread; 0:
+    /// none (see `node::raise_priority`).
+    pub rt_prio: i32,
     /// Most pages fetched ahead of a run of neighbouring faults.
     pub readahead: u32,
     /// Print this node's figures on stderr at exit.
@@ -127,12 +130,20 @@ impl Config {
             Some(h) => h.parse().map_err(|_| format!("KDIPC_SPIN_US: not a number: {h:?}"))?,
             None => 0,
         };
+        let rt_prio = match var("KDIPC_RT_PRIO") {
+            Some(h) => h
+                .parse()
+                .ok()
+                .filter(|p| (0..=99).contains(p))
+                .ok_or_else(|| format!("KDIPC_RT_PRIO: not a priority 0-99: {h:?}"))?,
+            None => 1,
+        };
         let readahead = match var("KDIPC_READAHEAD") {
             Some(h) => h.parse().map_err(|_| format!("KDIPC_READAHEAD: not a number: {h:?}"))?,
             None => 64,
         };
         let stats = var("KDIPC_STATS").is_some_and(|v| v != "0");
-        Ok(Config { nameserver, auto, cert_dir, bind, keys, hold_us, spin_us, readahead, stats })
+        Ok(Config { nameserver, auto, cert_dir, bind, keys, hold_us, spin_us, rt_prio, readahead, stats })
     }
 }
 

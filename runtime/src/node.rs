@@ -383,6 +383,38 @@ fn block_signals() {
     }
 }
 
+/// Makes the runtime thread real-time (`SCHED_FIFO` at `prio`, reset in
+/// forked children) when the process may (`CAP_SYS_NICE`, or
+/// `RLIMIT_RTPRIO` ≥ `prio`); otherwise it stays as it was.
+///
+/// Why: the program's threads keep every CPU busy (a heat rank computes or
+/// polls its neighbour's flag), and a peer's invalidation or page request
+/// waits until the scheduler lets this thread preempt one of them: with an
+/// ordinary policy that wake-up took 100–300 µs under load, several times
+/// the round trip itself, on every round trip of the critical path. A
+/// real-time thread runs at once. It sleeps in `epoll_wait` whenever it
+/// has nothing to do, and the kernel's real-time throttling keeps 5 % of
+/// every CPU for ordinary threads even if it did not.
+fn raise_priority(prio: i32) {
+    if prio == 0 {
+        return;
+    }
+    let param = libc::sched_param { sched_priority: prio };
+    // SAFETY: changes the calling thread's own policy, with a valid param.
+    let r = unsafe {
+        libc::pthread_setschedparam(
+            libc::pthread_self(),
+            libc::SCHED_FIFO | libc::SCHED_RESET_ON_FORK,
+            &param,
+        )
+    };
+    if r == 0 {
+        debug!(prio, "runtime thread runs SCHED_FIFO");
+    } else {
+        debug!(prio, "runtime thread stays SCHED_OTHER: {}", std::io::Error::from_raw_os_error(r));
+    }
+}
+
 impl NodeHandle {
     fn call(&self, call: Call) -> Result<Reply, Errno> {
         let (tx, rx) = crossbeam::channel::bounded(1);
@@ -1583,6 +1615,8 @@ async fn run(
         }
     };
     let (state, mut inbound) = state;
+    // After `connect`: a nameserver it started must not inherit the policy.
+    raise_priority(config.rt_prio);
     // SAFETY: eventfd with valid flags; the result is checked.
     let efd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
     if efd < 0 {

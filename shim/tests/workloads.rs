@@ -167,3 +167,43 @@ fn workloads_across_emulated_hosts_compute_the_same_results() {
         "matmul, 2 hosts"
     );
 }
+
+/// The policy and priority `schedpol` printed for its thread `name`.
+fn policy_of(o: &Outcome, name: &str) -> (i32, i32) {
+    o.assert_ok("schedpol");
+    let line = o
+        .stdout
+        .lines()
+        .find(|l| l.starts_with(&format!("thread {name} ")))
+        .unwrap_or_else(|| panic!("no thread {name}:\n{}", o.stdout));
+    let f: Vec<&str> = line.split_whitespace().collect();
+    (f[3].parse().unwrap(), f[5].parse().unwrap())
+}
+
+/// The runtime thread answers peers at once even when the program's
+/// threads keep every CPU busy: it runs `SCHED_FIFO` (priority
+/// `KDIPC_RT_PRIO`, default 1) when the process may, and stays ordinary
+/// otherwise or with `KDIPC_RT_PRIO=0`; the program's own threads are
+/// never changed. A bad value is refused with a clear message.
+#[test]
+fn runtime_thread_is_real_time_when_allowed() {
+    const FIFO: i32 = 1;
+    let c = Cluster::local();
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let o = c.run("schedpol", &[&support::fresh_key()], T);
+    assert_eq!(policy_of(&o, "schedpol"), (0, 0), "the program's thread is untouched");
+    assert_eq!(policy_of(&o, "kdipc-runtime"), if root { (FIFO, 1) } else { (0, 0) }, "root: {root}");
+
+    let c = Cluster::local_env(&[("KDIPC_RT_PRIO", "0")]);
+    let o = c.run("schedpol", &[&support::fresh_key()], T);
+    assert_eq!(policy_of(&o, "kdipc-runtime"), (0, 0));
+
+    let c = Cluster::local_env(&[("KDIPC_RT_PRIO", "7")]);
+    let o = c.run("schedpol", &[&support::fresh_key()], T);
+    assert_eq!(policy_of(&o, "kdipc-runtime"), if root { (FIFO, 7) } else { (0, 0) });
+
+    let c = Cluster::local_env(&[("KDIPC_RT_PRIO", "high")]);
+    let o = c.run("schedpol", &[&support::fresh_key()], T);
+    assert!(!o.status.success() && o.stderr.contains("KDIPC_RT_PRIO"), "{o:?}");
+}
