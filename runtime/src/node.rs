@@ -803,24 +803,13 @@ impl Segment {
         // SAFETY: the runtime view is mapped read-write for `maplen` bytes
         // and the page lies inside it; no one else writes through it while
         // the runtime thread (the only user) reads.
-        let bytes = unsafe { std::slice::from_raw_parts(self.page_ptr(page), PAGE_SIZE) };
-        if bytes.iter().all(|&b| b == 0) {
-            Payload::Zero
-        } else {
-            Payload::Bytes(bytes.to_vec())
-        }
+        Payload::from_page(unsafe { std::slice::from_raw_parts(self.page_ptr(page), PAGE_SIZE) })
     }
 
     fn write_page(&self, page: PageIdx, payload: &Payload) {
-        let dst = self.page_ptr(page);
         // SAFETY: as in `read_page`; the program cannot access the page
         // (its views are PROT_NONE while a request is outstanding).
-        unsafe {
-            match payload {
-                Payload::Zero => std::ptr::write_bytes(dst, 0, PAGE_SIZE),
-                Payload::Bytes(b) => std::ptr::copy_nonoverlapping(b.as_ptr(), dst, PAGE_SIZE),
-            }
-        }
+        payload.fill(unsafe { std::slice::from_raw_parts_mut(self.page_ptr(page), PAGE_SIZE) });
     }
 }
 

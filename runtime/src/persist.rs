@@ -241,7 +241,7 @@ impl Store {
                 _ => {
                     let mut b = vec![0u8; PAGE_SIZE];
                     match files.data.read_at(&mut b, (i * PAGE_SIZE) as u64) {
-                        Ok(PAGE_SIZE) => Payload::Bytes(b),
+                        Ok(PAGE_SIZE) => Payload::from_page(&b),
                         _ => Payload::Zero,
                     }
                 }
@@ -285,15 +285,15 @@ impl Store {
         // The bytes the state names: the home's, or those it gave from a
         // late release (a zero page is written out too, over older bytes).
         let data = match (state, bytes) {
-            (HomeState::Home { zero: false, .. } | HomeState::Given { .. }, Some(Payload::Bytes(b))) => {
-                Some(&b[..])
-            }
-            (HomeState::Given { .. }, Some(Payload::Zero)) => Some(&[0u8; PAGE_SIZE][..]),
+            (HomeState::Home { zero: false, .. }, Some(b @ Payload::Bytes(_)))
+            | (HomeState::Given { .. }, Some(b)) => Some(b),
             _ => None,
         };
         if let Some(b) = data {
+            let mut bytes = [0u8; PAGE_SIZE];
+            b.fill(&mut bytes);
             f.data
-                .write_all_at(b, page as u64 * PAGE_SIZE as u64)
+                .write_all_at(&bytes, page as u64 * PAGE_SIZE as u64)
                 .map_err(|e| format!("writing page {page} of segment {seg}: {e}"))?;
             if self.sync {
                 f.data.sync_data().map_err(|e| format!("syncing segment {seg}: {e}"))?;

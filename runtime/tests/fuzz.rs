@@ -386,11 +386,12 @@ fn any_coherence() -> impl Strategy<Value = (u32, CoherenceMsg)> {
 }
 
 /// Whether an action is about a page that exists (`npages` pages of SEG)
-/// and carries a full page when it carries bytes.
+/// and carries at most a page (at least a byte) when it carries bytes.
 fn sound(a: &Action, npages: u32) -> bool {
     let ok = |seg: SegId, page: PageIdx| seg == SEG && page < npages;
-    let full =
-        |p: &Payload| matches!(p, Payload::Zero) || matches!(p, Payload::Bytes(b) if b.len() == PAGE_SIZE);
+    let full = |p: &Payload| {
+        matches!(p, Payload::Zero) || matches!(p, Payload::Bytes(b) if (1..=PAGE_SIZE).contains(&b.len()))
+    };
     match a {
         Action::Send { msg, .. } => {
             let (seg, page) = msg.target();

@@ -1647,10 +1647,11 @@ mod scenarios {
         assert!(n1.handle(2, request(0, true, 2), 0, &mut out).is_err(), "a write request at a node");
         assert!(n1.handle(3, fetch(0, 2, false), 0, &mut out).is_err(), "Fetch not from the manager");
         assert!(n1.handle(MANAGER, fetch(0, 1, false), 0, &mut out).is_err(), "Fetch for itself");
-        // A Data with a wrong-length payload, even for a pending request.
+        // A Data with a wrong-length payload (none, or more than a page),
+        // even for a pending request.
         fault(&mut n1, 0, false, 0);
         let mut out = Vec::new();
-        for len in [0, 8, PAGE_SIZE - 1, PAGE_SIZE + 1] {
+        for len in [0, PAGE_SIZE + 1, 2 * PAGE_SIZE] {
             let bad = CoherenceMsg::Data {
                 seg: SEG,
                 page: 0,
@@ -1683,9 +1684,9 @@ mod scenarios {
         let bad = CoherenceMsg::Release {
             seg: SEG,
             page: 0,
-            owned: Some((Payload::Bytes(vec![0; 17]), vec![], 0)),
+            owned: Some((Payload::Bytes(vec![0; PAGE_SIZE + 17]), vec![], 0)),
         };
-        assert_eq!(m.handle(1, bad, &mut out), Err(ProtocolError::BadPayload(17)));
+        assert_eq!(m.handle(1, bad, &mut out), Err(ProtocolError::BadPayload(PAGE_SIZE + 17)));
         assert!(
             m.handle(MANAGER, request(0, false, 1), &mut out).is_err(),
             "a message from the manager itself"

@@ -91,12 +91,37 @@ pub enum Access {
     Write,
 }
 
-/// The bytes of a page on the wire. A page that was never written travels
-/// without payload.
+/// The bytes of a page on the wire: up to its last non-zero byte (the
+/// rest of the page is zero), none at all for a zero page. A progress flag
+/// or a counter at the start of a page travels in a few bytes, not 4 KiB.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Payload {
     Zero,
+    /// 1 to `PAGE_SIZE` bytes.
     Bytes(#[serde(with = "raw_bytes")] Vec<u8>),
+}
+
+impl Payload {
+    /// The payload of a page (`PAGE_SIZE` bytes).
+    pub fn from_page(page: &[u8]) -> Payload {
+        match page.iter().rposition(|&b| b != 0) {
+            None => Payload::Zero,
+            Some(last) => Payload::Bytes(page[..=last].to_vec()),
+        }
+    }
+
+    /// Writes the page this payload stands for into `page` (`PAGE_SIZE`
+    /// bytes; the payload was checked by [`check_payload`]).
+    pub fn fill(&self, page: &mut [u8]) {
+        let n = match self {
+            Payload::Zero => 0,
+            Payload::Bytes(b) => {
+                page[..b.len()].copy_from_slice(b);
+                b.len()
+            }
+        };
+        page[n..].fill(0);
+    }
 }
 
 /// The length, not the bytes (messages are logged at `trace`).
@@ -333,7 +358,35 @@ pub fn check_version(v: u64) -> Result<(), ProtocolError> {
 /// Checks the length of a received payload.
 pub fn check_payload(p: &Payload) -> Result<(), ProtocolError> {
     match p {
-        Payload::Bytes(b) if b.len() != PAGE_SIZE => Err(ProtocolError::BadPayload(b.len())),
+        Payload::Bytes(b) if b.is_empty() || b.len() > PAGE_SIZE => Err(ProtocolError::BadPayload(b.len())),
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payload_carries_a_page_up_to_its_last_nonzero_byte() {
+        let mut page = vec![0u8; PAGE_SIZE];
+        assert!(Payload::from_page(&page) == Payload::Zero);
+        page[0] = 3;
+        page[7] = 1;
+        let flag = Payload::from_page(&page);
+        assert!(matches!(&flag, Payload::Bytes(b) if b.len() == 8));
+        page[PAGE_SIZE - 1] = 9;
+        let full = Payload::from_page(&page);
+        assert!(matches!(&full, Payload::Bytes(b) if b.len() == PAGE_SIZE));
+        for p in [&flag, &full, &Payload::Zero] {
+            check_payload(p).unwrap();
+            // Filled over stale bytes: the page comes back exactly.
+            let mut out = vec![0xaa; PAGE_SIZE];
+            p.fill(&mut out);
+            assert!(Payload::from_page(&out) == *p);
+        }
+        let mut out = vec![0xaa; PAGE_SIZE];
+        flag.fill(&mut out);
+        assert_eq!((out[0], out[7], out[8], out[PAGE_SIZE - 1]), (3, 1, 0, 0));
     }
 }
