@@ -98,6 +98,19 @@ pub struct Config {
     pub stats: bool,
 }
 
+/// `KDIPC_RT_PRIO`: the real-time priority asked for the runtime thread
+/// of a node and of the nameserver (1 when unset, 0: none).
+pub fn rt_prio_from_env() -> Result<i32, String> {
+    match std::env::var("KDIPC_RT_PRIO").ok().filter(|v| !v.is_empty()) {
+        Some(h) => h
+            .parse()
+            .ok()
+            .filter(|p| (0..=99).contains(p))
+            .ok_or_else(|| format!("KDIPC_RT_PRIO: not a priority 0-99: {h:?}")),
+        None => Ok(1),
+    }
+}
+
 /// The private directory for credentials when none is configured.
 pub fn auto_cert_dir() -> PathBuf {
     // SAFETY: geteuid has no preconditions.
@@ -130,14 +143,7 @@ impl Config {
             Some(h) => h.parse().map_err(|_| format!("KDIPC_SPIN_US: not a number: {h:?}"))?,
             None => 0,
         };
-        let rt_prio = match var("KDIPC_RT_PRIO") {
-            Some(h) => h
-                .parse()
-                .ok()
-                .filter(|p| (0..=99).contains(p))
-                .ok_or_else(|| format!("KDIPC_RT_PRIO: not a priority 0-99: {h:?}"))?,
-            None => 1,
-        };
+        let rt_prio = rt_prio_from_env()?;
         let readahead = match var("KDIPC_READAHEAD") {
             Some(h) => h.parse().map_err(|_| format!("KDIPC_READAHEAD: not a number: {h:?}"))?,
             None => 64,

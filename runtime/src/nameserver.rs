@@ -101,6 +101,9 @@ pub async fn serve(
     fsync: bool,
     ready: impl FnOnce(SocketAddr),
 ) -> Result<(), String> {
+    // Nodes wait on its answers (a fresh page, a segment's owner) as on a
+    // peer's: it runs real-time for the same reason (see `raise_priority`).
+    crate::node::raise_priority(crate::config::rt_prio_from_env()?);
     let mut store = state.map(Store::open).transpose()?;
     if let Some((s, _)) = store.as_mut() {
         s.set_sync(fsync);

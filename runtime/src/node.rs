@@ -383,7 +383,7 @@ fn block_signals() {
     }
 }
 
-/// Makes the runtime thread real-time (`SCHED_FIFO` at `prio`, reset in
+/// Makes the calling (runtime) thread real-time (`SCHED_FIFO` at `prio`, reset in
 /// forked children) when the process may (`CAP_SYS_NICE`, or
 /// `RLIMIT_RTPRIO` ≥ `prio`); otherwise it stays as it was.
 ///
@@ -395,7 +395,7 @@ fn block_signals() {
 /// real-time thread runs at once. It sleeps in `epoll_wait` whenever it
 /// has nothing to do, and the kernel's real-time throttling keeps 5 % of
 /// every CPU for ordinary threads even if it did not.
-fn raise_priority(prio: i32) {
+pub(crate) fn raise_priority(prio: i32) {
     if prio == 0 {
         return;
     }
@@ -409,9 +409,9 @@ fn raise_priority(prio: i32) {
         )
     };
     if r == 0 {
-        debug!(prio, "runtime thread runs SCHED_FIFO");
+        debug!(prio, "thread runs SCHED_FIFO");
     } else {
-        debug!(prio, "runtime thread stays SCHED_OTHER: {}", std::io::Error::from_raw_os_error(r));
+        debug!(prio, "thread stays SCHED_OTHER: {}", std::io::Error::from_raw_os_error(r));
     }
 }
 
