@@ -240,6 +240,11 @@ pub fn free_slots_after_fork() {
     }
 }
 
+/// Whether any distributed view is registered (attached).
+pub fn has_views() -> bool {
+    views().iter().any(|v| v.start.load(Ordering::Acquire) != 0)
+}
+
 /// Every registered view (segment, start, length, read-only), forgotten:
 /// a forked child takes them over and attaches them again.
 pub fn take_views() -> Vec<(i32, usize, usize, bool)> {

@@ -26,6 +26,12 @@ macro_rules! real_fn {
 }
 pub(crate) use real_fn;
 
+/// The calling thread's errno.
+pub fn errno() -> i32 {
+    // SAFETY: errno is thread-local and always valid to read.
+    unsafe { *libc::__errno_location() }
+}
+
 /// Sets errno for the calling thread.
 pub fn set_errno(e: i32) {
     // SAFETY: errno is thread-local and always valid to write.

@@ -13,11 +13,17 @@ use kdipc_runtime::node;
 
 use crate::ffi::{self, guard, real_fn};
 
-/// Hook for libc::fork.
+/// Hook for libc::fork. The child attaches the parent's distributed
+/// segments again as a node of its own; the parent returns once it has
+/// (or died), so that, as with the kernel, the child counts in
+/// `shm_nattch` when `fork` returns: a parent that detaches and removes a
+/// segment right after `fork` must not destroy it under its child
+/// (`stress-ng --shm-sysv` does that).
 #[cfg_attr(not(test), no_mangle)]
 pub extern "C" fn fork() -> libc::pid_t {
     guard(|| {
         let f = real_fn!(fork: fn() -> libc::pid_t);
+        let done = if kdipc_runtime::fault::has_views() { Pipe::new() } else { None };
         let starting = node::fork_guard();
         // SAFETY: libc's fork.
         let pid = unsafe { f() };
@@ -25,9 +31,79 @@ pub extern "C" fn fork() -> libc::pid_t {
         if pid == 0 {
             at_load();
             node::after_fork_in_child();
+            if let Some(p) = done {
+                p.signal();
+            }
+        } else if let Some(p) = done {
+            p.wait_for(pid);
         }
         pid
     })
+}
+
+/// A close-on-exec pipe from a forked child to its parent, through raw
+/// system calls (`read`, `write`, `poll` are this library's hooks).
+struct Pipe {
+    read: libc::c_int,
+    write: libc::c_int,
+}
+
+impl Pipe {
+    fn new() -> Option<Pipe> {
+        let mut fds = [0 as libc::c_int; 2];
+        // SAFETY: pipe2 fills the two descriptors of `fds`.
+        let r = unsafe { libc::syscall(libc::SYS_pipe2, fds.as_mut_ptr(), libc::O_CLOEXEC) };
+        (r == 0).then_some(Pipe { read: fds[0], write: fds[1] })
+    }
+
+    /// In the child: its attaches are done.
+    fn signal(self) {
+        // SAFETY: one byte from a local to our own descriptor, then closes
+        // of descriptors this process owns.
+        unsafe {
+            libc::syscall(libc::SYS_close, self.read);
+            libc::syscall(libc::SYS_write, self.write, b"1".as_ptr(), 1usize);
+            libc::syscall(libc::SYS_close, self.write);
+        }
+    }
+
+    /// In the parent: until the child signals, exits, or a minute passes
+    /// (a child forked at the same time by another thread may hold the
+    /// write end too, so its end alone is no proof). The program's
+    /// `errno` is left as `fork` set it.
+    fn wait_for(self, pid: libc::pid_t) {
+        let errno = ffi::errno();
+        // SAFETY: closing our copy of the write end.
+        unsafe { libc::syscall(libc::SYS_close, self.write) };
+        if pid > 0 {
+            let mut pfd = libc::pollfd { fd: self.read, events: libc::POLLIN, revents: 0 };
+            for _ in 0..1200 {
+                // SAFETY: poll of one descriptor we own, 50 ms.
+                let n = unsafe { libc::syscall(libc::SYS_poll, &mut pfd as *mut libc::pollfd, 1usize, 50) };
+                if n > 0 {
+                    break;
+                }
+                // SAFETY: waitid with WNOWAIT only looks: the child stays
+                // for the program to reap.
+                let exited = unsafe {
+                    let mut info: libc::siginfo_t = std::mem::zeroed();
+                    libc::waitid(
+                        libc::P_PID,
+                        pid as libc::id_t,
+                        &mut info,
+                        libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+                    ) == 0
+                        && info.si_pid() != 0
+                };
+                if exited {
+                    break;
+                }
+            }
+        }
+        // SAFETY: closing the read end we own.
+        unsafe { libc::syscall(libc::SYS_close, self.read) };
+        ffi::set_errno(errno);
+    }
 }
 
 /// Hook for libc::_exit: a process that leaves without `exit` still hands

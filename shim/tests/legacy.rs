@@ -78,6 +78,20 @@ fn a_killed_reader_holding_a_sem_undo_semaphore_does_not_stop_the_others() {
     println!("{}survivor done {:.2} s after the kill", o.stdout, killed.elapsed().as_secs_f64());
 }
 
+/// A child of `fork` keeps the segments it inherited when the parent
+/// detaches and removes them right after `fork` returns (the kernel counts
+/// the child in `shm_nattch` at `fork`): it reads every byte and sees
+/// itself attached. Before the parent waited for the child's attaches,
+/// the segment was destroyed under it in round 0.
+#[test]
+fn fork_child_keeps_a_segment_the_parent_removes_at_once() {
+    let c = Cluster::local();
+    let o = c.run("forkrmid", &[&support::fresh_key(), "20"], T);
+    o.assert_ok("forkrmid");
+    assert!(o.stdout.contains("forkrmid: 20 rounds ok"), "{}", o.stdout);
+    assert!(!o.stderr.contains("kdipc:"), "{}", o.stderr);
+}
+
 /// Issue test 6: unmodified `stress-ng --shm-sysv 2 --sem-sysv 2` (Debian
 /// package) with every key distributed completes without errors (5 s; the
 /// issue's 30 s with `KDIPC_LONG=1`).
