@@ -114,8 +114,8 @@ whose figures are summed over the nodes (objects removed since are
 `removed`; existing objects nobody used show zeros).
 
 Node fields: read_faults, write_faults (faults a program thread waited
-for), pages_in, pages_out, bytes_in, bytes_out (zero pages travel without
-bytes), invalidations (copies this node dropped for a writer),
+for), pages_in, pages_out, bytes_in, bytes_out (a page travels up to its
+last non-zero byte, a zero page without bytes), invalidations (copies this node dropped for a writer),
 semops_local (run on a set lent to the node), semops_remote (sent to the
 set's home), fault_p50_us, fault_p99_us, semop_p50_us, semop_p99_us
 (upper bounds of power-of-two buckets).
