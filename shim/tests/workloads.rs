@@ -203,7 +203,27 @@ fn runtime_thread_is_real_time_when_allowed() {
     let o = c.run("schedpol", &[&support::fresh_key()], T);
     assert_eq!(policy_of(&o, "kdipc-runtime"), if root { (FIFO, 7) } else { (0, 0) });
 
-    let c = Cluster::local_env(&[("KDIPC_RT_PRIO", "high")]);
-    let o = c.run("schedpol", &[&support::fresh_key()], T);
+    // A bad value: the program's call fails with the reason, and a
+    // nameserver does not start.
+    let c = Cluster::local();
+    let mut cmd = c.command(0, &support::prog("schedpol"));
+    cmd.arg(support::fresh_key()).env("KDIPC_RT_PRIO", "high");
+    let o = support::wait_all(
+        vec![cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()],
+        T,
+        &c.ns_log_path(),
+    )
+    .pop()
+    .unwrap();
     assert!(!o.status.success() && o.stderr.contains("KDIPC_RT_PRIO"), "{o:?}");
+    let dir = std::env::temp_dir().join(format!("kdipc-rtprio-{}", std::process::id()));
+    let ns = Command::new(support::kdipc())
+        .args(["nameserver", "--listen", "127.0.0.1:0", "--cert-dir"])
+        .arg(&dir)
+        .env("KDIPC_RT_PRIO", "100")
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(!ns.status.success(), "{ns:?}");
+    assert!(String::from_utf8_lossy(&ns.stderr).contains("KDIPC_RT_PRIO: not a priority 0-99"), "{ns:?}");
 }
