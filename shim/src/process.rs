@@ -67,17 +67,18 @@ impl Pipe {
         }
     }
 
-    /// In the parent: until the child signals, exits, or a minute passes
-    /// (a child forked at the same time by another thread may hold the
-    /// write end too, so its end alone is no proof). The program's
-    /// `errno` is left as `fork` set it.
+    /// In the parent: until the child signals or exits, or 10 s pass (a
+    /// child forked at the same time by another thread may hold the write
+    /// end too, so its end alone is no proof; and a child stuck in its
+    /// start must not hang its parent).
+    /// The program's `errno` is left as `fork` set it.
     fn wait_for(self, pid: libc::pid_t) {
         let errno = ffi::errno();
         // SAFETY: closing our copy of the write end.
         unsafe { libc::syscall(libc::SYS_close, self.write) };
         if pid > 0 {
             let mut pfd = libc::pollfd { fd: self.read, events: libc::POLLIN, revents: 0 };
-            for _ in 0..1200 {
+            for _ in 0..200 {
                 // SAFETY: poll of one descriptor we own, 50 ms.
                 let n = unsafe { libc::syscall(libc::SYS_poll, &mut pfd as *mut libc::pollfd, 1usize, 50) };
                 if n > 0 {
@@ -85,17 +86,19 @@ impl Pipe {
                 }
                 // SAFETY: waitid with WNOWAIT only looks: the child stays
                 // for the program to reap.
-                let exited = unsafe {
+                let gone = unsafe {
                     let mut info: libc::siginfo_t = std::mem::zeroed();
-                    libc::waitid(
+                    let r = libc::waitid(
                         libc::P_PID,
                         pid as libc::id_t,
                         &mut info,
                         libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
-                    ) == 0
-                        && info.si_pid() != 0
+                    );
+                    // Reaped already, or SIGCHLD ignored (ECHILD): its end
+                    // of the pipe closing wakes the poll instead.
+                    r == 0 && info.si_pid() != 0
                 };
-                if exited {
+                if gone {
                     break;
                 }
             }
