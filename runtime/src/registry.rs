@@ -141,6 +141,11 @@ pub enum Call {
         /// Undoes this node's last `ShmAttach`, whose mapping failed: as in
         /// the kernel, a failed `shmat` leaves the times and pid unchanged.
         failed_attach: bool,
+        /// The node kept its pages: detach only if this destroys the
+        /// segment (the last attachment of one marked for removal, whose
+        /// pages nobody can read any more); otherwise change nothing and
+        /// answer `EAGAIN`, and the node gives its pages back first.
+        only_if_destroyed: bool,
         cred: Cred,
     },
     ShmStat {
@@ -336,7 +341,9 @@ impl Registry {
             }
             Call::ShmGet { key, size, flags, cred } => self.get(key, size, flags, &cred),
             Call::ShmAttach { id, readonly, exec, cred } => self.attach(node, id, readonly, exec, &cred),
-            Call::ShmDetach { id, failed_attach, cred } => self.detach(node, id, failed_attach, &cred),
+            Call::ShmDetach { id, failed_attach, only_if_destroyed, cred } => {
+                self.detach(node, id, failed_attach, only_if_destroyed, &cred)
+            }
             Call::ShmStat { id, cred } => self.seg(id).and_then(|s| {
                 if allowed(&cred, &s.stat, 0o444) {
                     Ok((Reply::Stat(s.stat.clone()), Effect::None))
@@ -516,10 +523,15 @@ impl Registry {
         node: NodeId,
         id: i32,
         failed_attach: bool,
+        only_if_destroyed: bool,
         cred: &Cred,
     ) -> Result<(Reply, Effect), Errno> {
         let now = (self.clock)();
         let s = self.seg_mut(id)?;
+        let mine = *s.attaches.get(&node).ok_or(EINVAL)?;
+        if only_if_destroyed && !(s.stat.mode & SHM_DEST != 0 && s.stat.nattch == 1 && mine == 1) {
+            return Err(Errno(libc::EAGAIN));
+        }
         let n = s.attaches.get_mut(&node).ok_or(EINVAL)?;
         *n -= 1;
         if *n == 0 {
@@ -618,6 +630,12 @@ mod tests {
             r.call(2, Call::ShmAttach { id, readonly: true, exec: false, cred: u.clone() }).0,
             Reply::Attached { .. }
         ));
+        // Not removed: a detach that keeps its pages is refused (they are
+        // the segment's data), even by the last node attached.
+        let keep2 = Call::ShmDetach { id, failed_attach: false, only_if_destroyed: true, cred: u.clone() };
+        r.call(1, Call::ShmDetach { id, failed_attach: false, only_if_destroyed: false, cred: u.clone() });
+        assert_eq!(err_of(r.call(2, keep2)), libc::EAGAIN);
+        r.call(1, Call::ShmAttach { id, readonly: false, exec: false, cred: u.clone() });
         assert_eq!(err_of(r.call(2, Call::ShmRemove { id, cred: user(1001) })), libc::EPERM);
         assert_eq!(r.call(2, Call::ShmRemove { id, cred: u.clone() }).1, Effect::None);
         // The key is free again; the id still works.
@@ -633,11 +651,18 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert_eq!(r.call(1, Call::ShmDetach { id, failed_attach: false, cred: u.clone() }).1, Effect::None);
-        assert_eq!(
-            r.call(2, Call::ShmDetach { id, failed_attach: false, cred: u.clone() }).1,
-            Effect::Destroyed { id }
-        );
+        // A detach that keeps its pages is refused while another node is
+        // attached, and changes nothing.
+        let keep = || Call::ShmDetach { id, failed_attach: false, only_if_destroyed: true, cred: user(1000) };
+        assert_eq!(err_of(r.call(1, keep())), libc::EAGAIN);
+        let detach = Call::ShmDetach { id, failed_attach: false, only_if_destroyed: false, cred: u.clone() };
+        assert_eq!(r.call(1, detach).1, Effect::None);
+        // Node 1 detached: node 2's is the last attachment of a removed
+        // segment, and detaching it without its pages destroys it.
+        assert_eq!(err_of(r.call(1, keep())), libc::EINVAL);
+        let (reply, effect) = r.call(2, keep());
+        assert!(matches!(reply, Reply::Ok), "{reply:?}");
+        assert_eq!(effect, Effect::Destroyed { id });
         assert_eq!(err_of(r.call(1, Call::ShmStat { id, cred: u })), libc::EINVAL);
     }
 
@@ -712,15 +737,22 @@ mod tests {
         r.clock = || 2000;
         let later = Cred { pid: 43, ..u.clone() };
         assert!(matches!(attach(&mut r, 1, id, false, false, &later), Reply::Attached { .. }));
-        let undo = Call::ShmDetach { id, failed_attach: true, cred: later.clone() };
+        let undo = Call::ShmDetach { id, failed_attach: true, only_if_destroyed: false, cred: later.clone() };
         assert_eq!(r.call(1, undo).1, Effect::None);
         let s = stat(&mut r, id);
         assert_eq!((s.nattch, s.atime, s.dtime, s.lpid), (1, 1000, 0, 42));
         // RMID'd: undoing an attach can be what destroys the segment.
         assert!(matches!(r.call(1, Call::ShmRemove { id, cred: u.clone() }).0, Reply::Ok));
         assert!(matches!(attach(&mut r, 2, id, false, false, &u), Reply::Attached { .. }));
-        assert_eq!(r.call(1, Call::ShmDetach { id, failed_attach: false, cred: u.clone() }).1, Effect::None);
-        let undo = Call::ShmDetach { id, failed_attach: true, cred: u };
+        assert_eq!(
+            r.call(
+                1,
+                Call::ShmDetach { id, failed_attach: false, only_if_destroyed: false, cred: u.clone() }
+            )
+            .1,
+            Effect::None
+        );
+        let undo = Call::ShmDetach { id, failed_attach: true, only_if_destroyed: false, cred: u };
         assert_eq!(r.call(2, undo).1, Effect::Destroyed { id });
     }
 

@@ -191,7 +191,7 @@ fn samples(f: &Fields) -> Vec<Msg> {
         Call::Register { pid: f.i },
         Call::ShmGet { key: f.i, size: f.x, flags: f.i, cred: c.clone() },
         Call::ShmAttach { id, readonly: f.flag, exec: !f.flag, cred: c.clone() },
-        Call::ShmDetach { id, failed_attach: f.flag, cred: c.clone() },
+        Call::ShmDetach { id, failed_attach: f.flag, only_if_destroyed: !f.flag, cred: c.clone() },
         Call::ShmStat { id, cred: c.clone() },
         Call::ShmSet { id, uid: f.n, gid: f.n, mode: f.n, cred: c.clone() },
         Call::ShmRemove { id, cred: c.clone() },
@@ -532,7 +532,7 @@ fn any_call(ids: Vec<i32>) -> impl Strategy<Value = (u32, Call)> {
             let call = match k {
                 0 => Call::ShmGet { key, size, flags, cred },
                 1 => Call::ShmAttach { id, readonly: flag, exec: !flag && size % 2 == 0, cred },
-                2 => Call::ShmDetach { id, failed_attach: flag, cred },
+                2 => Call::ShmDetach { id, failed_attach: flag, only_if_destroyed: size % 3 == 0, cred },
                 3 => Call::ShmStat { id, cred },
                 4 => Call::ShmSet { id, uid: size as u32, gid: uid, mode: flags as u32, cred },
                 5 => Call::ShmRemove { id, cred },

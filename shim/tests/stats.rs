@@ -222,3 +222,39 @@ fn stats_per_object_match_what_a_program_did() {
         "{text}"
     );
 }
+
+/// A program that removes its segment and then exits (matmul's rank 0) is
+/// the segment's last user: the segment goes with its detach, and the
+/// pages it wrote are not sent back to the nameserver first.
+#[test]
+fn a_removed_segment_goes_at_exit_without_its_pages_travelling() {
+    let c = Cluster::local();
+    let key = support::fresh_key();
+    let child = c
+        .command(0, &support::prog("matmul"))
+        .args(["-n", "200", "0", "1", &key])
+        .env("KDIPC_STATS", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let o =
+        support::wait_all(vec![child], Duration::from_secs(60), std::path::Path::new("/dev/null")).remove(0);
+    o.assert_ok("matmul");
+    assert!(o.stdout.contains("matmul rank 0: n=200 nprocs=1"), "{o:?}");
+    let node = o
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("kdipc stats: node=") && !l.contains(" shm=") && !l.contains(" sem="))
+        .unwrap_or_else(|| panic!("no node line: {}", o.stderr));
+    // A, B and C: 3 × 79 pages written here.
+    assert!(field(node, "pages_in") >= 3 * 79, "{node}");
+    assert_eq!((field(node, "pages_out"), field(node, "bytes_out")), (0, 0), "{node}");
+    // Gone from the nameserver too.
+    let ipcs = c.kdipc_command().args(["ipcs", "-m"]).output().unwrap();
+    let listing = String::from_utf8_lossy(&ipcs.stdout);
+    assert!(
+        ipcs.status.success() && listing.lines().filter(|l| l.starts_with("0x")).count() == 0,
+        "{listing}"
+    );
+}
