@@ -79,7 +79,8 @@ pub fn transport_rtt(n: usize, certs: &std::path::Path) -> (f64, f64) {
         let mut lat = Vec::with_capacity(n);
         for i in 0..n + 50 {
             let t0 = Instant::now();
-            let req = CoherenceMsg::Request { seg: 1, page: i as u32, write: false, requester: 1 };
+            let req =
+                CoherenceMsg::Request { seg: 1, page: i as u32, write: false, requester: 1, ahead: false };
             t.send(2, Msg::Coherence(req));
             match rx.recv().await {
                 Some(Inbound::Msg { .. }) => {}

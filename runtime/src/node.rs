@@ -1284,7 +1284,7 @@ impl State {
             for p in page + 1..=end {
                 if self.protocol.access(seg, p) < Access::Read && !self.protocol.is_pending(seg, p) {
                     // Errors (a page being released) only mean: not this one.
-                    if self.protocol.fault(seg, p, false, now, out).is_ok() {
+                    if self.protocol.read_ahead(seg, p, now, out).is_ok() {
                         asked.push(p);
                     }
                 }

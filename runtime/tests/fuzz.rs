@@ -97,7 +97,8 @@ fn report(f: &Fields) -> Report {
 fn coherence(f: &Fields) -> Vec<CoherenceMsg> {
     let (seg, page) = (f.i, f.n);
     vec![
-        CoherenceMsg::Request { seg, page, write: f.flag, requester: f.n },
+        CoherenceMsg::Request { seg, page, write: f.flag, requester: f.n, ahead: f.n & 1 == 0 },
+        CoherenceMsg::Declined { seg, page },
         CoherenceMsg::Fetch { seg, page, to: f.n, write: f.flag },
         CoherenceMsg::Grant { seg, page, acks: vec![f.n], version: f.x },
         CoherenceMsg::Data {
@@ -492,6 +493,7 @@ proptest! {
                     CoherenceMsg::Invalidate { .. }
                         | CoherenceMsg::Released { .. }
                         | CoherenceMsg::Data { write: false, .. }
+                        | CoherenceMsg::Declined { .. }
                         | CoherenceMsg::InvAck { .. }
                 );
             let r = n.handle(from, msg, now, &mut out);
@@ -686,11 +688,11 @@ fn versions_at_their_limit_are_refused() {
     let mut m = Manager::new();
     m.create(SEG, 1);
     let mut out = Vec::new();
-    let write = CoherenceMsg::Request { seg: SEG, page: 0, write: true, requester: 1 };
+    let write = CoherenceMsg::Request { seg: SEG, page: 0, write: true, requester: 1, ahead: false };
     m.handle(1, write.clone(), &mut out).unwrap();
     let release = CoherenceMsg::Release { seg: SEG, page: 0, owned: Some((page.clone(), vec![], u64::MAX)) };
     assert!(m.handle(1, release, &mut out).is_err());
-    let write2 = CoherenceMsg::Request { seg: SEG, page: 0, write: true, requester: 2 };
+    let write2 = CoherenceMsg::Request { seg: SEG, page: 0, write: true, requester: 2, ahead: false };
     m.handle(2, write2, &mut out).unwrap();
 
     for msg in [

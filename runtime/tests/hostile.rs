@@ -304,7 +304,7 @@ fn malformed_frames_close_that_connection_and_the_nameserver_keeps_serving() {
         let op = SemCall::Op { id: set, ops, cred: me() };
         send.write_all(&frame(&Msg::Call { id: 3, call: Call::Sem(op) })).await.unwrap();
         assert!(matches!(replies.reply(3).await, Reply::Err(Errno(libc::EFBIG))));
-        let request = CoherenceMsg::Request { seg, page: 2, write: false, requester: 1 };
+        let request = CoherenceMsg::Request { seg, page: 2, write: false, requester: 1, ahead: false };
         send.write_all(&frame(&Msg::Coherence(request))).await.unwrap();
         closed_as_malformed(&conn, "page outside the segment").await;
         ep.close(0u32.into(), b"");

@@ -245,7 +245,7 @@ struct Stats {
     steps: u64,
 }
 
-const KINDS: [&str; 13] = [
+const KINDS: [&str; 14] = [
     "Request",
     "Fetch",
     "Grant",
@@ -259,9 +259,10 @@ const KINDS: [&str; 13] = [
     "Bounce",
     "Claim",
     "Claimed",
+    "Declined",
 ];
 /// Kinds a run need not show (rare races, or failures).
-const RARE: [&str; 3] = ["Lost", "Bounce", "DropReader"];
+const RARE: [&str; 4] = ["Lost", "Bounce", "DropReader", "Declined"];
 
 /// Index of a message's kind in [`KINDS`].
 fn kind(msg: &CoherenceMsg) -> usize {
@@ -279,6 +280,7 @@ fn kind(msg: &CoherenceMsg) -> usize {
         CoherenceMsg::Bounce { .. } => 10,
         CoherenceMsg::Claim { .. } => 11,
         CoherenceMsg::Claimed { .. } => 12,
+        CoherenceMsg::Declined { .. } => 13,
     }
 }
 
@@ -856,6 +858,17 @@ impl Sim {
                 let count = 1 + self.rng.below(4) as u32;
                 self.nodes[node].proto.claim(seg, page + 1, count, &mut out);
             }
+            if !write && self.rng.chance(300) {
+                // Read-ahead, as the runtime does in a run of read faults:
+                // the following pages nobody waits for.
+                let count = 1 + self.rng.below(4) as u32;
+                for p in page + 1..(page + 1 + count).min(npages) {
+                    let p_ = &mut self.nodes[node].proto;
+                    if p_.access(seg, p) == Access::Invalid && !p_.is_pending(seg, p) {
+                        p_.read_ahead(seg, p, now, &mut out).expect("read ahead");
+                    }
+                }
+            }
             self.apply(node, out);
         }
     }
@@ -1180,7 +1193,7 @@ mod scenarios {
     }
 
     fn request(page: u32, write: bool, requester: NodeId) -> CoherenceMsg {
-        CoherenceMsg::Request { seg: SEG, page, write, requester }
+        CoherenceMsg::Request { seg: SEG, page, write, requester, ahead: false }
     }
 
     fn data(page: u32, write: bool, acks: Vec<NodeId>, version: u64) -> CoherenceMsg {
@@ -1296,6 +1309,45 @@ mod scenarios {
         // An answer for pages this node did not claim is malformed.
         let bogus = CoherenceMsg::Claimed { seg: SEG, page: 3, count: 1, versions: vec![1] };
         assert!(n1.handle(MANAGER, bogus, 0, &mut Vec::new()).is_err());
+    }
+
+    /// A read asked ahead of a page nobody has written is declined: the
+    /// node gets no copy, so another node's claim of it succeeds; a thread
+    /// that faulted on it meanwhile is asked for normally. A page written
+    /// before is read ahead as any read.
+    #[test]
+    fn read_ahead_of_an_unwritten_page_is_declined() {
+        let mut m = Manager::new();
+        m.create(SEG, 4);
+        let mut n1 = NodeProtocol::new(1, 10);
+        n1.attach(SEG, 4);
+        let ahead = |page| CoherenceMsg::Request { seg: SEG, page, write: false, requester: 1, ahead: true };
+        let declined = |page| CoherenceMsg::Declined { seg: SEG, page };
+        for page in [0, 1] {
+            let mut out = Vec::new();
+            assert_eq!(n1.read_ahead(SEG, page, 0, &mut out), Ok(false));
+            assert_eq!(out, vec![send(MANAGER, ahead(page))]);
+            assert_eq!(at_manager(&mut m, 1, ahead(page)), vec![send(1, declined(page))]);
+        }
+        // Page 0: nobody waits. Page 1: a thread faulted on it meanwhile.
+        assert_eq!(fault(&mut n1, 1, false, 0), (false, vec![]));
+        assert_eq!(at_node(&mut n1, MANAGER, declined(0), 0), vec![]);
+        assert_eq!(at_node(&mut n1, MANAGER, declined(1), 0), vec![send(MANAGER, request(1, false, 1))]);
+        assert!(!n1.is_pending(SEG, 0) && n1.access(SEG, 0) == Access::Invalid);
+        assert_eq!(m.holders(SEG, 0).unwrap().readers, Vec::<NodeId>::new());
+        // A late duplicate changes nothing.
+        assert_eq!(at_node(&mut n1, MANAGER, declined(0), 0), vec![]);
+        // Node 2 claims pages 0..2: nobody holds a copy.
+        let claim = CoherenceMsg::Claim { seg: SEG, page: 0, count: 2 };
+        let claimed = CoherenceMsg::Claimed { seg: SEG, page: 0, count: 2, versions: vec![1, 1] };
+        assert_eq!(at_manager(&mut m, 2, claim), vec![send(2, claimed)]);
+        // Written now: read ahead like any read (the owner serves it).
+        assert_eq!(
+            at_manager(&mut m, 1, ahead(0)),
+            vec![send(2, CoherenceMsg::Fetch { seg: SEG, page: 0, to: 1, write: false })]
+        );
+        // Only the manager declines.
+        assert!(n1.handle(2, declined(2), 0, &mut Vec::new()).is_err());
     }
 
     #[test]
@@ -1675,7 +1727,7 @@ mod scenarios {
 
         // Manager side.
         let mut out = Vec::new();
-        let far = CoherenceMsg::Request { seg: 99, page: 0, write: false, requester: 1 };
+        let far = CoherenceMsg::Request { seg: 99, page: 0, write: false, requester: 1, ahead: false };
         assert_eq!(m.handle(1, far, &mut out), Err(ProtocolError::UnknownSegment(99)));
         assert_eq!(
             m.handle(1, request(2, true, 1), &mut out),

@@ -454,6 +454,22 @@ impl Manager {
         let pages = self.segs.get_mut(&seg).ok_or(ProtocolError::UnknownSegment(seg))?;
         let p = pages.get_mut(page as usize).ok_or(ProtocolError::PageOutOfRange { seg, page })?;
         match msg {
+            CoherenceMsg::Request { requester, write: false, ahead: true, .. }
+                if p.owner.is_none()
+                    && p.readers.is_empty()
+                    && p.stash.is_empty()
+                    && p.suspect == 0
+                    && p.parked.is_empty()
+                    && p.home == Some(Payload::Zero)
+                    && !self.dead.contains(&requester)
+                    && requester != MANAGER =>
+            {
+                // Read ahead, of a page nobody has written: no copy (see
+                // `CoherenceMsg::Declined`), so that a writer can still
+                // claim it.
+                send(out, requester, CoherenceMsg::Declined { seg, page });
+                Ok(())
+            }
             CoherenceMsg::Request { requester, write, .. } => {
                 // A node forwards requests for others (`requester`).
                 request(&self.dead, seg, page, p, requester, write, out)

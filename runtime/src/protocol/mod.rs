@@ -34,6 +34,10 @@
 //!   granted pages are a prefix of the range; the node asks for the others
 //!   normally when it touches them). One round trip then opens up to
 //!   `KDIPC_READAHEAD` pages a program initialises, instead of one each.
+//! * A node reading through pages in order asks for the next ones too
+//!   (`Request` with `ahead`); the manager answers `Declined` (no copy) for
+//!   a page that is a zero page at home without copies, so that reading
+//!   past the end of the data does not stop another node's claim there.
 //! * Requests that reach a node that is about to own the page, or that owns
 //!   it and is busy, wait there in arrival order (KDIPC's notify queue).
 //! * Every page has a version, one more per writer. `Data` and
@@ -184,7 +188,15 @@ pub enum CoherenceMsg {
     /// `requester` faulted on the page: a read goes to the probable owner,
     /// a write to the manager; a node that is not the owner forwards a read
     /// to the manager.
-    Request { seg: SegId, page: PageIdx, write: bool, requester: NodeId },
+    /// `ahead`: a read asked for ahead of any fault (read-ahead); the
+    /// manager declines it for a page nobody has written (`Declined`).
+    Request { seg: SegId, page: PageIdx, write: bool, requester: NodeId, ahead: bool },
+    /// manager → requester: the read asked for ahead is of a zero page at
+    /// home without copies: no copy is given (a program reading past the
+    /// data it streams through would otherwise hold copies of pages
+    /// another node is about to write, and that writer's claim of them
+    /// would fail and each write wait for an invalidation).
+    Declined { seg: SegId, page: PageIdx },
     /// node → manager: make me the owner of the pages `page..page + count`
     /// that are zero pages at home without copies (a prefix of the range).
     Claim { seg: SegId, page: PageIdx, count: u32 },
@@ -241,6 +253,7 @@ impl CoherenceMsg {
             | CoherenceMsg::DropReader { seg, page, .. }
             | CoherenceMsg::Bounce { seg, page, .. }
             | CoherenceMsg::Lost { seg, page }
+            | CoherenceMsg::Declined { seg, page }
             | CoherenceMsg::Released { seg, page } => (seg, page),
         }
     }

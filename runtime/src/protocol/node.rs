@@ -22,8 +22,11 @@ struct Pending {
     asked: NodeId,
     /// Part of a `Claim` (no thread asked for it yet).
     claim: bool,
-    /// A claimed page a local thread faulted on meanwhile: the access it
-    /// needs (`Some(write)`), asked for normally if the claim is refused.
+    /// A read asked for ahead of any fault (`Request { ahead }`).
+    ahead: bool,
+    /// A claimed page, or one read ahead, that a local thread faulted on
+    /// meanwhile: the access it needs (`Some(write)`), asked for normally
+    /// if the claim is refused or the read declined.
     wanted: Option<bool>,
 }
 
@@ -316,6 +319,30 @@ impl NodeProtocol {
         now: u64,
         out: &mut Vec<Action>,
     ) -> Result<bool, ProtocolError> {
+        self.fault_or_ahead(seg, page, write, false, now, out)
+    }
+
+    /// Asks for a copy of the page to read ahead of any fault (see
+    /// [`CoherenceMsg::Declined`]); as [`Self::fault`] otherwise.
+    pub fn read_ahead(
+        &mut self,
+        seg: SegId,
+        page: PageIdx,
+        now: u64,
+        out: &mut Vec<Action>,
+    ) -> Result<bool, ProtocolError> {
+        self.fault_or_ahead(seg, page, false, true, now, out)
+    }
+
+    fn fault_or_ahead(
+        &mut self,
+        seg: SegId,
+        page: PageIdx,
+        write: bool,
+        ahead: bool,
+        now: u64,
+        out: &mut Vec<Action>,
+    ) -> Result<bool, ProtocolError> {
         if write {
             self.push(Some((seg, page)), now, out);
             // An owner about to invalidate the readers of this page: the
@@ -337,7 +364,7 @@ impl NodeProtocol {
             return Ok(true);
         }
         if let Some(pend) = p.pending.as_mut() {
-            if pend.claim {
+            if (pend.claim || pend.ahead) && !ahead {
                 pend.wanted = Some(pend.wanted.unwrap_or(false) || write);
             }
             return Ok(false);
@@ -383,8 +410,8 @@ impl NodeProtocol {
             Some(h) if !write && !cx.dead.contains(&h) => h,
             _ => MANAGER,
         };
-        p.pending = Some(Pending { write, asked: to, ..Pending::default() });
-        cx.send(to, CoherenceMsg::Request { seg, page, write, requester: me });
+        p.pending = Some(Pending { write, asked: to, ahead, ..Pending::default() });
+        cx.send(to, CoherenceMsg::Request { seg, page, write, requester: me, ahead });
         Ok(false)
     }
 
@@ -488,7 +515,7 @@ impl NodeProtocol {
             if let Some(write) = pend.wanted {
                 let to = if write { MANAGER } else { p.hint.unwrap_or(MANAGER) };
                 p.pending = Some(Pending { write, asked: to, ..Pending::default() });
-                cx.send(to, CoherenceMsg::Request { seg, page, write, requester: me });
+                cx.send(to, CoherenceMsg::Request { seg, page, write, requester: me, ahead: false });
             }
             drain(p, &mut cx, waiting)?;
             page += 1;
@@ -531,6 +558,7 @@ impl NodeProtocol {
                 }
                 CoherenceMsg::Released { .. }
                 | CoherenceMsg::Data { write: false, .. }
+                | CoherenceMsg::Declined { .. }
                 | CoherenceMsg::InvAck { .. } => return Ok(()),
                 _ => {}
             }
@@ -609,7 +637,10 @@ impl NodeProtocol {
                     let me = cx.me;
                     let to = p.hint.filter(|h| !cx.dead.contains(h)).unwrap_or(MANAGER);
                     pend.asked = to;
-                    cx.send(to, CoherenceMsg::Request { seg, page, write: false, requester: me });
+                    cx.send(
+                        to,
+                        CoherenceMsg::Request { seg, page, write: false, requester: me, ahead: false },
+                    );
                     return Ok(());
                 }
                 pend.have_data = true;
@@ -642,6 +673,23 @@ impl NodeProtocol {
                 cx.out.push(Action::Released { seg, page });
                 Ok(())
             }
+            CoherenceMsg::Declined { .. } => {
+                if from != MANAGER {
+                    return Err(ProtocolError::Unexpected("Declined not from the manager"));
+                }
+                // Not for a read asked ahead and still waiting (a duplicate
+                // after a death or a restart, answered otherwise): nothing.
+                let Some(pend) = p.pending.take_if(|q| q.ahead && !q.write && !q.have_data) else {
+                    return Ok(());
+                };
+                if let Some(write) = pend.wanted {
+                    // A thread faulted on it meanwhile: ask as for a fault.
+                    let me = cx.me;
+                    p.pending = Some(Pending { write, asked: MANAGER, ..Pending::default() });
+                    cx.send(MANAGER, CoherenceMsg::Request { seg, page, write, requester: me, ahead: false });
+                }
+                drain(p, &mut cx, waiting)
+            }
             CoherenceMsg::Lost { .. } => {
                 if from != MANAGER {
                     return Err(ProtocolError::Unexpected("Lost"));
@@ -661,7 +709,13 @@ impl NodeProtocol {
                             CoherenceMsg::Request { write: false, .. } => cx.send(MANAGER, m),
                             CoherenceMsg::Fetch { to, write: false, .. } => cx.send(
                                 MANAGER,
-                                CoherenceMsg::Request { seg, page, write: false, requester: to },
+                                CoherenceMsg::Request {
+                                    seg,
+                                    page,
+                                    write: false,
+                                    requester: to,
+                                    ahead: false,
+                                },
                             ),
                             CoherenceMsg::DropReader { node, .. } => {
                                 cx.send(node, CoherenceMsg::Released { seg, page })
@@ -677,7 +731,7 @@ impl NodeProtocol {
                 // manager (unless the request was asked again meanwhile).
                 let me = cx.me;
                 match *inner {
-                    CoherenceMsg::Request { seg: s, page: q, write: false, requester }
+                    CoherenceMsg::Request { seg: s, page: q, write: false, requester, .. }
                         if s == seg && q == page && requester == me =>
                     {
                         if let Some(pend) =
@@ -687,7 +741,13 @@ impl NodeProtocol {
                             p.hint = None;
                             cx.send(
                                 MANAGER,
-                                CoherenceMsg::Request { seg, page, write: false, requester: me },
+                                CoherenceMsg::Request {
+                                    seg,
+                                    page,
+                                    write: false,
+                                    requester: me,
+                                    ahead: false,
+                                },
                             );
                         }
                         Ok(())
@@ -755,7 +815,7 @@ impl NodeProtocol {
                     pend.asked = MANAGER;
                     out.push(Action::Send {
                         to: MANAGER,
-                        msg: CoherenceMsg::Request { seg, page, write: false, requester: me },
+                        msg: CoherenceMsg::Request { seg, page, write: false, requester: me, ahead: false },
                     });
                 }
             }
