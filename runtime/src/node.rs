@@ -1282,11 +1282,8 @@ impl State {
         } else {
             let mut asked = Vec::new();
             for p in page + 1..=end {
-                if self.protocol.access(seg, p) < Access::Read && !self.protocol.is_pending(seg, p) {
-                    // Errors (a page being released) only mean: not this one.
-                    if self.protocol.read_ahead(seg, p, now, out).is_ok() {
-                        asked.push(p);
-                    }
+                if self.protocol.read_ahead(seg, p, now, out) {
+                    asked.push(p);
                 }
             }
             // Normally one run (the pages after the previous window).

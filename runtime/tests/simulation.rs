@@ -863,10 +863,7 @@ impl Sim {
                 // the following pages nobody waits for.
                 let count = 1 + self.rng.below(4) as u32;
                 for p in page + 1..(page + 1 + count).min(npages) {
-                    let p_ = &mut self.nodes[node].proto;
-                    if p_.access(seg, p) == Access::Invalid && !p_.is_pending(seg, p) {
-                        p_.read_ahead(seg, p, now, &mut out).expect("read ahead");
-                    }
+                    self.nodes[node].proto.read_ahead(seg, p, now, &mut out);
                 }
             }
             self.apply(node, out);
@@ -1325,7 +1322,7 @@ mod scenarios {
         let declined = |page| CoherenceMsg::Declined { seg: SEG, page };
         for page in [0, 1] {
             let mut out = Vec::new();
-            assert_eq!(n1.read_ahead(SEG, page, 0, &mut out), Ok(false));
+            assert!(n1.read_ahead(SEG, page, 0, &mut out));
             assert_eq!(out, vec![send(MANAGER, ahead(page))]);
             assert_eq!(at_manager(&mut m, 1, ahead(page)), vec![send(1, declined(page))]);
         }
@@ -1337,6 +1334,8 @@ mod scenarios {
         assert_eq!(m.holders(SEG, 0).unwrap().readers, Vec::<NodeId>::new());
         // A late duplicate changes nothing.
         assert_eq!(at_node(&mut n1, MANAGER, declined(0), 0), vec![]);
+        // Declined once: not asked ahead again.
+        assert!(!n1.read_ahead(SEG, 0, 0, &mut Vec::new()));
         // Node 2 claims pages 0..2: nobody holds a copy.
         let claim = CoherenceMsg::Claim { seg: SEG, page: 0, count: 2 };
         let claimed = CoherenceMsg::Claimed { seg: SEG, page: 0, count: 2, versions: vec![1, 1] };
@@ -1348,6 +1347,17 @@ mod scenarios {
         );
         // Only the manager declines.
         assert!(n1.handle(2, declined(2), 0, &mut Vec::new()).is_err());
+        // Page 3, declined too, then read by a thread: this program reads
+        // what it streams through, so its reads ahead become plain ones.
+        let mut out = Vec::new();
+        assert!(n1.read_ahead(SEG, 3, 0, &mut out));
+        assert_eq!(at_manager(&mut m, 1, ahead(3)), vec![send(1, declined(3))]);
+        at_node(&mut n1, MANAGER, declined(3), 0);
+        assert_eq!(fault(&mut n1, 3, false, 0), (false, vec![send(MANAGER, request(3, false, 1))]));
+        at_manager(&mut m, 1, request(3, false, 1));
+        let mut out = Vec::new();
+        assert!(n1.read_ahead(SEG, 2, 0, &mut out));
+        assert_eq!(out, vec![send(MANAGER, request(2, false, 1))]);
     }
 
     #[test]

@@ -75,10 +75,19 @@ impl FromErr for *mut libc::c_void {
 }
 
 /// Runs a hook's body; a panic becomes ENOMEM and the failure value instead
-/// of unwinding into C.
-pub fn guard<T: FromErr>(f: impl FnOnce() -> T) -> T {
+/// of unwinding into C. A call that succeeds leaves errno as it found it,
+/// as the kernel's do: the runtime's work on the way (waiting for an
+/// answer on a futex, a system call that was retried) may have changed it
+/// (`shm_errno` saw `EAGAIN` after a successful `IPC_STAT`).
+pub fn guard<T: FromErr + PartialEq>(f: impl FnOnce() -> T) -> T {
+    let saved = errno();
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
-        Ok(v) => v,
+        Ok(v) => {
+            if v != T::failure() {
+                set_errno(saved);
+            }
+            v
+        }
         Err(_) => {
             eprintln!("kdipc: internal error (panic) in a System V call; returning ENOMEM");
             fail(Errno(libc::ENOMEM))

@@ -67,6 +67,9 @@ struct NodePage {
     /// the copy may not have been installed (the node was detaching), so a
     /// write request of theirs gets the bytes, not `Grant`.
     pushed: Vec<NodeId>,
+    /// Its last read-ahead was declined and nothing asked for it since:
+    /// not asked ahead again.
+    declined: bool,
 }
 
 impl NodePage {
@@ -87,6 +90,7 @@ impl NodePage {
             last_readers: Vec::new(),
             push_credit: 0,
             pushed: Vec::new(),
+            declined: false,
         }
     }
 
@@ -106,6 +110,10 @@ pub struct PageSet {
     /// segment: where a read of a page with no hint goes first (see
     /// [`NodeProtocol::fault`]).
     last_sender: Option<NodeId>,
+    /// A thread read a page whose read-ahead was declined: this program
+    /// reads the zero pages it streams through, so reads ahead go as plain
+    /// requests (one round trip for a window, not one per page).
+    plain_ahead: bool,
 }
 
 /// The protocol state of one application node.
@@ -213,6 +221,7 @@ impl NodeProtocol {
             pages: (0..npages).map(|_| NodePage::new()).collect(),
             detaching: false,
             last_sender: None,
+            plain_ahead: false,
         });
     }
 
@@ -323,15 +332,19 @@ impl NodeProtocol {
     }
 
     /// Asks for a copy of the page to read ahead of any fault (see
-    /// [`CoherenceMsg::Declined`]); as [`Self::fault`] otherwise.
-    pub fn read_ahead(
-        &mut self,
-        seg: SegId,
-        page: PageIdx,
-        now: u64,
-        out: &mut Vec<Action>,
-    ) -> Result<bool, ProtocolError> {
-        self.fault_or_ahead(seg, page, false, true, now, out)
+    /// [`CoherenceMsg::Declined`]), unless the node has it, asked for it,
+    /// or was declined it since it last asked otherwise. Returns whether a
+    /// request went out.
+    pub fn read_ahead(&mut self, seg: SegId, page: PageIdx, now: u64, out: &mut Vec<Action>) -> bool {
+        let Some(set) = self.segs.get(&seg) else { return false };
+        let plain = set.plain_ahead;
+        let Some(p) = set.pages.get(page as usize) else { return false };
+        if p.access != Access::Invalid || p.pending.is_some() || p.releasing || (p.declined && !plain) {
+            return false;
+        }
+        let n = out.len();
+        let r = self.fault_or_ahead(seg, page, false, !plain, now, out);
+        r.is_ok() && out.len() > n
     }
 
     fn fault_or_ahead(
@@ -358,6 +371,13 @@ impl NodeProtocol {
             }
         }
         let guess = self.segs.get(&seg).and_then(|s| s.last_sender);
+        if !ahead {
+            let set = self.segs.get_mut(&seg);
+            if let Some(set) = set.filter(|s| s.pages.get(page as usize).is_some_and(|p| p.declined)) {
+                set.plain_ahead |= !write;
+                set.pages[page as usize].declined = false;
+            }
+        }
         let (p, mut cx, _) = self.parts(seg, page, now, out)?;
         let need = if write { Access::Write } else { Access::Read };
         if p.access >= need {
@@ -682,6 +702,7 @@ impl NodeProtocol {
                 let Some(pend) = p.pending.take_if(|q| q.ahead && !q.write && !q.have_data) else {
                     return Ok(());
                 };
+                p.declined = pend.wanted.is_none();
                 if let Some(write) = pend.wanted {
                     // A thread faulted on it meanwhile: ask as for a fault.
                     let me = cx.me;
