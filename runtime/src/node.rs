@@ -727,6 +727,9 @@ const STREAMS: usize = 4;
 /// The smallest read-ahead window that gets marks (see `State::read_ahead`).
 const MARK_MIN: u32 = 8;
 
+/// Most pages in one `pwritev` (two iovecs each, within `IOV_MAX`).
+const MAX_WRITE_RUN: usize = 256;
+
 /// Most messages taken from the inbound queue before their actions are
 /// applied together.
 const INBOUND_BATCH: usize = 128;
@@ -825,33 +828,61 @@ impl Segment {
     }
 
     /// Puts a page's bytes into the memfd. A page never written here is a
-    /// hole: a zero page needs nothing, and bytes go in with `pwrite`,
-    /// which allocates the page without the runtime taking a page fault on
-    /// its view and without zeroing it first (`page_throughput`: a zero
-    /// page's install was most of a claimed page's cost).
-    fn write_page(&self, page: PageIdx, payload: &Payload) {
+    /// hole: a zero page needs nothing, and its bytes are returned, to go
+    /// in with [`Self::write_run`] (called before the page opens or is
+    /// read); otherwise they are copied in now.
+    fn write_page(&self, page: PageIdx, payload: Payload) -> Option<Vec<u8>> {
         if !self.is_dirty(page) {
-            let Payload::Bytes(b) = payload else { return };
+            let Payload::Bytes(b) = payload else { return None };
             self.set_dirty(page);
-            // SAFETY: writing our own memfd from a valid buffer of b.len()
-            // bytes, inside the file (the protocol checked the page).
-            let n = unsafe {
-                libc::pwrite(
-                    self._fd.as_raw_fd(),
-                    b.as_ptr().cast(),
-                    b.len(),
-                    (page as usize * PAGE_SIZE) as libc::off_t,
-                )
-            };
-            if n == b.len() as isize {
-                return;
-            }
-            // Short or failed (out of memory): the mapping path below
-            // reports it the way every other access to the memfd would.
+            return Some(b);
         }
         // SAFETY: as in `read_page`; the program cannot access the page
         // (its views are PROT_NONE while a request is outstanding).
         payload.fill(unsafe { std::slice::from_raw_parts_mut(self.page_ptr(page), PAGE_SIZE) });
+        None
+    }
+
+    /// Writes the bytes of neighbouring pages `first..` (holes, see
+    /// [`Self::write_page`]) with one `pwritev`: the kernel allocates each
+    /// page without the runtime taking a page fault on its view or zeroing
+    /// it first, and one system call serves a read-ahead's batch.
+    fn write_run(&self, first: PageIdx, pages: &[Vec<u8>]) {
+        static ZERO: [u8; PAGE_SIZE] = [0; PAGE_SIZE];
+        let mut iov = Vec::with_capacity(pages.len() * 2);
+        for (i, b) in pages.iter().enumerate() {
+            iov.push(libc::iovec { iov_base: b.as_ptr() as *mut libc::c_void, iov_len: b.len() });
+            // Up to the next page; the last page's tail stays a hole's zeros.
+            if i + 1 < pages.len() && b.len() < PAGE_SIZE {
+                iov.push(libc::iovec {
+                    iov_base: ZERO.as_ptr() as *mut libc::c_void,
+                    iov_len: PAGE_SIZE - b.len(),
+                });
+            }
+        }
+        let total: usize = iov.iter().map(|v| v.iov_len).sum();
+        // SAFETY: the iovecs point into `pages` and ZERO, alive for the
+        // call, with their lengths; the range lies inside our memfd (the
+        // protocol checked the pages).
+        let n = unsafe {
+            libc::pwritev(
+                self._fd.as_raw_fd(),
+                iov.as_ptr(),
+                iov.len() as libc::c_int,
+                (first as usize * PAGE_SIZE) as libc::off_t,
+            )
+        };
+        if n != total as isize {
+            // Short or failed (out of memory): copy through the mapping,
+            // which reports it the way every other access to it would.
+            for (i, b) in pages.iter().enumerate() {
+                let page = first + i as PageIdx;
+                // SAFETY: as in `write_page`.
+                let dst = unsafe { std::slice::from_raw_parts_mut(self.page_ptr(page), PAGE_SIZE) };
+                dst[..b.len()].copy_from_slice(b);
+                dst[b.len()..].fill(0);
+            }
+        }
     }
 }
 
@@ -884,6 +915,10 @@ struct State {
     me: NodeId,
     started: Instant,
     protocol: NodeProtocol,
+    /// Bytes of pages never written at this node, waiting to go into the
+    /// memfd in runs (`Segment::write_run`); written before any page
+    /// opens or is read, so empty outside [`State::apply`].
+    writes: Vec<(SegId, PageIdx, Vec<u8>)>,
     /// Most pages requested ahead of a run of faults (`KDIPC_READAHEAD`).
     readahead: u32,
     /// `KDIPC_STATS=1`: print the figures at exit.
@@ -1041,8 +1076,12 @@ impl State {
                         self.flush_open(&mut open);
                     }
                     stats::page_in(seg, if let Payload::Bytes(b) = &payload { b.len() } else { 0 });
-                    if let Some(s) = self.segs.get(&seg) {
-                        s.write_page(page, &payload);
+                    if self.segs.get(&seg).is_some_and(|s| s.is_dirty(page)) {
+                        // Its bytes may be among those waiting: they go first.
+                        self.flush_writes();
+                    }
+                    if let Some(b) = self.segs.get(&seg).and_then(|s| s.write_page(page, payload)) {
+                        self.writes.push((seg, page, b));
                     }
                 }
                 Action::SendPage { seg, page, to, acks, version, keep } => {
@@ -1112,6 +1151,7 @@ impl State {
     /// Read-ahead marks nobody waits for stay closed (see
     /// [`Self::read_ahead`]); the rest opens in as few calls as possible.
     fn flush_open(&mut self, open: &mut Option<OpenRun>) {
+        self.flush_writes();
         let Some(r) = open.take() else { return };
         let Some(s) = self.segs.get_mut(&r.seg) else { return };
         let mut start = r.first;
@@ -1128,6 +1168,26 @@ impl State {
         s.protect_range(start, r.last + 1 - start, r.access);
         for page in r.first..=r.last {
             self.wake(r.seg, page, r.access);
+        }
+    }
+
+    /// Writes the bytes waiting in `writes`, one `pwritev` per run of
+    /// neighbouring pages.
+    fn flush_writes(&mut self) {
+        let mut writes = std::mem::take(&mut self.writes);
+        let mut rest = writes.as_mut_slice();
+        while let Some(&(seg, first, _)) = rest.first() {
+            let n = 1 + rest
+                .windows(2)
+                .take(MAX_WRITE_RUN - 1)
+                .take_while(|w| w[1].0 == seg && Some(w[1].1) == w[0].1.checked_add(1))
+                .count();
+            let (run, tail) = rest.split_at_mut(n);
+            if let Some(s) = self.segs.get(&seg) {
+                let pages: Vec<Vec<u8>> = run.iter_mut().map(|w| std::mem::take(&mut w.2)).collect();
+                s.write_run(first, &pages);
+            }
+            rest = tail;
         }
     }
 
@@ -1845,6 +1905,7 @@ async fn connect(
         calls: HashMap::new(),
         stale_ns: Vec::new(),
         waiters: HashMap::new(),
+        writes: Vec::new(),
         last_faults: Vec::new(),
         releasing: HashMap::new(),
         wake_at: None,
