@@ -51,6 +51,23 @@ fn id_of(out: &str, key: &str) -> String {
         .into()
 }
 
+/// Runs `prog` with `KDIPC_STATS=1` on the cluster's host 0 and checks it
+/// succeeded.
+fn run_with_stats(c: &Cluster, prog: &str, args: &[String]) -> support::Outcome {
+    let child = c
+        .command(0, &support::prog(prog))
+        .args(args)
+        .env("KDIPC_STATS", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let o =
+        support::wait_all(vec![child], Duration::from_secs(60), std::path::Path::new("/dev/null")).remove(0);
+    o.assert_ok(prog);
+    o
+}
+
 /// The `KDIPC_STATS=1` line of object `kind=id`, if printed.
 fn object_line<'a>(stderr: &'a str, kind: &str, id: &str) -> Option<&'a str> {
     let tag = format!(" {kind}={id} ");
@@ -144,17 +161,8 @@ fn stats_per_object_match_what_a_program_did() {
     const N: u64 = 24;
     const M: u64 = 9;
     let keys: Vec<String> = (0..4).map(|_| support::fresh_key()).collect();
-    let child = c
-        .command(0, &support::prog("objstats"))
-        .args(keys.iter().cloned().chain([N.to_string(), M.to_string()]))
-        .env("KDIPC_STATS", "1")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let o =
-        support::wait_all(vec![child], Duration::from_secs(60), std::path::Path::new("/dev/null")).remove(0);
-    o.assert_ok("objstats");
+    let args: Vec<String> = keys.iter().cloned().chain([N.to_string(), M.to_string()]).collect();
+    let o = run_with_stats(&c, "objstats", &args);
     let (a, b, s, t) =
         (id_of(&o.stdout, "a"), id_of(&o.stdout, "b"), id_of(&o.stdout, "s"), id_of(&o.stdout, "t"));
 
@@ -230,17 +238,7 @@ fn stats_per_object_match_what_a_program_did() {
 fn a_removed_segment_goes_at_exit_without_its_pages_travelling() {
     let c = Cluster::local();
     let key = support::fresh_key();
-    let child = c
-        .command(0, &support::prog("matmul"))
-        .args(["-n", "200", "0", "1", &key])
-        .env("KDIPC_STATS", "1")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let o =
-        support::wait_all(vec![child], Duration::from_secs(60), std::path::Path::new("/dev/null")).remove(0);
-    o.assert_ok("matmul");
+    let o = run_with_stats(&c, "matmul", &["-n".into(), "200".into(), "0".into(), "1".into(), key]);
     assert!(o.stdout.contains("matmul rank 0: n=200 nprocs=1"), "{o:?}");
     let node = o
         .stderr
