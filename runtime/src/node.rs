@@ -699,6 +699,9 @@ struct Segment {
     /// Read-ahead marks: pages fetched ahead that stay closed in the
     /// program's views after they arrive (see [`State::read_ahead`]).
     marks: HashSet<PageIdx>,
+    /// Pushed copies that stay closed in the program's views until a
+    /// thread touches them (`Action::Watch`, `NodeProtocol::touched`).
+    watch: HashSet<PageIdx>,
     /// One bit per page: the memfd's page may hold non-zero bytes (bytes
     /// were installed, or a view let the program write it). A clear page is
     /// a hole of the memfd, which reads as zeros: installing a zero page
@@ -790,9 +793,10 @@ impl Segment {
     /// Forgets the read-ahead marks of `count` pages from `page` on (their
     /// protection is set otherwise).
     fn unmark(&mut self, page: PageIdx, count: u32) {
-        if !self.marks.is_empty() {
+        if !self.marks.is_empty() || !self.watch.is_empty() {
             for p in page..page.saturating_add(count) {
                 self.marks.remove(&p);
+                self.watch.remove(&p);
             }
         }
     }
@@ -941,6 +945,8 @@ struct State {
     waiters: HashMap<(SegId, PageIdx), Vec<(usize, bool)>>,
     /// Each program thread's last fault (see [`State::moved_on`]).
     last_faults: Vec<LastFault>,
+    /// The instruction of the last write fault (see `NodeProtocol::tick`).
+    last_write_pc: usize,
     /// Releases outstanding per segment, and who waits for them.
     releasing: HashMap<SegId, (usize, Vec<oneshot::Sender<()>>)>,
     wake_at: Option<u64>,
@@ -1142,6 +1148,11 @@ impl State {
                 Action::WakeAt(t) => {
                     self.wake_at = Some(self.wake_at.map_or(t, |w| w.min(t)));
                 }
+                Action::Watch { seg, page } => {
+                    if let Some(s) = self.segs.get_mut(&seg) {
+                        s.watch.insert(page);
+                    }
+                }
             }
         }
         self.flush_open(&mut open);
@@ -1156,13 +1167,16 @@ impl State {
         let Some(s) = self.segs.get_mut(&r.seg) else { return };
         let mut start = r.first;
         for page in r.first..=r.last {
-            if s.marks.contains(&page) {
+            if s.marks.contains(&page) || s.watch.contains(&page) {
                 if !self.waiters.contains_key(&(r.seg, page)) {
                     s.protect_range(start, page - start, r.access);
                     start = page + 1;
                     continue;
                 }
                 s.marks.remove(&page);
+                if s.watch.remove(&page) {
+                    self.protocol.touched(r.seg, page);
+                }
             }
         }
         s.protect_range(start, r.last + 1 - start, r.access);
@@ -1247,6 +1261,27 @@ impl State {
                 continue;
             };
             let now = self.now();
+            // A write at another instruction than the last write fault
+            // begins an epoch (a loop storing through pages faults at one
+            // instruction; a progress flag's store is another).
+            if write && pc != self.last_write_pc {
+                self.last_write_pc = pc;
+                self.protocol.tick(now, &mut out);
+            }
+            // A watched push: it opens here, with the watched pages after
+            // it (a row spans pages), and counts as used.
+            if self.segs.get_mut(&seg).is_some_and(|s| s.watch.remove(&page)) {
+                let mut n = 1;
+                while n <= GROUP && self.segs.get_mut(&seg).is_some_and(|s| s.watch.remove(&(page + n))) {
+                    n += 1;
+                }
+                for p in page..page + n {
+                    self.protocol.touched(seg, p);
+                }
+                if let Some(s) = self.segs.get(&seg) {
+                    s.protect_range(page, n, self.protocol.access(seg, page));
+                }
+            }
             // A read-ahead mark: the page (if it arrived) opens here, and
             // the stream's next window is asked for while the program
             // still has the rest of this one to work through.
@@ -1276,6 +1311,11 @@ impl State {
                 self.read_ahead(seg, page + group, write, now, &mut out);
             } else if marked {
                 self.read_ahead(seg, page, write, now, &mut out);
+            } else if present.is_ok() {
+                // Upgraded here (pages given back together open together).
+                for p in page + 1..=page + group {
+                    let _ = self.protocol.fault(seg, p, write, now, &mut out);
+                }
             }
             // Open the page (apply) before waking the thread.
             self.apply(&mut out);
@@ -1907,6 +1947,7 @@ async fn connect(
         waiters: HashMap::new(),
         writes: Vec::new(),
         last_faults: Vec::new(),
+        last_write_pc: 0,
         releasing: HashMap::new(),
         wake_at: None,
         closing: false,
@@ -2189,6 +2230,7 @@ fn new_segment(npages: u32, maplen: usize) -> Result<Segment, Errno> {
         views: Vec::new(),
         ra: ReadAhead::default(),
         marks: HashSet::new(),
+        watch: HashSet::new(),
         dirty: vec![Cell::new(0); npages.div_ceil(64) as usize],
     })
 }

@@ -11,7 +11,7 @@ use crate::registry::{Call, Reply};
 use crate::semaphores::SetState;
 
 /// Bumped on every incompatible change of [`Msg`].
-pub const PROTOCOL_VERSION: u16 = 13;
+pub const PROTOCOL_VERSION: u16 = 14;
 /// Largest frame accepted (a page plus headroom, or a registry answer).
 pub const MAX_FRAME: usize = 1 << 20;
 

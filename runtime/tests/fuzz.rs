@@ -99,6 +99,7 @@ fn coherence(f: &Fields) -> Vec<CoherenceMsg> {
     vec![
         CoherenceMsg::Request { seg, page, write: f.flag, requester: f.n, ahead: f.n & 1 == 0 },
         CoherenceMsg::Declined { seg, page },
+        CoherenceMsg::GiveBack { seg, page, version: f.x },
         CoherenceMsg::Fetch { seg, page, to: f.n, write: f.flag },
         CoherenceMsg::Grant { seg, page, acks: vec![f.n], version: f.x },
         CoherenceMsg::Data {
@@ -408,7 +409,8 @@ fn sound(a: &Action, npages: u32) -> bool {
         | Action::SendPage { seg, page, .. }
         | Action::ReleasePage { seg, page, .. }
         | Action::Released { seg, page }
-        | Action::Lost { seg, page } => ok(*seg, *page),
+        | Action::Lost { seg, page }
+        | Action::Watch { seg, page } => ok(*seg, *page),
         Action::WakeAt(_) => true,
     }
 }
@@ -480,6 +482,11 @@ proptest! {
             now += 1;
             let mut out = Vec::new();
             if fault {
+                if write {
+                    n.tick(now, &mut out);
+                } else {
+                    n.touched(SEG, page);
+                }
                 let r = n.fault(SEG, page, write, now, &mut out);
                 prop_assert!(page < npages || r.is_err());
             }
@@ -494,6 +501,7 @@ proptest! {
                         | CoherenceMsg::Released { .. }
                         | CoherenceMsg::Data { write: false, .. }
                         | CoherenceMsg::Declined { .. }
+                        | CoherenceMsg::GiveBack { .. }
                         | CoherenceMsg::InvAck { .. }
                 );
             let r = n.handle(from, msg, now, &mut out);

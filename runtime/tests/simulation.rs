@@ -211,6 +211,8 @@ struct SimNode {
     threads: Vec<Option<Blocked>>,
     /// Pending `WakeAt` times.
     timers: BTreeSet<u64>,
+    /// Pushed copies not touched yet (`Action::Watch`), per global page.
+    watched: Vec<bool>,
 }
 
 #[derive(Debug, Default)]
@@ -245,7 +247,7 @@ struct Stats {
     steps: u64,
 }
 
-const KINDS: [&str; 14] = [
+const KINDS: [&str; 15] = [
     "Request",
     "Fetch",
     "Grant",
@@ -260,9 +262,10 @@ const KINDS: [&str; 14] = [
     "Claim",
     "Claimed",
     "Declined",
+    "GiveBack",
 ];
 /// Kinds a run need not show (rare races, or failures).
-const RARE: [&str; 4] = ["Lost", "Bounce", "DropReader", "Declined"];
+const RARE: [&str; 5] = ["Lost", "Bounce", "DropReader", "Declined", "GiveBack"];
 
 /// Index of a message's kind in [`KINDS`].
 fn kind(msg: &CoherenceMsg) -> usize {
@@ -281,6 +284,7 @@ fn kind(msg: &CoherenceMsg) -> usize {
         CoherenceMsg::Claim { .. } => 11,
         CoherenceMsg::Claimed { .. } => 12,
         CoherenceMsg::Declined { .. } => 13,
+        CoherenceMsg::GiveBack { .. } => 14,
     }
 }
 
@@ -367,6 +371,7 @@ impl Sim {
                     segs: vec![SegState::Attached; SEGMENTS.len()],
                     threads: vec![None; THREADS],
                     timers: BTreeSet::new(),
+                    watched: vec![false; pages.len()],
                 }
             })
             .collect();
@@ -630,6 +635,9 @@ impl Sim {
                 Action::SetAccess { seg, page, access } => {
                     let gp = self.global_page(seg, page);
                     self.nodes[node].access[gp] = access;
+                    if access == Access::Invalid {
+                        self.nodes[node].watched[gp] = false;
+                    }
                     if access != Access::Invalid {
                         self.wake(node, gp);
                     }
@@ -655,6 +663,7 @@ impl Sim {
                     if keep == Access::Read && n.proto.pushed(seg, page).contains(&to) {
                         self.stats.pushes += 1;
                     }
+                    n.watched[gp] = false;
                     n.access[gp] = n.access[gp].min(keep);
                     let value = n.memory[gp];
                     assert_eq!(
@@ -693,6 +702,10 @@ impl Sim {
                     }
                 }
                 Action::Lost { seg, page } => panic!("node {me}: page {seg}/{page} lost at {}", self.now),
+                Action::Watch { seg, page } => {
+                    let gp = self.global_page(seg, page);
+                    self.nodes[node].watched[gp] = true;
+                }
                 Action::WakeAt(at) => {
                     self.stats.deferrals += 1;
                     if self.nodes[node].timers.insert(at) {
@@ -839,6 +852,14 @@ impl Sim {
         let gp = self.seg_base[si] + page as usize;
         let mut out = Vec::new();
         let now = self.now;
+        // As the runtime: a write fault begins an epoch (pushed copies used
+        // before the last one are given back); the first access to a
+        // pushed copy counts as its use.
+        if write {
+            self.nodes[node].proto.tick(now, &mut out);
+        } else if std::mem::take(&mut self.nodes[node].watched[gp]) {
+            self.nodes[node].proto.touched(seg, page);
+        }
         let present = match self.nodes[node].proto.fault(seg, page, write, now, &mut out) {
             Ok(present) => present,
             Err(e) => panic!("node {}: fault on {seg}/{page} at {now}: {e}", node + 1),
@@ -1139,7 +1160,8 @@ fn simulated_cluster_is_coherent() {
                     Ok((p, s)) => eprintln!(
                         "seed {seed}: {} deliveries ({} overtaking), {} steps, {} reads, {} writes, \
                          {} blocked ({} refaults, longest {}), {} deferrals, {} detaches \
-                         ({} served first, {} pages sent while releasing), {} restarts ({} messages dropped); {p:?}",
+                         ({} served first, {} pages sent while releasing), {} restarts ({} messages dropped), \
+                         {} pushes ({} given back); {p:?}",
                         s.deliveries,
                         s.overtaken,
                         s.steps,
@@ -1154,6 +1176,8 @@ fn simulated_cluster_is_coherent() {
                         s.sent_while_releasing,
                         s.restarts,
                         s.dropped,
+                        s.pushes,
+                        s.kinds[kind(&CoherenceMsg::GiveBack { seg: 0, page: 0, version: 0 })],
                     ),
                     Err(e) => {
                         let msg = e
@@ -1456,6 +1480,84 @@ mod scenarios {
     }
 
     #[test]
+    fn a_used_pushed_copy_is_given_back_and_the_next_write_invalidates_nothing() {
+        let mut m = manager();
+        let (mut n1, mut n2) = (node(1, 0), node(2, 0));
+        write_from_home(&mut m, &mut n1, 0, 0);
+        write_from_home(&mut m, &mut n1, 1, 0);
+        n2.attach(SEG, 2);
+        // Node 2 reads versions 1 and 2 of page 0 (asking each time): the
+        // page earns pushes.
+        let read = |n1: &mut NodeProtocol, n2: &mut NodeProtocol, version: u64, now: u64| {
+            assert!(!fault(n2, 0, false, now).0);
+            at_node(n1, 2, request(0, false, 2), now);
+            at_node(n2, 1, data(0, false, vec![], version), now);
+            assert_eq!(n2.access(SEG, 0), Access::Read);
+        };
+        read(&mut n1, &mut n2, 1, 1);
+        assert!(!fault(&mut n1, 0, true, 2).0);
+        at_node(&mut n2, 1, inval(0, 1, 2), 3);
+        at_node(&mut n1, 2, ack(0, 2), 4);
+        read(&mut n1, &mut n2, 2, 5);
+        // Version 3 is pushed: node 2 keeps it closed until it is used.
+        assert!(!fault(&mut n1, 0, true, 6).0);
+        at_node(&mut n2, 1, inval(0, 1, 3), 7);
+        at_node(&mut n1, 2, ack(0, 3), 8);
+        let (_, out) = fault(&mut n1, 1, true, 9);
+        assert!(matches!(out[..], [Action::SendPage { page: 0, to: 2, version: 3, .. }]), "{out:?}");
+        assert_eq!(
+            at_node(&mut n2, 1, data(0, false, vec![], 3), 10),
+            vec![
+                Action::Install { seg: SEG, page: 0, payload: Z },
+                Action::Watch { seg: SEG, page: 0 },
+                access(0, Access::Read)
+            ]
+        );
+        // Not used: write faults give nothing back.
+        let mut out = Vec::new();
+        n2.tick(11, &mut out);
+        n2.tick(12, &mut out);
+        assert!(out.is_empty(), "{out:?}");
+        // Used, then one write fault later: still in use. The one after:
+        // given back.
+        n2.touched(SEG, 0);
+        n2.tick(13, &mut out);
+        assert!(out.is_empty(), "{out:?}");
+        n2.tick(14, &mut out);
+        let give_back = CoherenceMsg::GiveBack { seg: SEG, page: 0, version: 3 };
+        assert_eq!(out, vec![access(0, Access::Invalid), send(1, give_back.clone())]);
+        // The owner then writes without invalidating, and pushes the next
+        // version at its next write fault elsewhere.
+        assert!(at_node(&mut n1, 2, give_back, 15).is_empty());
+        assert!(n1.copyset(SEG, 0).is_empty());
+        assert_eq!(fault(&mut n1, 0, true, 16), (true, vec![access(0, Access::Write)]));
+        let (_, out) = fault(&mut n1, 1, true, 17);
+        assert!(matches!(out[..], [Action::SendPage { page: 0, to: 2, version: 4, .. }]), "{out:?}");
+        assert_eq!(n1.copyset(SEG, 0), vec![2]);
+        // Given back too soon (read again at the same version): pushes of
+        // the page are kept from then on.
+        at_node(&mut n2, 1, data(0, false, vec![], 4), 18);
+        n2.touched(SEG, 0);
+        let mut out = Vec::new();
+        n2.tick(19, &mut out);
+        n2.tick(20, &mut out);
+        assert_eq!(out.len(), 2, "{out:?}");
+        at_node(&mut n1, 2, CoherenceMsg::GiveBack { seg: SEG, page: 0, version: 4 }, 21);
+        read(&mut n1, &mut n2, 4, 22);
+        assert!(!fault(&mut n1, 0, true, 23).0);
+        at_node(&mut n2, 1, inval(0, 1, 5), 24);
+        at_node(&mut n1, 2, ack(0, 5), 25);
+        fault(&mut n1, 1, true, 26);
+        assert_eq!(
+            at_node(&mut n2, 1, data(0, false, vec![], 5), 27),
+            vec![Action::Install { seg: SEG, page: 0, payload: Z }, access(0, Access::Read)]
+        );
+        // A give-back of an older version changes nothing.
+        at_node(&mut n1, 2, CoherenceMsg::GiveBack { seg: SEG, page: 0, version: 4 }, 28);
+        assert_eq!(n1.copyset(SEG, 0), vec![2]);
+    }
+
+    #[test]
     fn the_owner_serves_reads_directly_and_upgrades_alone() {
         let mut m = manager();
         let (mut n1, mut n2) = (node(1, 0), node(2, 0));
@@ -1725,10 +1827,17 @@ mod scenarios {
             assert_eq!(n1.handle(MANAGER, bad, 0, &mut out), Err(ProtocolError::BadPayload(len)));
         }
         assert!(n1.is_pending(SEG, 0));
-        // A read copy never asked for (a second answer, after a restart of
-        // the manager) older than an invalidation changes nothing; a
+        // A read copy not asked for now (a second answer, after a restart
+        // of the manager) older than an invalidation changes nothing; a
         // current one is kept (its sender counts this node a reader).
-        n1.handle(2, inval(1, 2, 3), 0, &mut out).unwrap();
+        // Not for a page never asked for since the segment was attached:
+        // a push from before a detach and attach again.
+        out.clear();
+        assert_eq!(n1.handle(2, data(1, false, vec![], 1), 0, &mut out), Ok(()));
+        assert!(out.is_empty() && n1.access(SEG, 1) == Access::Invalid);
+        fault(&mut n1, 1, false, 0);
+        n1.handle(2, data(1, false, vec![], 1), 0, &mut out).unwrap();
+        n1.handle(2, inval(1, 2, 3), 20, &mut out).unwrap();
         out.clear();
         assert_eq!(n1.handle(MANAGER, data(1, false, vec![], 2), 0, &mut out), Ok(()));
         assert!(out.is_empty() && n1.access(SEG, 1) == Access::Invalid);

@@ -890,7 +890,9 @@ fn rebuild_page(
         Some((h, Some((payload, copyset, version)))) if get(h).is_some_and(|r| r.owns.is_none()) => {
             // It was giving the page back: the home takes it now, unless
             // it had (its bytes at that version are on disk).
-            let done = matches!(restored, Some((HomeState::Home { version: v, .. }, _)) if v >= version);
+            // (A page home on disk comes back home, not as `restored`.)
+            let done = (p.home.is_some() && p.version >= version)
+                || matches!(restored, Some((HomeState::Home { version: v, .. }, _)) if v >= version);
             if !done {
                 p.home = Some(payload);
                 p.version = version;

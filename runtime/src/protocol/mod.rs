@@ -235,6 +235,11 @@ pub enum CoherenceMsg {
     Lost { seg: SegId, page: PageIdx },
     /// manager or owner → node: the release is complete.
     Released { seg: SegId, page: PageIdx },
+    /// reader → the owner that pushed the page: the pushed copy of
+    /// `version` was used and is dropped (see `NodeProtocol::tick`); the
+    /// owner's next write need not invalidate it, and goes to the reader
+    /// as a push.
+    GiveBack { seg: SegId, page: PageIdx, version: u64 },
 }
 
 impl CoherenceMsg {
@@ -254,6 +259,7 @@ impl CoherenceMsg {
             | CoherenceMsg::Bounce { seg, page, .. }
             | CoherenceMsg::Lost { seg, page }
             | CoherenceMsg::Declined { seg, page }
+            | CoherenceMsg::GiveBack { seg, page, .. }
             | CoherenceMsg::Released { seg, page } => (seg, page),
         }
     }
@@ -353,6 +359,10 @@ pub enum Action {
     Lost { seg: SegId, page: PageIdx },
     /// Call `handle_timeout` at (or after) this time.
     WakeAt(u64),
+    /// The read copy about to open is a push: keep it closed in the
+    /// program's views until a thread touches it, then open it and call
+    /// `NodeProtocol::touched` (comes before the page's `SetAccess`).
+    Watch { seg: SegId, page: PageIdx },
 }
 
 /// A message that must not be trusted: it names a page or segment that does

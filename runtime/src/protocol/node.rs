@@ -70,6 +70,21 @@ struct NodePage {
     /// Its last read-ahead was declined and nothing asked for it since:
     /// not asked ahead again.
     declined: bool,
+    /// The read copy held was pushed by this node, unasked, and (`Some`)
+    /// the epoch of its first access (see [`NodeProtocol::tick`]).
+    push_copy: Option<(NodeId, Option<u64>)>,
+    /// The version of the copy this node last gave back after using it: a
+    /// read answered at that same version means it gave it back too soon.
+    gave_back: Option<u64>,
+    /// A pushed copy was given back too soon: pushed copies of this page
+    /// are kept until invalidated.
+    keep_pushed: bool,
+    /// As owner: readers that gave back their copy of this version after
+    /// using it; the next version is pushed to them.
+    returned: Vec<NodeId>,
+    /// This node asked for the page since it attached the segment: only
+    /// then can a copy come unasked (a push; see the `Data` handler).
+    asked: bool,
 }
 
 impl NodePage {
@@ -91,6 +106,11 @@ impl NodePage {
             push_credit: 0,
             pushed: Vec::new(),
             declined: false,
+            push_copy: None,
+            gave_back: None,
+            keep_pushed: false,
+            returned: Vec::new(),
+            asked: false,
         }
     }
 
@@ -139,6 +159,11 @@ pub struct NodeProtocol {
     /// Pages this node wrote whose new version goes to the nodes that read
     /// the old one (see [`NodeProtocol::push`]).
     pushes: Vec<(SegId, PageIdx, Vec<NodeId>)>,
+    /// Write faults so far (see [`NodeProtocol::tick`]).
+    epoch: u64,
+    /// Pushed copies touched since they arrived, to give back (see
+    /// [`NodeProtocol::tick`]).
+    used: Vec<(SegId, PageIdx)>,
 }
 
 /// How many hand-overs of detached segments a node remembers.
@@ -208,6 +233,8 @@ impl NodeProtocol {
             kept: Vec::new(),
             gave_gone: VecDeque::new(),
             pushes: Vec::new(),
+            epoch: 0,
+            used: Vec::new(),
         }
     }
 
@@ -364,9 +391,11 @@ impl NodeProtocol {
             let page_ref = self.segs.get_mut(&seg).and_then(|s| s.pages.get_mut(page as usize));
             if let Some(p) = page_ref {
                 let upgrade = p.owner && p.access != Access::Write && p.pending.is_none() && !p.releasing;
-                if upgrade && !p.copyset.is_empty() && p.push_credit > 0 && self.pushes.len() < MAX_PUSHES {
+                let mut to = p.copyset.clone();
+                to.extend(p.returned.iter().filter(|r| !p.copyset.contains(r)));
+                if upgrade && !to.is_empty() && p.push_credit > 0 && self.pushes.len() < MAX_PUSHES {
                     p.push_credit -= 1;
-                    self.pushes.push((seg, page, p.copyset.clone()));
+                    self.pushes.push((seg, page, to));
                 }
             }
         }
@@ -399,6 +428,13 @@ impl NodeProtocol {
             let version = p.version + 1;
             let others = std::mem::take(&mut p.copyset);
             p.pushed.clear();
+            // Readers that gave their copy back read this version too.
+            let mut readers = std::mem::take(&mut p.returned);
+            readers.retain(|r| !others.contains(r));
+            readers.extend_from_slice(&others);
+            if !readers.is_empty() {
+                p.last_readers = readers;
+            }
             if others.is_empty() {
                 p.version = version;
                 p.hold_until = now + cx.hold;
@@ -408,7 +444,6 @@ impl NodeProtocol {
             for &r in &others {
                 cx.send(r, CoherenceMsg::Invalidate { seg, page, ack_to: me, version });
             }
-            p.last_readers.clone_from(&others);
             p.pending = Some(Pending {
                 write: true,
                 have_data: true,
@@ -431,6 +466,7 @@ impl NodeProtocol {
             _ => MANAGER,
         };
         p.pending = Some(Pending { write, asked: to, ahead, ..Pending::default() });
+        p.asked = true;
         cx.send(to, CoherenceMsg::Request { seg, page, write, requester: me, ahead });
         Ok(false)
     }
@@ -443,7 +479,9 @@ impl NodeProtocol {
     ///   neighbour rewrote them: ask for all in one round trip);
     /// - a write of an owned read copy that others hold: the following
     ///   pages this node owns for reading with the same copyset
-    ///   (invalidate them all at once rather than one round trip each).
+    ///   (invalidate them all at once rather than one round trip each),
+    ///   or that were given back by the same readers (`GiveBack`: opened
+    ///   for writing at once, with one local fault).
     pub fn group(&self, seg: SegId, page: PageIdx, write: bool, max: u32) -> u32 {
         let Some(set) = self.segs.get(&seg) else { return 0 };
         let Some(first) = set.pages.get(page as usize) else { return 0 };
@@ -452,9 +490,9 @@ impl NodeProtocol {
         if !idle(first) {
             return 0;
         }
-        let same_copyset = |p: &NodePage| {
-            p.copyset.len() == first.copyset.len() && p.copyset.iter().all(|r| first.copyset.contains(r))
-        };
+        let same = |a: &[NodeId], b: &[NodeId]| a.len() == b.len() && a.iter().all(|r| b.contains(r));
+        let same_copyset =
+            |p: &NodePage| same(&p.copyset, &first.copyset) && same(&p.returned, &first.returned);
         let goes_with = |p: &NodePage| {
             idle(p)
                 && if write {
@@ -464,7 +502,9 @@ impl NodeProtocol {
                 }
         };
         let starts = if write {
-            first.owner && first.access == Access::Read && !first.copyset.is_empty()
+            first.owner
+                && first.access == Access::Read
+                && !(first.copyset.is_empty() && first.returned.is_empty())
         } else {
             !first.owner && first.access == Access::Invalid && first.inval_version > 0 && first.hint.is_some()
         };
@@ -489,6 +529,7 @@ impl NodeProtocol {
                 break;
             }
             p.pending = Some(Pending { write: true, claim: true, asked: MANAGER, ..Pending::default() });
+            p.asked = true;
             n += 1;
         }
         if n > 0 {
@@ -579,6 +620,7 @@ impl NodeProtocol {
                 CoherenceMsg::Released { .. }
                 | CoherenceMsg::Data { write: false, .. }
                 | CoherenceMsg::Declined { .. }
+                | CoherenceMsg::GiveBack { .. }
                 | CoherenceMsg::InvAck { .. } => return Ok(()),
                 _ => {}
             }
@@ -618,7 +660,12 @@ impl NodeProtocol {
             CoherenceMsg::Grant { acks, version, .. } => {
                 super::check_version(version)?;
                 let pend = p.pending.as_mut().ok_or(ProtocolError::Unexpected("Grant"))?;
-                if !pend.write || p.access == Access::Invalid || pend.have_data {
+                // A copy this node gave back (`tick`) whose owner has not
+                // heard of it yet, and that nothing changed since: its
+                // bytes are still in this node's memory, current.
+                let given_back =
+                    p.gave_back == Some(p.version) && version == p.version + 1 && p.inval_version < version;
+                if !pend.write || (p.access == Access::Invalid && !given_back) || pend.have_data {
                     return Err(ProtocolError::Unexpected("Grant"));
                 }
                 pend.have_data = true;
@@ -640,13 +687,24 @@ impl NodeProtocol {
                     // answer that write request with `Grant` (no bytes).
                     // Not over the bytes of a write on their way.
                     let other = p.pending.as_ref().is_some_and(|q| q.have_data);
-                    let current = version >= p.inval_version && version >= p.version;
+                    // Not to a page this node has not asked for since it
+                    // attached the segment: a push sent before it detached
+                    // the segment last (and attached it again) is stale,
+                    // and its sender no longer counts it a reader.
+                    let current = version >= p.inval_version && version >= p.version && p.asked;
                     let idle = p.access == Access::Invalid && !p.owner && !p.releasing && !detaching;
                     if !write && !other && current && idle {
                         p.version = version;
                         p.hint = Some(from);
                         p.hold_until = cx.now + cx.hold;
                         cx.out.push(Action::Install { seg, page, payload });
+                        // A push (no request of this node waits): watched,
+                        // to be given back once used (see `tick`).
+                        p.push_copy = None;
+                        if from != MANAGER && !p.keep_pushed && p.pending.is_none() {
+                            p.push_copy = Some((from, None));
+                            cx.out.push(Action::Watch { seg, page });
+                        }
                         cx.set_access(p, Access::Read);
                     }
                     return Ok(());
@@ -662,6 +720,11 @@ impl NodeProtocol {
                         CoherenceMsg::Request { seg, page, write: false, requester: me, ahead: false },
                     );
                     return Ok(());
+                }
+                if !write && p.gave_back == Some(version) {
+                    // Asked again for the copy this node gave back: it was
+                    // still in use. Pushed copies of this page are kept.
+                    p.keep_pushed = true;
                 }
                 pend.have_data = true;
                 pend.acks_needed = Some(acks);
@@ -690,7 +753,29 @@ impl NodeProtocol {
                 p.releasing = false;
                 p.owner = false;
                 p.copyset.clear();
+                p.returned.clear();
                 cx.out.push(Action::Released { seg, page });
+                Ok(())
+            }
+            CoherenceMsg::GiveBack { version, .. } => {
+                // Only for the version this node owns and gave `from`, and
+                // not while a write of this node invalidates it (that
+                // invalidation is acknowledged anyway). Its next version
+                // goes to `from` as a push; `from` used the copy, which
+                // earns the page pushes.
+                if p.owner
+                    && p.pending.is_none()
+                    && !p.releasing
+                    && p.version == version
+                    && p.copyset.contains(&from)
+                {
+                    p.copyset.retain(|&r| r != from);
+                    p.pushed.retain(|&r| r != from);
+                    if !p.returned.contains(&from) {
+                        p.returned.push(from);
+                    }
+                    p.push_credit = PUSH_CREDIT;
+                }
                 Ok(())
             }
             CoherenceMsg::Declined { .. } => {
@@ -1005,6 +1090,56 @@ impl NodeProtocol {
         }
     }
 
+    /// A local thread touched a pushed copy (the driver kept it closed
+    /// after [`Action::Watch`] and opened it at that access): it will be
+    /// given back at a later write fault (see [`Self::tick`]).
+    pub fn touched(&mut self, seg: SegId, page: PageIdx) {
+        let epoch = self.epoch;
+        let page_ref = self.segs.get_mut(&seg).and_then(|s| s.pages.get_mut(page as usize));
+        if let Some((_, used @ None)) = page_ref.and_then(|p| p.push_copy.as_mut()) {
+            *used = Some(epoch);
+            self.used.push((seg, page));
+        }
+    }
+
+    /// A local thread faults to write: the next epoch begins. Pushed copies
+    /// first touched before the previous write fault are given back to the
+    /// owner that pushed them (`GiveBack`), which then writes the page
+    /// again without invalidating this node, and pushes the version after.
+    /// A program that reads a neighbour's row once per step, then
+    /// publishes its own progress (a write), is done with that row by its
+    /// next step's publication; the neighbour writes the row again after
+    /// that, and no longer waits for an invalidation round trip. A copy
+    /// given back too soon (read again before the owner wrote it) turns
+    /// this off for its page. Giving a copy back is only dropping it
+    /// early, so sequential consistency holds as for any invalidation.
+    pub fn tick(&mut self, now: u64, out: &mut Vec<Action>) {
+        let epoch = self.epoch;
+        self.epoch += 1;
+        for (seg, page) in std::mem::take(&mut self.used) {
+            let Some(set) = self.segs.get_mut(&seg).filter(|s| !s.detaching) else { continue };
+            let Some(p) = set.pages.get_mut(page as usize) else { continue };
+            let Some((owner, Some(first))) = p.push_copy else { continue };
+            let copy = p.access == Access::Read && !p.owner && p.pending.is_none() && !p.releasing;
+            if !copy || self.dead.contains(&owner) {
+                p.push_copy = None;
+                continue;
+            }
+            if first >= epoch || now < p.hold_until || !p.deferred.is_empty() {
+                self.used.push((seg, page));
+                continue;
+            }
+            p.push_copy = None;
+            p.gave_back = Some(p.version);
+            p.access = Access::Invalid;
+            out.push(Action::SetAccess { seg, page, access: Access::Invalid });
+            out.push(Action::Send {
+                to: owner,
+                msg: CoherenceMsg::GiveBack { seg, page, version: p.version },
+            });
+        }
+    }
+
     /// Serves what waited for a hold to expire.
     pub fn handle_timeout(&mut self, now: u64, out: &mut Vec<Action>) -> Result<(), ProtocolError> {
         let due: Vec<(SegId, PageIdx)> = self.waiting.iter().copied().collect();
@@ -1275,6 +1410,7 @@ fn serve(p: &mut NodePage, cx: &mut Ctx, msg: CoherenceMsg) -> Result<(), Protoc
                 cx.out.push(Action::SendPage { seg, page, to, acks, version, keep: Access::Invalid });
             }
             p.owner = false;
+            p.returned.clear();
             p.hint = Some(to);
             p.gave = Some((to, version));
         }
@@ -1303,6 +1439,7 @@ fn invalidate(p: &mut NodePage, cx: &mut Ctx, msg: CoherenceMsg) -> Result<(), P
         return Err(ProtocolError::Unexpected("Invalidate at the owner"));
     }
     p.inval_version = p.inval_version.max(version);
+    p.push_copy = None;
     cx.set_access(p, Access::Invalid);
     p.hint = Some(ack_to);
     cx.send(ack_to, CoherenceMsg::InvAck { seg: cx.seg, page: cx.page, version });
@@ -1324,6 +1461,7 @@ fn complete(
         return Ok(());
     }
     let pend = p.pending.take().expect("checked");
+    p.push_copy = None;
     if pend.write {
         p.owner = true;
         p.version = pend.version;
