@@ -1261,9 +1261,10 @@ impl State {
                 continue;
             };
             let now = self.now();
-            // A write at another instruction than the last write fault
-            // begins an epoch (a loop storing through pages faults at one
-            // instruction; a progress flag's store is another).
+            // A write at another instruction than the last write fault (or
+            // the first after a `semop`) begins an epoch: a loop storing
+            // through pages faults at one instruction, a progress flag's
+            // store at another.
             if write && pc != self.last_write_pc {
                 self.last_write_pc = pc;
                 self.protocol.tick(now, &mut out);
@@ -1300,6 +1301,7 @@ impl State {
                 }
             }
             let group = self.protocol.group(seg, page, write, GROUP.min(self.readahead));
+            tracing::trace!(seg, page, write, pc, group, "fault");
             self.moved_on(LastFault { thread, pc, seg, first: page, count: 1 + group }, now, &mut out);
             let present = self.protocol.fault(seg, page, write, now, &mut out);
             if let Ok(false) = present {
@@ -1978,7 +1980,17 @@ async fn command(state: Shared, lock: Rc<tokio::sync::Mutex<()>>, c: Command) {
             let _ = reply.send(answer);
         }
         Command::Waitable { id, call, reply, notify } => {
-            let rx = state.borrow_mut().call_as(id, call);
+            let rx = {
+                let mut st = state.borrow_mut();
+                // A `semop` synchronises like a progress flag's store: an
+                // epoch begins (see `NodeProtocol::tick`), and what it gives
+                // back leaves before the operation does.
+                let (now, mut out) = (st.now(), Vec::new());
+                st.protocol.tick(now, &mut out);
+                st.last_write_pc = usize::MAX;
+                st.apply(&mut out);
+                st.call_as(id, call)
+            };
             if let Ok(answer) = rx.await {
                 let _ = reply.send(answer);
                 let one: u64 = 1;

@@ -691,7 +691,13 @@ impl NodeProtocol {
                     // attached the segment: a push sent before it detached
                     // the segment last (and attached it again) is stale,
                     // and its sender no longer counts it a reader.
-                    let current = version >= p.inval_version && version >= p.version && p.asked;
+                    // Nor a copy of the version this node gave back: its
+                    // sender, which sent it before it read the `GiveBack`,
+                    // will drop this node from the copyset when it does.
+                    let current = version >= p.inval_version
+                        && version >= p.version
+                        && p.asked
+                        && p.gave_back != Some(version);
                     let idle = p.access == Access::Invalid && !p.owner && !p.releasing && !detaching;
                     if !write && !other && current && idle {
                         p.version = version;
