@@ -49,6 +49,10 @@
 //!   a releasing owner meanwhile goes back to the manager (`Bounce`), but a
 //!   read request goes back to its requester, which asks the manager (it
 //!   would wait behind the releases otherwise).
+//! * An owner pushes the new version of a page to the nodes that read
+//!   every version (`Data` unasked); a node gives a pushed copy it has used
+//!   back to that owner at a later write fault or `semop` (`GiveBack`), so
+//!   that the owner's next write invalidates nobody (`NodeProtocol::tick`).
 //!
 //! * After a death (`Manager::node_gone`, `NodeProtocol::peer_gone`),
 //!   every survivor sends a [`Report`]; the manager parks requests for the
