@@ -54,6 +54,9 @@ enum Command {
         call: Call,
         reply: crossbeam::channel::Sender<Reply>,
         notify: i32,
+        /// The calling thread (`pthread_self`): whatever it faulted for
+        /// last has run (see `State::moved_on`).
+        thread: usize,
     },
     Attach {
         id: i32,
@@ -565,7 +568,10 @@ impl NodeHandle {
         let pid = cred.pid;
         let (tx, rx) = crossbeam::channel::bounded(1);
         let call = Call::Sem(SemCall::Op { id, ops, cred });
-        self.cmds.send(Command::Waitable { id: id_call, call, reply: tx, notify: fd }).map_err(|_| ENOMEM)?;
+        // SAFETY: pthread_self only reads the thread pointer.
+        let thread = unsafe { libc::pthread_self() } as usize;
+        let waitable = Command::Waitable { id: id_call, call, reply: tx, notify: fd, thread };
+        self.cmds.send(waitable).map_err(|_| ENOMEM)?;
         let deadline = timeout.map(|t| Instant::now() + t);
         let answer = |r: Reply| match r {
             Reply::Err(e) => Err(e),
@@ -1365,6 +1371,24 @@ impl State {
         }
     }
 
+    /// A program thread entered a call (a `semop`): the instruction it
+    /// last faulted on has run, as when it faults elsewhere (see
+    /// [`Self::moved_on`]).
+    fn left_fault(&mut self, thread: usize, now: u64, out: &mut Vec<Action>) {
+        let Some(i) = self.last_faults.iter().position(|l| l.thread == thread) else { return };
+        let prev = self.last_faults.swap_remove(i);
+        if prev.pc == 0 {
+            return;
+        }
+        for page in prev.first..prev.first + prev.count {
+            if self.last_faults.iter().any(|l| l.covers(prev.seg, page)) {
+                continue;
+            }
+            // Errors (a segment detached meanwhile) only mean: nothing held.
+            let _ = self.protocol.end_hold(prev.seg, page, now, out);
+        }
+    }
+
     /// Asks for the pages after a fault in a run (see [`ReadAhead`]); no
     /// thread waits for them, they open when they arrive. Reads request
     /// each page from its owner. Writes only claim pages nobody has
@@ -1979,13 +2003,16 @@ async fn command(state: Shared, lock: Rc<tokio::sync::Mutex<()>>, c: Command) {
             }
             let _ = reply.send(answer);
         }
-        Command::Waitable { id, call, reply, notify } => {
+        Command::Waitable { id, call, reply, notify, thread } => {
             let rx = {
                 let mut st = state.borrow_mut();
                 // A `semop` synchronises like a progress flag's store: an
                 // epoch begins (see `NodeProtocol::tick`), and what it gives
-                // back leaves before the operation does.
+                // back leaves before the operation does. The calling thread
+                // has moved on from its last fault: those pages' holds end,
+                // and what they were written for is pushed now.
                 let (now, mut out) = (st.now(), Vec::new());
+                st.left_fault(thread, now, &mut out);
                 st.protocol.tick(now, &mut out);
                 st.last_write_pc = usize::MAX;
                 st.apply(&mut out);
