@@ -1273,7 +1273,7 @@ impl State {
             // store at another.
             if write && pc != self.last_write_pc {
                 self.last_write_pc = pc;
-                self.protocol.tick(now, &mut out);
+                self.protocol.tick(Some(seg), now, &mut out);
             }
             // A watched push: it opens here, with the watched pages after
             // it (a row spans pages), and counts as used.
@@ -2013,7 +2013,7 @@ async fn command(state: Shared, lock: Rc<tokio::sync::Mutex<()>>, c: Command) {
                 // and what they were written for is pushed now.
                 let (now, mut out) = (st.now(), Vec::new());
                 st.left_fault(thread, now, &mut out);
-                st.protocol.tick(now, &mut out);
+                st.protocol.tick(None, now, &mut out);
                 st.last_write_pc = usize::MAX;
                 st.apply(&mut out);
                 st.call_as(id, call)

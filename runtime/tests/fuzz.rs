@@ -483,7 +483,7 @@ proptest! {
             let mut out = Vec::new();
             if fault {
                 if write {
-                    n.tick(now, &mut out);
+                    n.tick(Some(SEG), now, &mut out);
                 } else {
                     n.touched(SEG, page);
                 }

@@ -856,7 +856,7 @@ impl Sim {
         // before the last one are given back); the first access to a
         // pushed copy counts as its use.
         if write {
-            self.nodes[node].proto.tick(now, &mut out);
+            self.nodes[node].proto.tick(Some(seg), now, &mut out);
         } else if std::mem::take(&mut self.nodes[node].watched[gp]) {
             self.nodes[node].proto.touched(seg, page);
         }
@@ -1515,15 +1515,15 @@ mod scenarios {
         );
         // Not used: write faults give nothing back.
         let mut out = Vec::new();
-        n2.tick(11, &mut out);
-        n2.tick(12, &mut out);
+        n2.tick(Some(SEG), 11, &mut out);
+        n2.tick(Some(SEG), 12, &mut out);
         assert!(out.is_empty(), "{out:?}");
         // Used, then one write fault later: still in use. The one after:
         // given back.
         n2.touched(SEG, 0);
-        n2.tick(13, &mut out);
+        n2.tick(Some(SEG), 13, &mut out);
         assert!(out.is_empty(), "{out:?}");
-        n2.tick(14, &mut out);
+        n2.tick(Some(SEG), 14, &mut out);
         let give_back = CoherenceMsg::GiveBack { seg: SEG, page: 0, version: 3 };
         assert_eq!(out, vec![access(0, Access::Invalid), send(1, give_back.clone())]);
         // The owner then writes without invalidating, and pushes the next
@@ -1539,8 +1539,8 @@ mod scenarios {
         at_node(&mut n2, 1, data(0, false, vec![], 4), 18);
         n2.touched(SEG, 0);
         let mut out = Vec::new();
-        n2.tick(19, &mut out);
-        n2.tick(20, &mut out);
+        n2.tick(Some(SEG), 19, &mut out);
+        n2.tick(Some(SEG), 20, &mut out);
         assert_eq!(out.len(), 2, "{out:?}");
         at_node(&mut n1, 2, CoherenceMsg::GiveBack { seg: SEG, page: 0, version: 4 }, 21);
         read(&mut n1, &mut n2, 4, 22);
@@ -1555,6 +1555,58 @@ mod scenarios {
         // A give-back of an older version changes nothing.
         at_node(&mut n1, 2, CoherenceMsg::GiveBack { seg: SEG, page: 0, version: 4 }, 28);
         assert_eq!(n1.copyset(SEG, 0), vec![2]);
+    }
+
+    #[test]
+    fn a_store_elsewhere_gives_back_at_once_and_useless_watches_stop() {
+        let mut m = manager();
+        let (mut n1, mut n2) = (node(1, 0), node(2, 0));
+        write_from_home(&mut m, &mut n1, 0, 0);
+        write_from_home(&mut m, &mut n1, 1, 0);
+        n2.attach(SEG, 2);
+        let read = |n1: &mut NodeProtocol, n2: &mut NodeProtocol, version: u64, now: u64| {
+            assert!(!fault(n2, 0, false, now).0);
+            at_node(n1, 2, request(0, false, 2), now);
+            at_node(n2, 1, data(0, false, vec![], version), now);
+        };
+        // A new version written (node 2 invalidated), pushed at the
+        // owner's write fault on page 1, and delivered.
+        let next = |n1: &mut NodeProtocol, n2: &mut NodeProtocol, v: u64, now: u64| {
+            assert!(!fault(n1, 0, true, now).0);
+            at_node(n2, 1, inval(0, 1, v), now);
+            at_node(n1, 2, ack(0, v), now);
+            let (_, out) = fault(n1, 1, true, now);
+            assert!(matches!(out[..], [Action::SendPage { page: 0, to: 2, .. }]), "{out:?}");
+            at_node(n2, 1, data(0, false, vec![], v), now)
+        };
+        read(&mut n1, &mut n2, 1, 1);
+        assert!(!fault(&mut n1, 0, true, 2).0);
+        at_node(&mut n2, 1, inval(0, 1, 2), 2);
+        at_node(&mut n1, 2, ack(0, 2), 2);
+        read(&mut n1, &mut n2, 2, 3);
+        let out = next(&mut n1, &mut n2, 3, 4);
+        assert!(out.contains(&Action::Watch { seg: SEG, page: 0 }), "{out:?}");
+        // Touched in this epoch, then a store in another segment (a
+        // progress flag): given back at once.
+        n2.touched(SEG, 0);
+        let mut out = Vec::new();
+        n2.tick(Some(SEG + 1), 5, &mut out);
+        let give_back = CoherenceMsg::GiveBack { seg: SEG, page: 0, version: 3 };
+        assert_eq!(out, vec![access(0, Access::Invalid), send(1, give_back.clone())]);
+        at_node(&mut n1, 2, give_back, 6);
+        // Pushed copies invalidated before they were given back (versions
+        // 4, 5, 6), three in a row: the next is no longer watched.
+        assert_eq!(fault(&mut n1, 0, true, 7), (true, vec![access(0, Access::Write)]));
+        let (_, out) = fault(&mut n1, 1, true, 7);
+        assert!(matches!(out[..], [Action::SendPage { page: 0, to: 2, version: 4, .. }]), "{out:?}");
+        at_node(&mut n2, 1, data(0, false, vec![], 4), 7);
+        for v in 5..7 {
+            let out = next(&mut n1, &mut n2, v, v + 3);
+            assert!(out.contains(&Action::Watch { seg: SEG, page: 0 }), "{v} {out:?}");
+        }
+        let out = next(&mut n1, &mut n2, 7, 10);
+        assert!(!out.contains(&Action::Watch { seg: SEG, page: 0 }), "{out:?}");
+        assert_eq!(n2.access(SEG, 0), Access::Read);
     }
 
     #[test]

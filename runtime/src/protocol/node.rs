@@ -79,6 +79,10 @@ struct NodePage {
     /// A pushed copy was given back too soon: pushed copies of this page
     /// are kept until invalidated.
     keep_pushed: bool,
+    /// Pushed copies of this page invalidated in a row before they were
+    /// given back: watching them cost a fault each and saved nothing (the
+    /// owner wrote first); after [`MAX_MISSES`], pushed copies are kept.
+    misses: u8,
     /// As owner: readers that gave back their copy of this version after
     /// using it; the next version is pushed to them.
     returned: Vec<NodeId>,
@@ -109,6 +113,7 @@ impl NodePage {
             push_copy: None,
             gave_back: None,
             keep_pushed: false,
+            misses: 0,
             returned: Vec::new(),
             asked: false,
         }
@@ -172,6 +177,10 @@ const GAVE_KEPT: usize = 4096;
 /// How many versions of a page are pushed to its readers after one of them
 /// asked for it again (see [`NodeProtocol::push`]).
 const PUSH_CREDIT: u8 = 8;
+
+/// Pushed copies of a page invalidated in a row before they were given
+/// back, after which that page's pushed copies are no longer watched.
+const MAX_MISSES: u8 = 3;
 
 /// At most this many pages wait to be pushed.
 const MAX_PUSHES: usize = 64;
@@ -1119,7 +1128,14 @@ impl NodeProtocol {
     /// given back too soon (read again before the owner wrote it) turns
     /// this off for its page. Giving a copy back is only dropping it
     /// early, so sequential consistency holds as for any invalidation.
-    pub fn tick(&mut self, now: u64, out: &mut Vec<Action>) {
+    ///
+    /// `writing`: the segment the write fault is in (`None`: a `semop`).
+    /// A copy touched in the current epoch waits for the next one if the
+    /// fault is in its own segment (a loop may be reading it while it
+    /// stores into the segment); a store elsewhere (a progress flag in its
+    /// own segment) or a `semop` is taken as a publication, after which the
+    /// copies touched so far are done with.
+    pub fn tick(&mut self, writing: Option<SegId>, now: u64, out: &mut Vec<Action>) {
         let epoch = self.epoch;
         self.epoch += 1;
         for (seg, page) in std::mem::take(&mut self.used) {
@@ -1131,11 +1147,13 @@ impl NodeProtocol {
                 p.push_copy = None;
                 continue;
             }
-            if first >= epoch || now < p.hold_until || !p.deferred.is_empty() {
+            let grace = writing == Some(seg) && first >= epoch;
+            if grace || now < p.hold_until || !p.deferred.is_empty() {
                 self.used.push((seg, page));
                 continue;
             }
             p.push_copy = None;
+            p.misses = 0;
             p.gave_back = Some(p.version);
             p.access = Access::Invalid;
             out.push(Action::SetAccess { seg, page, access: Access::Invalid });
@@ -1445,7 +1463,10 @@ fn invalidate(p: &mut NodePage, cx: &mut Ctx, msg: CoherenceMsg) -> Result<(), P
         return Err(ProtocolError::Unexpected("Invalidate at the owner"));
     }
     p.inval_version = p.inval_version.max(version);
-    p.push_copy = None;
+    if p.push_copy.take().is_some() && p.access == Access::Read {
+        p.misses += 1;
+        p.keep_pushed |= p.misses >= MAX_MISSES;
+    }
     cx.set_access(p, Access::Invalid);
     p.hint = Some(ack_to);
     cx.send(ack_to, CoherenceMsg::InvAck { seg: cx.seg, page: cx.page, version });
