@@ -1277,7 +1277,8 @@ impl State {
             }
             // A watched push: it opens here, with the watched pages after
             // it (a row spans pages), and counts as used.
-            if self.segs.get_mut(&seg).is_some_and(|s| s.watch.remove(&page)) {
+            let watched = self.segs.get_mut(&seg).is_some_and(|s| s.watch.remove(&page));
+            if watched {
                 let mut n = 1;
                 while n <= GROUP && self.segs.get_mut(&seg).is_some_and(|s| s.watch.remove(&(page + n))) {
                     n += 1;
@@ -1308,7 +1309,13 @@ impl State {
             }
             let group = self.protocol.group(seg, page, write, GROUP.min(self.readahead));
             tracing::trace!(seg, page, write, pc, group, "fault");
-            self.moved_on(LastFault { thread, pc, seg, first: page, count: 1 + group }, now, &mut out);
+            // Not a watched push's first touch: a thread that writes a
+            // page, reads its neighbour's pushed row, and writes the page
+            // again (two rows to a page) has not moved on from the page,
+            // and pushing it now would send it half written.
+            if !watched {
+                self.moved_on(LastFault { thread, pc, seg, first: page, count: 1 + group }, now, &mut out);
+            }
             let present = self.protocol.fault(seg, page, write, now, &mut out);
             if let Ok(false) = present {
                 self.waiters.entry((seg, page)).or_default().push((slot, write));
