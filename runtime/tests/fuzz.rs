@@ -503,7 +503,8 @@ proptest! {
                         | CoherenceMsg::Declined { .. }
                         | CoherenceMsg::GiveBack { .. }
                         | CoherenceMsg::InvAck { .. }
-                );
+                )
+                || seg != SEG && from != MANAGER && matches!(msg, CoherenceMsg::Bounce { .. });
             let r = n.handle(from, msg, now, &mut out);
             prop_assert!(forwarded || late || refused_if_impossible(seg, mpage, npages, &r), "{:?}", r);
             let _ = n.handle_timeout(now, &mut out);

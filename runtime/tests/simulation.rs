@@ -1480,6 +1480,41 @@ mod scenarios {
     }
 
     #[test]
+    fn a_held_page_is_pushed_when_its_thread_moves_on_not_when_the_hold_runs_out() {
+        let mut m = manager();
+        let (mut n1, mut n2) = (node(1, 100), node(2, 100));
+        write_from_home(&mut m, &mut n1, 0, 0);
+        // Node 2 reads versions 1 and 2 (asking each time): a re-reader.
+        for (version, now) in [(1, 200), (2, 400)] {
+            assert!(!fault(&mut n2, 0, false, now).0);
+            at_node(&mut n1, 2, request(0, false, 2), now);
+            if version == 1 {
+                assert!(!fault(&mut n1, 0, true, now + 100).0);
+                at_node(&mut n2, 1, inval(0, 1, 2), now + 100);
+                at_node(&mut n1, 2, ack(0, 2), now + 100);
+            }
+        }
+        // Version 3 is written at 600 (held until 700).
+        assert!(!fault(&mut n1, 0, true, 600).0);
+        at_node(&mut n1, 2, ack(0, 3), 600);
+        assert_eq!(n1.access(SEG, 0), Access::Write);
+        // The hold runs out, the writing thread has not run yet (a busy
+        // CPU): nothing is pushed, the page stays writable.
+        let mut out = Vec::new();
+        n1.handle_timeout(800, &mut out).unwrap();
+        assert!(out.is_empty(), "{out:?}");
+        assert_eq!(n1.access(SEG, 0), Access::Write);
+        // The thread faults elsewhere (it has stored): version 3 goes.
+        let mut out = Vec::new();
+        n1.end_hold(SEG, 0, 900, &mut out).unwrap();
+        assert_eq!(
+            out,
+            vec![Action::SendPage { seg: SEG, page: 0, to: 2, acks: vec![], version: 3, keep: Access::Read }]
+        );
+        assert_eq!(n1.access(SEG, 0), Access::Read);
+    }
+
+    #[test]
     fn a_used_pushed_copy_is_given_back_and_the_next_write_invalidates_nothing() {
         let mut m = manager();
         let (mut n1, mut n2) = (node(1, 0), node(2, 0));
@@ -1965,8 +2000,12 @@ mod scenarios {
         assert_eq!(at_node(&mut n1, 2, request(0, false, 2), 300), vec![send(2, bounce.clone())]);
         assert_eq!(at_node(&mut n2, 1, bounce.clone(), 300), vec![send(MANAGER, request(0, false, 2))]);
         // Asked again already: a late second bounce changes nothing.
-        assert_eq!(at_node(&mut n2, 1, bounce, 300), vec![]);
+        assert_eq!(at_node(&mut n2, 1, bounce.clone(), 300), vec![]);
         assert!(n2.is_pending(SEG, 0));
+        // Nor once n2 has detached the segment (it was answered, then
+        // released everything): it is late, not malformed.
+        n2.forget(SEG);
+        assert_eq!(n2.handle(1, bounce, 400, &mut Vec::new()), Ok(()));
     }
 
     // ---- deaths ---------------------------------------------------------

@@ -631,6 +631,10 @@ impl NodeProtocol {
                 | CoherenceMsg::Declined { .. }
                 | CoherenceMsg::GiveBack { .. }
                 | CoherenceMsg::InvAck { .. } => return Ok(()),
+                // A read request of this node bounced by a detaching node,
+                // asked again of the manager meanwhile (a restart) and
+                // answered before this node detached too.
+                CoherenceMsg::Bounce { .. } if from != MANAGER => return Ok(()),
                 _ => {}
             }
         }
@@ -1053,8 +1057,9 @@ impl NodeProtocol {
     /// calls it (`skip`: that page), before its own invalidations leave, so a
     /// reader gets the pages written before a progress flag ahead of the
     /// flag's invalidation, on the same stream; a page still in its hold
-    /// goes when the hold ends (`handle_timeout`). Pushing is serving a
-    /// read early: sequential consistency holds as for any read.
+    /// goes when its thread moves on ([`Self::end_hold`]), never when the
+    /// hold's timer runs out. Pushing is serving a read early: sequential
+    /// consistency holds as for any read.
     pub fn push(&mut self, skip: Option<(SegId, PageIdx)>, now: u64, out: &mut Vec<Action>) {
         if self.pushes.is_empty() {
             return;
@@ -1080,9 +1085,13 @@ impl NodeProtocol {
                 continue;
             }
             if now < p.hold_until {
-                // The hold protects the write that faulted (another
-                // thread's may not have run yet): pushed when it ends.
-                out.push(Action::WakeAt(p.hold_until));
+                // The hold protects the write that faulted: pushed once
+                // the thread has moved on (`end_hold`), or at a write
+                // fault on another page after the hold, never when a timer
+                // runs out. A thread not yet run since its fault (on two
+                // busy CPUs that takes longer than the hold) would fault
+                // again, and invalidate the copy just pushed: an
+                // invalidation round trip on the writer's path.
                 self.pushes.push((seg, page, to));
                 continue;
             }
@@ -1181,7 +1190,6 @@ impl NodeProtocol {
                 waiting.remove(&(seg, page));
             }
         }
-        self.push(None, now, out);
         Ok(())
     }
 
@@ -1196,17 +1204,18 @@ impl NodeProtocol {
         out: &mut Vec<Action>,
     ) -> Result<(), ProtocolError> {
         let (p, mut cx, waiting) = self.parts(seg, page, now, out)?;
-        if p.hold_until <= now {
-            return Ok(());
+        if p.hold_until > now {
+            p.hold_until = now;
+            while let Some(msg) = p.deferred.pop_front() {
+                invalidate(p, &mut cx, msg)?;
+            }
+            drain(p, &mut cx, waiting)?;
+            if p.queue.is_empty() && p.deferred.is_empty() {
+                waiting.remove(&(seg, page));
+            }
         }
-        p.hold_until = now;
-        while let Some(msg) = p.deferred.pop_front() {
-            invalidate(p, &mut cx, msg)?;
-        }
-        drain(p, &mut cx, waiting)?;
-        if p.queue.is_empty() && p.deferred.is_empty() {
-            waiting.remove(&(seg, page));
-        }
+        // Also when the hold ran out before: what waits to be pushed goes
+        // now (see `push`).
         self.push(None, now, out);
         Ok(())
     }
