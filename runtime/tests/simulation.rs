@@ -1515,6 +1515,53 @@ mod scenarios {
     }
 
     #[test]
+    fn a_give_back_overtaken_by_a_read_through_the_manager_leaves_the_reader_counted() {
+        let mut m = manager();
+        let (mut n1, mut n2) = (node(1, 0), node(2, 0));
+        write_from_home(&mut m, &mut n1, 0, 0);
+        write_from_home(&mut m, &mut n1, 1, 0);
+        // Node 2 reads versions 1 and 2 (asking each time); version 3 is
+        // pushed to it, used, and given back.
+        for (version, now) in [(1, 1), (2, 5)] {
+            assert!(!fault(&mut n2, 0, false, now).0);
+            at_node(&mut n1, 2, request(0, false, 2), now);
+            at_node(&mut n2, 1, data(0, false, vec![], version), now);
+            assert!(!fault(&mut n1, 0, true, now + 1).0);
+            at_node(&mut n2, 1, inval(0, 1, version + 1), now + 2);
+            at_node(&mut n1, 2, ack(0, version + 1), now + 3);
+        }
+        let (_, out) = fault(&mut n1, 1, true, 9);
+        assert!(matches!(out[..], [Action::SendPage { page: 0, to: 2, version: 3, .. }]), "{out:?}");
+        at_node(&mut n2, 1, data(0, false, vec![], 3), 10);
+        n2.touched(SEG, 0);
+        let mut out = Vec::new();
+        n2.tick(Some(SEG), 11, &mut out);
+        n2.tick(Some(SEG), 12, &mut out);
+        let give_back = CoherenceMsg::GiveBack { seg: SEG, page: 0, version: 3 };
+        assert_eq!(out, vec![access(0, Access::Invalid), send(1, give_back.clone())]);
+        // Node 2 detaches the segment (it holds nothing of it), attaches it
+        // again and reads the page: its request goes through the manager,
+        // and reaches node 1 before the give-back on the direct stream.
+        // Node 1 serves it...
+        assert_eq!(n2.release(SEG, &mut Vec::new()), Ok(0));
+        n2.forget(SEG);
+        n2.attach(SEG, 2);
+        assert_eq!(fault(&mut n2, 0, false, 13).1, vec![send(MANAGER, request(0, false, 2))]);
+        assert_eq!(at_manager(&mut m, 2, request(0, false, 2)), vec![send(1, fetch(0, 2, false))]);
+        let out = at_node(&mut n1, MANAGER, fetch(0, 2, false), 13);
+        assert!(matches!(out[..], [Action::SendPage { to: 2, version: 3, .. }]), "{out:?}");
+        at_node(&mut n2, 1, data(0, false, vec![], 3), 13);
+        assert_eq!(n2.access(SEG, 0), Access::Read);
+        // ...and the late give-back refers to the copy before: node 2
+        // still holds one, and node 1's next write invalidates it.
+        at_node(&mut n1, 2, give_back, 14);
+        assert_eq!(n1.copyset(SEG, 0), vec![2]);
+        let (present, out) = fault(&mut n1, 0, true, 15);
+        assert!(!present);
+        assert_eq!(out, vec![send(2, inval(0, 1, 4))]);
+    }
+
+    #[test]
     fn a_used_pushed_copy_is_given_back_and_the_next_write_invalidates_nothing() {
         let mut m = manager();
         let (mut n1, mut n2) = (node(1, 0), node(2, 0));

@@ -89,6 +89,9 @@ struct NodePage {
     /// This node asked for the page since it attached the segment: only
     /// then can a copy come unasked (a push; see the `Data` handler).
     asked: bool,
+    /// As owner: readers served a version through the manager (`Fetch`),
+    /// with that version; their give-backs of it are ignored.
+    indirect: Vec<(NodeId, u64)>,
 }
 
 impl NodePage {
@@ -116,6 +119,7 @@ impl NodePage {
             misses: 0,
             returned: Vec::new(),
             asked: false,
+            indirect: Vec::new(),
         }
     }
 
@@ -782,11 +786,16 @@ impl NodeProtocol {
                 // invalidation is acknowledged anyway). Its next version
                 // goes to `from` as a push; `from` used the copy, which
                 // earns the page pushes.
+                // Nor when `from` was served this version through the
+                // manager: that request may have overtaken this give-back
+                // (it left `from` after it), and `from` then holds the copy
+                // served, which its next invalidation must reach.
                 if p.owner
                     && p.pending.is_none()
                     && !p.releasing
                     && p.version == version
                     && p.copyset.contains(&from)
+                    && !p.indirect.contains(&(from, version))
                 {
                     p.copyset.retain(|&r| r != from);
                     p.pushed.retain(|&r| r != from);
@@ -1387,7 +1396,7 @@ fn drain(
         }
         let (from, msg) = p.queue.pop_front().expect("not empty");
         if p.owner && !p.releasing {
-            serve(p, cx, msg)?;
+            serve(p, cx, from, msg)?;
         } else {
             dispatch(p, cx, waiting, from, msg)?;
         }
@@ -1396,13 +1405,21 @@ fn drain(
 }
 
 /// Serves one request as the settled owner.
-fn serve(p: &mut NodePage, cx: &mut Ctx, msg: CoherenceMsg) -> Result<(), ProtocolError> {
+fn serve(p: &mut NodePage, cx: &mut Ctx, from: NodeId, msg: CoherenceMsg) -> Result<(), ProtocolError> {
     let (seg, page, me) = (cx.seg, cx.page, cx.me);
     match msg {
         CoherenceMsg::Request { requester: to, write: false, .. }
         | CoherenceMsg::Fetch { to, write: false, .. } => {
             if to == me || to == MANAGER {
                 return Err(ProtocolError::Unexpected("read request for the owner itself"));
+            }
+            if from != to {
+                // Through the manager: it may have overtaken a give-back
+                // of this version on `to`'s own stream (see `GiveBack`).
+                p.indirect.retain(|&(_, v)| v == p.version);
+                if !p.indirect.contains(&(to, p.version)) {
+                    p.indirect.push((to, p.version));
+                }
             }
             p.access = p.access.min(Access::Read);
             if p.last_readers.contains(&to) {
