@@ -13,6 +13,11 @@
 //!    was a write (x86-64: bit 1 of the page-fault error code), wakes the
 //!    runtime thread through an `eventfd`, and sleeps on a futex until the
 //!    runtime marks the slot done. Returning retries the access.
+//!
+//! One kind of fault never reaches the runtime thread: a read of a pushed
+//! copy that the runtime keeps closed until it is used (a "watched" page,
+//! see [`mark_open`]). The handler opens it itself and the runtime learns
+//! of the use later ([`take_opened`]).
 
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicUsize, Ordering};
 use std::sync::OnceLock;
@@ -233,11 +238,116 @@ pub fn unregister_view(slot: usize) {
 }
 
 /// In a forked child: the parent's other threads do not exist here, so the
-/// fault slots they held are free (else each fork would leak them).
+/// fault slots they held are free (else each fork would leak them); the
+/// parent's watched pages are not the child's.
 pub fn free_slots_after_fork() {
     for s in SLOTS.iter() {
         s.state.store(FREE, Ordering::Release);
     }
+    for o in OPEN.iter() {
+        o.store(0, Ordering::Release);
+    }
+}
+
+/// Pages of program views that the handler may open for reading itself: a
+/// pushed copy, installed in the segment's memory and kept closed until a
+/// thread reads it (`Action::Watch`). The runtime only needs to learn that
+/// it was used, not at once: a thread's read of such a page (heat's halo
+/// row, once per step) then costs the signal and one `mprotect`, not a
+/// round trip through the runtime thread (two context switches, and a
+/// wake-up of a thread that preempts the computation on a busy CPU).
+///
+/// Each entry is 0 (free) or a page address with its state in the low
+/// bits: [`MARKED`] by the runtime, [`OPENING`] by a handler that is
+/// opening it, [`OPENED`] once it has. Only the runtime frees an entry.
+const MAX_OPEN: usize = 64;
+#[allow(clippy::declare_interior_mutable_const)]
+const OPEN_INIT: AtomicUsize = AtomicUsize::new(0);
+static OPEN: [AtomicUsize; MAX_OPEN] = [OPEN_INIT; MAX_OPEN];
+const MARKED: usize = 1;
+const OPENING: usize = 2;
+const OPENED: usize = 3;
+const STATE: usize = 3;
+/// Most pages the handler opens at once after the one read (a grid row
+/// spans pages; the runtime's own touch path opens as many).
+const OPEN_AFTER: usize = 3;
+
+/// Runtime side: lets the handler open the page at `addr` (page-aligned,
+/// in a registered view, its bytes already in the segment's memory) for
+/// reading. Returns false when the table is full (the page's first read
+/// then goes through the runtime as before). Marking a page twice keeps
+/// one entry.
+pub fn mark_open(addr: usize) -> bool {
+    if OPEN.iter().any(|o| o.load(Ordering::Acquire) & !STATE == addr) {
+        return true;
+    }
+    OPEN.iter().any(|o| o.compare_exchange(0, addr | MARKED, Ordering::AcqRel, Ordering::Relaxed).is_ok())
+}
+
+/// Runtime side, before it changes the protection of the page at `addr`
+/// or stops watching it: takes the mark back. Returns whether a handler
+/// opened the page (it was used); if one is opening it right now, waits
+/// until its `mprotect` is done, so that the runtime's own comes after.
+pub fn unmark_open(addr: usize) -> bool {
+    let Some(o) = OPEN.iter().find(|o| o.load(Ordering::Acquire) & !STATE == addr) else { return false };
+    if o.compare_exchange(addr | MARKED, 0, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+        return false;
+    }
+    while o.load(Ordering::Acquire) == addr | OPENING {
+        // A few µs (one `mprotect`), unless the thread was preempted in
+        // between: sleep rather than spin (this thread may be real-time,
+        // and the handler's thread may need this CPU).
+        let ts = libc::timespec { tv_sec: 0, tv_nsec: 20_000 };
+        // SAFETY: nanosleep reads the timespec we pass.
+        unsafe { libc::nanosleep(&ts, std::ptr::null_mut()) };
+    }
+    o.store(0, Ordering::Release);
+    true
+}
+
+/// Runtime side: the pages the handler opened since the last call (their
+/// entries are freed).
+pub fn take_opened(out: &mut Vec<usize>) {
+    for o in OPEN.iter() {
+        let w = o.load(Ordering::Acquire);
+        if w & STATE == OPENED && o.compare_exchange(w, 0, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+            out.push(w & !STATE);
+        }
+    }
+}
+
+/// Handler side: a read fault at `addr` in the view `[start, end)`. If the
+/// runtime marked its page, opens it (and the marked pages right after it,
+/// within the view) for reading and returns true: the access can be
+/// retried. Async-signal-safe: atomics and one system call.
+fn try_open(addr: usize, end: usize) -> bool {
+    let page = addr & !(PAGE_SIZE - 1);
+    let claim = |p: usize| {
+        OPEN.iter().find(|o| {
+            o.compare_exchange(p | MARKED, p | OPENING, Ordering::AcqRel, Ordering::Relaxed).is_ok()
+        })
+    };
+    let Some(first) = claim(page) else { return false };
+    let mut claimed: [Option<&AtomicUsize>; OPEN_AFTER] = [None; OPEN_AFTER];
+    let mut n = 1;
+    while n <= OPEN_AFTER && page + (n + 1) * PAGE_SIZE <= end {
+        match claim(page + n * PAGE_SIZE) {
+            Some(o) => claimed[n - 1] = Some(o),
+            None => break,
+        }
+        n += 1;
+    }
+    // SAFETY: the pages lie in a registered view (mapped by the runtime,
+    // which does not unmap it before taking these marks back, and waits
+    // for this call to end when it does); a raw system call, not a hook.
+    unsafe { libc::syscall(libc::SYS_mprotect, page, n * PAGE_SIZE, libc::PROT_READ) };
+    first.store(page | OPENED, Ordering::Release);
+    for (k, o) in claimed.iter().enumerate().take(n - 1) {
+        if let Some(o) = o {
+            o.store((page + (k + 1) * PAGE_SIZE) | OPENED, Ordering::Release);
+        }
+    }
+    true
 }
 
 /// Whether any distributed view is registered (attached).
@@ -315,10 +425,16 @@ pub fn meets_view(addr: usize, len: usize) -> bool {
 
 /// The view containing `addr`: (start, readonly, segment).
 fn lookup(addr: usize) -> Option<(usize, bool, i32)> {
+    lookup_len(addr).map(|(start, _, readonly, seg)| (start, readonly, seg))
+}
+
+/// The view containing `addr`: (start, length, readonly, segment).
+fn lookup_len(addr: usize) -> Option<(usize, usize, bool, i32)> {
     for v in views() {
         let start = v.start.load(Ordering::Acquire);
-        if start != 0 && addr >= start && addr - start < v.len.load(Ordering::Relaxed) {
-            return Some((start, v.readonly.load(Ordering::Relaxed), v.seg.load(Ordering::Relaxed)));
+        let len = v.len.load(Ordering::Relaxed);
+        if start != 0 && addr >= start && addr - start < len {
+            return Some((start, len, v.readonly.load(Ordering::Relaxed), v.seg.load(Ordering::Relaxed)));
         }
     }
     None
@@ -509,9 +625,10 @@ extern "C" fn handler(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut li
     let errno = unsafe { *libc::__errno_location() };
     // SAFETY: the kernel passes a valid siginfo_t to an SA_SIGINFO handler.
     let (code, addr) = unsafe { ((*info).si_code, (*info).si_addr() as usize) };
-    let view = if code > 0 { lookup(addr) } else { None };
+    let view = if code > 0 { lookup_len(addr) } else { None };
     match view {
-        Some((_, readonly, seg)) if !(readonly && is_write(ctx)) => {
+        Some((start, len, _, _)) if !is_write(ctx) && try_open(addr, start + len) => {}
+        Some((_, _, readonly, seg)) if !(readonly && is_write(ctx)) => {
             if !wait_for_page(addr, is_write(ctx), seg, fault_pc(ctx)) {
                 // The page is lost: no current copy exists anywhere.
                 // SAFETY: raise is async-signal-safe.
@@ -614,5 +731,107 @@ fn chain(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Barrier;
+
+    /// The permissions of the mapping holding `addr`, from /proc/self/maps
+    /// ("r---", "----", ...).
+    fn perms(addr: usize) -> String {
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        for l in maps.lines() {
+            let mut f = l.split_whitespace();
+            let range = f.next().unwrap();
+            let (a, b) = range.split_once('-').unwrap();
+            let (a, b) = (usize::from_str_radix(a, 16).unwrap(), usize::from_str_radix(b, 16).unwrap());
+            if (a..b).contains(&addr) {
+                return f.next().unwrap()[..3].to_string();
+            }
+        }
+        panic!("{addr:#x} not mapped");
+    }
+
+    /// A handler racing the runtime for a marked page: exactly one of them
+    /// wins each time, and when the handler won, its `mprotect` is done by
+    /// the time the runtime hears of it (so the runtime's own comes after).
+    #[test]
+    fn the_handler_or_the_runtime_takes_a_marked_page_never_both() {
+        const PAGES: usize = 4;
+        // SAFETY: a private anonymous mapping of our own, unmapped below.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                PAGES * PAGE_SIZE,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        } as usize;
+        assert_ne!(base, libc::MAP_FAILED as usize);
+        let end = base + PAGES * PAGE_SIZE;
+
+        // Marked with the page after it: both open together; the runtime
+        // then learns of both, once.
+        assert!(mark_open(base) && mark_open(base + PAGE_SIZE) && mark_open(base));
+        assert!(try_open(base + 8, end));
+        assert_eq!(perms(base), "r--");
+        assert_eq!(perms(base + PAGE_SIZE), "r--");
+        assert_eq!(perms(base + 2 * PAGE_SIZE), "---");
+        let mut opened = Vec::new();
+        take_opened(&mut opened);
+        opened.sort();
+        assert_eq!(opened, vec![base, base + PAGE_SIZE]);
+        take_opened(&mut opened);
+        assert_eq!(opened.len(), 2);
+        // Not marked (any more): the handler leaves it to the runtime.
+        assert!(!try_open(base + 2 * PAGE_SIZE, end));
+        // Taken back before any read: the handler does not open it.
+        assert!(mark_open(base + 2 * PAGE_SIZE));
+        assert!(!unmark_open(base + 2 * PAGE_SIZE));
+        assert!(!try_open(base + 2 * PAGE_SIZE, end));
+        assert_eq!(perms(base + 2 * PAGE_SIZE), "---");
+
+        let page = base + 3 * PAGE_SIZE;
+        let bar = Barrier::new(2);
+        let mut handler_won = 0;
+        std::thread::scope(|s| {
+            let h = s.spawn(|| {
+                let mut won = Vec::new();
+                for _ in 0..300 {
+                    bar.wait();
+                    won.push(try_open(page, end));
+                    bar.wait();
+                }
+                won
+            });
+            let mut runtime_saw = Vec::new();
+            for _ in 0..300 {
+                // SAFETY: closing a page of our own mapping again.
+                unsafe { libc::mprotect(page as *mut libc::c_void, PAGE_SIZE, libc::PROT_NONE) };
+                assert!(mark_open(page));
+                bar.wait();
+                let opened = unmark_open(page);
+                if opened {
+                    assert_eq!(perms(page), "r--", "the handler's mprotect is done");
+                }
+                runtime_saw.push(opened);
+                bar.wait();
+            }
+            let won = h.join().unwrap();
+            assert_eq!(won, runtime_saw, "the runtime hears of exactly the handler's wins");
+            handler_won = won.iter().filter(|&&w| w).count();
+        });
+        // Nothing left behind for the next user of the table.
+        let mut left = Vec::new();
+        take_opened(&mut left);
+        assert!(left.is_empty() && OPEN.iter().all(|o| o.load(Ordering::Acquire) == 0));
+        eprintln!("handler won {handler_won} of 300 races");
+        // SAFETY: our mapping, no longer used.
+        unsafe { libc::munmap(base as *mut libc::c_void, PAGES * PAGE_SIZE) };
     }
 }

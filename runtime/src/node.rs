@@ -802,9 +802,32 @@ impl Segment {
         if !self.marks.is_empty() || !self.watch.is_empty() {
             for p in page..page.saturating_add(count) {
                 self.marks.remove(&p);
-                self.watch.remove(&p);
+                if self.watch.remove(&p) {
+                    self.unmark_open(p, 1);
+                }
             }
         }
+    }
+
+    /// Lets the fault handler open watched page `page`, kept closed, in
+    /// every view, when a thread reads it (see `fault::mark_open`).
+    fn mark_open(&self, page: PageIdx) {
+        for v in &self.views {
+            fault::mark_open(v.addr + page as usize * PAGE_SIZE);
+        }
+    }
+
+    /// Takes back what [`Self::mark_open`] allowed for `count` pages from
+    /// `page` on, before the runtime sets their protection itself; returns
+    /// whether the handler opened any of them (a thread read it).
+    fn unmark_open(&self, page: PageIdx, count: u32) -> bool {
+        let mut opened = false;
+        for v in &self.views {
+            for p in page..page + count {
+                opened |= fault::unmark_open(v.addr + p as usize * PAGE_SIZE);
+            }
+        }
+        opened
     }
 
     /// Sets the program's access to `count` pages from `page` on, in every
@@ -915,6 +938,9 @@ fn protect_view(v: &View, page: PageIdx, count: u32, access: Access) {
 
 impl Drop for Segment {
     fn drop(&mut self) {
+        for &p in &self.watch {
+            self.unmark_open(p, 1);
+        }
         // SAFETY: `rt` was returned by mmap for `maplen` bytes and nothing
         // refers to it any more.
         unsafe { libc::munmap(self.rt as *mut libc::c_void, self.maplen) };
@@ -1177,10 +1203,16 @@ impl State {
                 if !self.waiters.contains_key(&(r.seg, page)) {
                     s.protect_range(start, page - start, r.access);
                     start = page + 1;
+                    // A watched copy (not a read-ahead mark): the first read
+                    // opens it in the fault handler.
+                    if r.access == Access::Read && !s.marks.contains(&page) {
+                        s.mark_open(page);
+                    }
                     continue;
                 }
                 s.marks.remove(&page);
                 if s.watch.remove(&page) {
+                    s.unmark_open(page, 1);
                     self.protocol.touched(r.seg, page);
                 }
             }
@@ -1254,6 +1286,9 @@ impl State {
             }
             return;
         }
+        // Before any epoch begins here: the watched copies the handler
+        // opened were read before these faults.
+        self.reconcile_opened();
         for fault::Posted { slot, addr, write, thread, pc } in posted {
             let found = self.segs.iter().find_map(|(&id, s)| {
                 s.views
@@ -1287,6 +1322,7 @@ impl State {
                     self.protocol.touched(seg, p);
                 }
                 if let Some(s) = self.segs.get(&seg) {
+                    s.unmark_open(page, n);
                     s.protect_range(page, n, self.protocol.access(seg, page));
                 }
             }
@@ -1342,6 +1378,32 @@ impl State {
                     fault::complete(slot, true);
                 }
             }
+        }
+    }
+
+    /// The watched copies the fault handler opened since the last call
+    /// (see `fault::mark_open`) were used: as if touched here.
+    fn reconcile_opened(&mut self) {
+        let mut opened = Vec::new();
+        fault::take_opened(&mut opened);
+        for addr in opened {
+            let found = self.segs.iter_mut().find_map(|(&id, s)| {
+                let view = s
+                    .views
+                    .iter()
+                    .find(|v| addr >= v.addr && addr < v.addr + s.npages as usize * PAGE_SIZE)?;
+                Some((id, ((addr - view.addr) / PAGE_SIZE) as PageIdx, s))
+            });
+            let Some((seg, page, s)) = found else { continue };
+            if !s.watch.remove(&page) {
+                continue;
+            }
+            if s.views.len() > 1 {
+                // Opened in the view read: the others open too.
+                s.unmark_open(page, 1);
+                s.protect_range(page, 1, Access::Read);
+            }
+            self.protocol.touched(seg, page);
         }
     }
 
@@ -2019,6 +2081,7 @@ async fn command(state: Shared, lock: Rc<tokio::sync::Mutex<()>>, c: Command) {
                 // has moved on from its last fault: those pages' holds end,
                 // and what they were written for is pushed now.
                 let (now, mut out) = (st.now(), Vec::new());
+                st.reconcile_opened();
                 st.left_fault(thread, now, &mut out);
                 st.protocol.tick(None, now, &mut out);
                 st.last_write_pc = usize::MAX;
@@ -2313,6 +2376,9 @@ async fn detach(state: &Shared, addr: usize) -> Result<(), Errno> {
             return Err(EINVAL);
         };
         let i = seg.views.iter().position(|v| v.addr == addr).ok_or(EINVAL)?;
+        for &p in &seg.watch {
+            fault::unmark_open(seg.views[i].addr + p as usize * PAGE_SIZE);
+        }
         let v = seg.views.remove(i);
         fault::unregister_view(v.slot);
         // SAFETY: unmapping the program's view we mapped in `map_view`.
